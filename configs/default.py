@@ -1,0 +1,97 @@
+"""Default run config: every knob of a pretraining run, with a comment on each.
+
+The model size files (tiny.py, mini.py, ...) call `get_config()` here and override
+`config.model`. Any field can be overridden on the command line:
+      python train.py --config configs/tiny.py --config.train.steps=200
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # Seeds params init, dropout and the data pipeline.
+
+    # ---- Model: field names are exactly HF's BertConfig / config.json names. -------------
+    m = config.model = ml_collections.ConfigDict()
+    m.vocab_size = 30522  # Replaced by the prepared data's vocab size when data is used.
+    m.hidden_size = 128
+    m.num_hidden_layers = 2
+    m.num_attention_heads = 2
+    m.intermediate_size = 512
+    m.hidden_act = "gelu"  # gelu (erf), gelu_new / gelu_pytorch_tanh (tanh), relu, silu.
+    m.hidden_dropout_prob = 0.1
+    m.attention_probs_dropout_prob = 0.1
+    m.max_position_embeddings = 512
+    m.type_vocab_size = 2
+    m.initializer_range = 0.02
+    m.layer_norm_eps = 1e-12
+    m.pad_token_id = 0
+
+    # ---- Data: corpus -> prepared shards -> grain pipeline. --------------------------------
+    d = config.data = ml_collections.ConfigDict()
+    d.input = "data/corpus/*.txt.gz"  # Files/globs (comma separated) or a `datasets` dir.
+    d.text_column = "text"  # Column holding the text in a `datasets` dataset on disk.
+    d.input_format = "auto"  # auto | sentences (one per line) | paragraphs (raw prose).
+    d.prepared_dir = ""  # Prepared shards; "" means WORKDIR/data (prepared on first run).
+    d.vocab = ""  # An existing BERT vocab.txt; "" trains a WordPiece vocab on the corpus.
+    d.vocab_size = 8192  # Size of the trained WordPiece vocab (when d.vocab is "").
+    d.lowercase = True  # BertNormalizer lower-casing and accent stripping.
+    d.max_seq_length = 128  # Tokens per example, [CLS] A [SEP] B [SEP] included.
+    d.short_seq_prob = 0.1  # Probability of a shorter target length (as in BERT).
+    d.masked_lm_prob = 0.15  # Fraction of tokens chosen for prediction.
+    d.max_predictions_per_seq = 20  # Cap on chosen positions per example.
+    d.mask_token_prob = 0.8  # Of the chosen: replaced with [MASK] ...
+    d.random_token_prob = 0.1  # ... replaced with a random token; the rest stay.
+    d.whole_word_masking = False  # Mask all WordPieces of a word together.
+    d.dynamic_masking = True  # Fresh masks every epoch in the pipeline (else fixed once).
+    d.dupe_factor = 1  # Times the corpus is paired into examples (different pairings).
+    d.eval_fraction = 0.02  # Fraction of documents held out for evaluation.
+    d.num_workers = 0  # Processes for tokenizing in prepare (0 = all CPU cores).
+    d.worker_count = 0  # grain worker processes for the train pipeline (0 = in-process).
+    d.prefetch = 2  # Batches prepared ahead of the train step.
+
+    # ---- Training loop. -------------------------------------------------------------------
+    t = config.train = ml_collections.ConfigDict()
+    t.steps = 2000  # Optimizer steps.
+    t.global_batch_size = 64  # Examples per optimizer step, over all hosts and devices.
+    t.grad_accum_steps = 1  # Micro-batches per optimizer step (global batch split this way).
+    t.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
+    t.remat_policy = "none"  # none | nothing_saveable | dots_saveable (per encoder layer).
+    t.log_every = 50  # Steps between training metric rows (host sync only then).
+    t.eval_every = 500  # Steps between evaluations on the held-out split (0 = only at end).
+    t.eval_batches = 20  # Batches per evaluation (0 = the whole held-out split).
+    t.max_consecutive_nonfinite = 5  # Skipped non-finite steps in a row before stopping.
+
+    # ---- Optimizer (optax). -----------------------------------------------------------------
+    o = config.optimizer = ml_collections.ConfigDict()
+    o.name = "adamw"  # adamw | lamb.
+    o.learning_rate = 1e-3  # Peak learning rate.
+    o.warmup_steps = 100  # Linear warmup from 0 to the peak.
+    o.decay = "linear"  # linear | cosine | constant, from the peak to end_lr_fraction*peak.
+    o.end_lr_fraction = 0.0
+    o.b1 = 0.9
+    o.b2 = 0.999
+    o.eps = 1e-6
+    o.weight_decay = 0.01  # Not applied to LayerNorm parameters and biases.
+    o.grad_clip_norm = 1.0  # Global-norm clipping (0 disables).
+
+    # ---- Device mesh: sizes of the (data, fsdp, tensor) axes; -1 takes the rest. --------
+    mesh = config.mesh = ml_collections.ConfigDict()
+    mesh.data = -1
+    mesh.fsdp = 1
+    mesh.tensor = 1
+
+    # ---- Multi-host: used when num_processes > 1 (or coordinator_address is set). --------
+    dist = config.distributed = ml_collections.ConfigDict()
+    dist.coordinator_address = ""  # host:port of process 0; "" = auto-detect / single host.
+    dist.num_processes = 1
+    dist.process_id = 0
+
+    # ---- Checkpoints (orbax, in WORKDIR/checkpoints). -------------------------------------
+    c = config.checkpoint = ml_collections.ConfigDict()
+    c.every = 500  # Steps between saves; a final save always happens.
+    c.keep = 3  # Newest checkpoints kept.
+    c.async_save = True  # Save in the background while training continues.
+
+    return config
