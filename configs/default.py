@@ -95,3 +95,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.async_save = True  # Save in the background while training continues.
 
     return config
+
+
+def with_size(config: ml_collections.ConfigDict, layers: int, hidden: int,
+              heads: int) -> ml_collections.ConfigDict:
+    """Sets the model size; the feed-forward width is 4 * hidden as in BERT."""
+    config.model.num_hidden_layers = layers
+    config.model.hidden_size = hidden
+    config.model.num_attention_heads = heads
+    config.model.intermediate_size = 4 * hidden
+    return config

@@ -1,0 +1,71 @@
+"""MLM and NSP losses and metrics: pure functions, jit-able.
+
+Metrics are returned as sums and counts, so that they add up correctly over micro-batches,
+devices and eval batches; `summarize` turns them into means.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def weighted_cross_entropy(logits: Array, labels: Array, weights: Array) -> tuple[Array, Array]:
+    """Sum of per-item cross-entropy times weight, and sum of weight*correct.
+
+    logits [..., C] (computed in float32), labels [...] int, weights [...] float.
+    """
+    logits = logits.astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)  # [..., C]
+    nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]  # [...]
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)  # [...]
+    return jnp.sum(nll * weights), jnp.sum(correct * weights)
+
+
+def pretraining_metrics(mlm_logits: Array, nsp_logits: Array,
+                        batch: Mapping[str, Array]) -> dict[str, Array]:
+    """Loss and accuracy sums for MLM (over real predictions) and NSP (over examples).
+
+    mlm_logits [B, P, V], nsp_logits [B, 2]; batch has masked_ids [B, P],
+    masked_weights [B, P], next_sentence_label [B] and optionally example_weight [B]
+    (0 for padding examples in an eval batch).
+    """
+    mlm_weights = batch["masked_weights"].astype(jnp.float32)  # [B, P]
+    nsp_weights = batch.get("example_weight")
+    if nsp_weights is None:
+        nsp_weights = jnp.ones(nsp_logits.shape[:1], jnp.float32)  # [B]
+    nsp_weights = nsp_weights.astype(jnp.float32)
+    mlm_loss_sum, mlm_correct = weighted_cross_entropy(mlm_logits, batch["masked_ids"], mlm_weights)
+    nsp_loss_sum, nsp_correct = weighted_cross_entropy(
+        nsp_logits, batch["next_sentence_label"], nsp_weights)
+    return {
+        "mlm_loss_sum": mlm_loss_sum, "mlm_correct": mlm_correct, "mlm_count": jnp.sum(mlm_weights),
+        "nsp_loss_sum": nsp_loss_sum, "nsp_correct": nsp_correct, "nsp_count": jnp.sum(nsp_weights),
+    }
+
+
+def total_loss(sums: Mapping[str, Array]) -> Array:
+    """The pretraining objective: mean MLM loss + mean NSP loss."""
+    mlm = sums["mlm_loss_sum"] / jnp.maximum(sums["mlm_count"], 1.0)
+    nsp = sums["nsp_loss_sum"] / jnp.maximum(sums["nsp_count"], 1.0)
+    return mlm + nsp
+
+
+def summarize(sums: Mapping[str, float | Array]) -> dict[str, float]:
+    """Means from summed metrics (host side): losses, accuracies and MLM perplexity."""
+    s = {k: float(v) for k, v in sums.items()}
+    mlm_count, nsp_count = max(s["mlm_count"], 1.0), max(s["nsp_count"], 1.0)
+    mlm_loss, nsp_loss = s["mlm_loss_sum"] / mlm_count, s["nsp_loss_sum"] / nsp_count
+    return {
+        "loss": mlm_loss + nsp_loss,
+        "mlm_loss": mlm_loss,
+        "nsp_loss": nsp_loss,
+        "mlm_accuracy": s["mlm_correct"] / mlm_count,
+        "nsp_accuracy": s["nsp_correct"] / nsp_count,
+        "mlm_perplexity": float(np.exp(np.float64(mlm_loss))),
+    }

@@ -1,0 +1,313 @@
+"""BERT in Flax Linen, read top to bottom.
+
+embeddings -> self-attention -> encoder layer -> encoder -> pooler -> heads -> models.
+
+Shape legend: B batch, S sequence length, H hidden_size, N num_attention_heads,
+D head_dim (= H / N), I intermediate_size, V vocab_size, P predictions per example.
+
+Parameter names follow Hugging Face's PyTorch BERT (`embeddings/word_embeddings`,
+`encoder/layer_0/attention/self/query`, `cls/predictions/transform/dense`, ...), so that
+`flax_bert.hf` maps state dicts 1:1. Every parameter carries logical axis names (`vocab`,
+`embed`, `heads`, `mlp`); `flax_bert.training.sharding` maps them onto the device mesh.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flax_bert.config import BertConfig
+
+Array = jax.Array
+Dtype = Any
+
+# Activation layouts, mapped to mesh axes by the rules in flax_bert/training/sharding.py.
+BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
+BATCH_LENGTH_HEADS_KV = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+BATCH_LENGTH_MLP = ("activation_batch", "activation_length", "activation_mlp")
+BATCH_LENGTH_VOCAB = ("activation_batch", "activation_length", "activation_vocab")
+
+REMAT_POLICIES = {
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+}
+
+
+def activation_fn(name: str) -> Callable[[Array], Array]:
+    """HF `hidden_act` name -> function ("gelu" is the exact erf form, as in HF)."""
+    return {
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "relu": jax.nn.relu,
+        "silu": jax.nn.silu,
+        "swish": jax.nn.silu,
+    }[name]
+
+
+def _init(config: BertConfig, *axes: str | None) -> nn.initializers.Initializer:
+    """BERT's truncated-normal init (std = initializer_range), with logical axis names."""
+    return nn.with_logical_partitioning(
+        nn.initializers.truncated_normal(config.initializer_range), axes)
+
+
+def _dense(config: BertConfig, features: int, axes: tuple[str | None, str | None],
+           dtype: Dtype, name: str) -> nn.Dense:
+    """A Dense layer with BERT init; `axes` names the kernel's [in, out] dimensions."""
+    return nn.Dense(
+        features, dtype=dtype, name=name, kernel_init=_init(config, *axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
+
+
+def _layer_norm(config: BertConfig, dtype: Dtype, name: str = "LayerNorm") -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps, dtype=dtype, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)))
+
+
+class BertEmbeddings(nn.Module):
+    """Sum of word, segment (token type) and learned position embeddings; LN; dropout."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.word_embeddings = nn.Embed(
+            cfg.vocab_size, cfg.hidden_size, dtype=self.dtype,
+            embedding_init=_init(cfg, "vocab", "embed"))
+        self.position_embeddings = nn.Embed(
+            cfg.max_position_embeddings, cfg.hidden_size, dtype=self.dtype,
+            embedding_init=_init(cfg, None, "embed"))
+        self.token_type_embeddings = nn.Embed(
+            cfg.type_vocab_size, cfg.hidden_size, dtype=self.dtype,
+            embedding_init=_init(cfg, None, "embed"))
+        self.LayerNorm = _layer_norm(cfg, self.dtype)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
+        seq_len = input_ids.shape[1]
+        positions = jnp.arange(seq_len)[None, :]  # [1, S]
+        x = (self.word_embeddings(input_ids)  # [B, S, H]
+             + self.token_type_embeddings(token_type_ids)  # [B, S, H]
+             + self.position_embeddings(positions))  # [1, S, H]
+        x = self.LayerNorm(x)  # [B, S, H]
+        x = self.dropout(x, deterministic=deterministic)
+        return nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head self-attention over non-padding keys; returns merged heads [B, S, H]."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        batch, seq_len, _ = x.shape
+        heads, head_dim = cfg.num_attention_heads, cfg.head_dim
+
+        def project(name: str) -> Array:
+            y = _dense(cfg, cfg.hidden_size, ("embed", "heads"), self.dtype, name)(x)  # [B, S, H]
+            y = y.reshape(batch, seq_len, heads, head_dim)  # [B, S, N, D]
+            return nn.with_logical_constraint(y, BATCH_LENGTH_HEADS_KV)
+
+        q, k, v = project("query"), project("key"), project("value")  # [B, S, N, D] each
+        mask = key_mask[:, None, None, :].astype(bool)  # [B, 1, 1, S]: query x key
+
+        rate = cfg.attention_probs_dropout_prob
+        if deterministic or rate == 0.0:
+            # XLA's fused attention on CPU/TPU; cuDNN flash attention on GPU when eligible.
+            ctx = jax.nn.dot_product_attention(q, k, v, mask=mask)  # [B, S, N, D]
+        else:
+            # Dropout on the attention probabilities needs them materialised.
+            scores = jnp.einsum("bqnd,bknd->bnqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
+            scores = jnp.where(mask, scores.astype(jnp.float32),
+                               jnp.finfo(jnp.float32).min)  # [B, N, S, S]
+            probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)  # [B, N, S, S]
+            probs = nn.Dropout(rate)(probs, deterministic=False)
+            ctx = jnp.einsum("bnqk,bknd->bqnd", probs, v)  # [B, S, N, D]
+        ctx = nn.with_logical_constraint(ctx, BATCH_LENGTH_HEADS_KV)
+        return ctx.reshape(batch, seq_len, cfg.hidden_size)  # [B, S, H]
+
+
+class BertOutput(nn.Module):
+    """Projection back to H, dropout, then the post-LN residual: LN(x + residual)."""
+
+    config: BertConfig
+    in_axis: str  # Logical name of the input features: "heads" or "mlp".
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, residual: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        y = _dense(cfg, cfg.hidden_size, (self.in_axis, "embed"), self.dtype, "dense")(x)
+        y = nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic)  # [B, S, H]
+        y = _layer_norm(cfg, self.dtype)(y + residual)  # [B, S, H]
+        return nn.with_logical_constraint(y, BATCH_LENGTH_EMBED)
+
+
+class BertAttention(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
+        ctx = BertSelfAttention(self.config, self.dtype, name="self")(x, key_mask, deterministic)
+        return BertOutput(self.config, "heads", self.dtype, name="output")(ctx, x, deterministic)
+
+
+class BertIntermediate(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        y = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), self.dtype, "dense")(x)
+        y = activation_fn(cfg.hidden_act)(y)  # [B, S, I]
+        return nn.with_logical_constraint(y, BATCH_LENGTH_MLP)
+
+
+class BertLayer(nn.Module):
+    """Post-LN transformer encoder layer: attention -> add&LN -> FFN -> add&LN."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
+        x = BertAttention(self.config, self.dtype, name="attention")(x, key_mask, deterministic)
+        h = BertIntermediate(self.config, self.dtype, name="intermediate")(x)  # [B, S, I]
+        return BertOutput(self.config, "mlp", self.dtype, name="output")(h, x, deterministic)
+
+
+class BertEncoder(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    remat_policy: str = "none"  # none | nothing_saveable | dots_saveable
+
+    @nn.compact
+    def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
+        layer_cls = BertLayer
+        if self.remat_policy != "none":
+            # Arguments counted with `self` as 0: deterministic (3) selects a Python branch.
+            layer_cls = nn.remat(BertLayer, policy=REMAT_POLICIES[self.remat_policy],
+                                 static_argnums=(3,))
+        for i in range(self.config.num_hidden_layers):
+            x = layer_cls(self.config, self.dtype, name=f"layer_{i}")(x, key_mask, deterministic)
+        return x  # [B, S, H]
+
+
+class BertPooler(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, sequence_output: Array) -> Array:
+        cls = sequence_output[:, 0]  # [B, H]
+        dense = _dense(self.config, self.config.hidden_size, ("embed", "mlp"), self.dtype, "dense")
+        return jnp.tanh(dense(cls))  # [B, H]
+
+
+class BertModel(nn.Module):
+    """The encoder: returns (sequence_output [B, S, H], pooled_output [B, H])."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32  # Compute dtype; parameters are always float32.
+    remat_policy: str = "none"
+
+    def setup(self) -> None:
+        self.embeddings = BertEmbeddings(self.config, self.dtype)
+        self.encoder = BertEncoder(self.config, self.dtype, self.remat_policy)
+        self.pooler = BertPooler(self.config, self.dtype)
+
+    def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
+                 deterministic: bool = True) -> tuple[Array, Array]:
+        if input_ids.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+                f"({self.config.max_position_embeddings}); shorten data.max_seq_length")
+        x = self.embeddings(input_ids, token_type_ids, deterministic)  # [B, S, H]
+        x = self.encoder(x, attention_mask, deterministic)  # [B, S, H]
+        return x, self.pooler(x)
+
+
+class BertPredictionHeadTransform(nn.Module):
+    """HF's `cls/predictions/transform`: dense, activation, LayerNorm."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        x = _dense(cfg, cfg.hidden_size, ("embed", "mlp"), self.dtype, "dense")(x)
+        x = activation_fn(cfg.hidden_act)(x)
+        return _layer_norm(cfg, self.dtype)(x)  # [B, P, H]
+
+
+class BertLMPredictionHead(nn.Module):
+    """MLM head: transform, then the decoder tied to the word embeddings, plus a bias."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, word_embeddings: Array) -> Array:
+        x = BertPredictionHeadTransform(self.config, self.dtype, name="transform")(x)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                               ("vocab",)),
+                          (self.config.vocab_size,))  # [V]
+        logits = jnp.einsum("bph,vh->bpv", x, word_embeddings.astype(self.dtype))  # [B, P, V]
+        logits = logits.astype(jnp.float32) + bias
+        return nn.with_logical_constraint(logits, BATCH_LENGTH_VOCAB)
+
+
+class BertPreTrainingHeads(nn.Module):
+    """HF's `cls`: `predictions` (MLM) and `seq_relationship` (NSP, 2 logits)."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, pooled: Array, word_embeddings: Array) -> tuple[Array, Array]:
+        mlm_logits = BertLMPredictionHead(self.config, self.dtype, name="predictions")(
+            x, word_embeddings)  # [B, P, V]
+        nsp_logits = _dense(self.config, 2, ("embed", None), self.dtype,
+                            "seq_relationship")(pooled)  # [B, 2]
+        return mlm_logits, nsp_logits.astype(jnp.float32)
+
+
+class BertForPreTraining(nn.Module):
+    """BERT with its MLM and NSP heads: returns (mlm_logits, nsp_logits), both float32.
+
+    mlm_logits is [B, P, V] at `masked_positions` [B, P] when given (the transform and the
+    vocabulary projection then run only there, as in google-research/bert), else
+    [B, S, V]. nsp_logits is [B, 2] (label 0: B follows A; 1: B is random).
+    The encoder's parameters live under `bert`, so `BertModel` can run them alone.
+    """
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    remat_policy: str = "none"
+
+    def setup(self) -> None:
+        self.bert = BertModel(self.config, self.dtype, self.remat_policy)
+        self.cls = BertPreTrainingHeads(self.config, self.dtype)
+
+    def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
+                 deterministic: bool = True,
+                 masked_positions: Array | None = None) -> tuple[Array, Array]:
+        sequence_output, pooled = self.bert(input_ids, token_type_ids, attention_mask,
+                                            deterministic)  # [B, S, H], [B, H]
+        if masked_positions is not None:
+            sequence_output = jnp.take_along_axis(
+                sequence_output, masked_positions[..., None], axis=1)  # [B, P, H]
+        word_embeddings = self.bert.embeddings.word_embeddings.embedding  # [V, H]
+        return self.cls(sequence_output, pooled, word_embeddings)
