@@ -1,0 +1,177 @@
+"""Model core: parameter counts, padding invariance, tied decoder, masked-position path,
+dropout, config validation."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flax_bert import BertConfig, BertForPreTraining, BertModel
+
+SMALL = BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                   intermediate_size=64, max_position_embeddings=64)
+
+
+def _count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _batch(rng: np.random.Generator, batch: int = 3, seq: int = 12):
+    ids = rng.integers(1, SMALL.vocab_size, size=(batch, seq)).astype(np.int32)
+    types = np.zeros_like(ids)
+    types[:, seq // 2:] = 1
+    mask = np.ones_like(ids)
+    mask[1, seq - 3:] = 0  # row 1 has 3 padding tokens
+    ids[mask == 0] = 0
+    types[mask == 0] = 0
+    return ids, types, mask
+
+
+@pytest.fixture(scope="module")
+def params():
+    ids, types, mask = _batch(np.random.default_rng(0))
+    variables = BertForPreTraining(SMALL).init(jax.random.key(0), ids, types, mask)
+    return nn.unbox(variables["params"])
+
+
+def test_base_parameter_counts_match_hf():
+    ids = jnp.ones((1, 8), jnp.int32)
+    shapes = jax.eval_shape(BertForPreTraining(BertConfig()).init, jax.random.key(0), ids, ids, ids)
+    params = nn.unbox(shapes["params"])
+    assert _count(params) == 110_106_428
+    model_shapes = jax.eval_shape(BertModel(BertConfig()).init, jax.random.key(0), ids, ids, ids)
+    assert _count(model_shapes["params"]) == 109_482_240
+    assert _count(params["bert"]) == 109_482_240
+
+
+def test_init_follows_bert(params):
+    emb = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+    assert abs(float(jnp.std(emb)) - SMALL.initializer_range) < 0.003
+    assert float(jnp.max(jnp.abs(emb))) <= 2 * SMALL.initializer_range / 0.87 + 1e-6
+    ln = params["bert"]["encoder"]["layer_0"]["output"]["LayerNorm"]
+    np.testing.assert_array_equal(ln["scale"], 1.0)
+    np.testing.assert_array_equal(ln["bias"], 0.0)
+
+
+def test_padding_invariance(params):
+    ids, types, mask = _batch(np.random.default_rng(1))
+    model = BertModel(SMALL)
+    seq, pooled = model.apply({"params": params["bert"]}, ids, types, mask)
+    pad = 5
+    padded = [np.pad(a, ((0, 0), (0, pad))) for a in (ids, types, mask)]
+    seq_p, pooled_p = model.apply({"params": params["bert"]}, *padded)
+    real = mask.astype(bool)
+    assert float(jnp.max(jnp.abs(seq_p[:, :ids.shape[1]][real] - seq[real]))) <= 1e-5
+    assert float(jnp.max(jnp.abs(pooled_p - pooled))) <= 1e-5
+
+
+def test_decoder_is_tied_to_word_embeddings(params):
+    ids, types, mask = _batch(np.random.default_rng(2))
+    model = BertForPreTraining(SMALL)
+    vocab_hidden = [x for x in jax.tree.leaves(params)
+                    if x.shape == (SMALL.vocab_size, SMALL.hidden_size)]
+    assert len(vocab_hidden) == 1  # no second vocab x hidden matrix
+    logits, _ = model.apply({"params": params}, ids, types, mask)
+
+    def changed(p):
+        p = jax.tree.map(lambda x: x, p)
+        emb = p["bert"]["embeddings"]["word_embeddings"]["embedding"]
+        delta = jnp.linspace(-1.0, 1.0, SMALL.hidden_size) ** 2  # not orthogonal to LN outputs
+        p["bert"]["embeddings"]["word_embeddings"]["embedding"] = emb.at[7].add(delta)
+        return p
+
+    logits2, _ = model.apply({"params": changed(params)}, ids, types, mask)
+    # Token 7's logit moves everywhere (the decoder row changed) ...
+    assert float(jnp.min(jnp.abs(logits2[..., 7] - logits[..., 7]))) > 1e-4
+    # ... and with token 7 absent from the input, its embedding row still gets a gradient
+    # from the logits: it can only arrive through the tied decoder.
+    ids = np.where(ids == 7, 8, ids)
+    grad = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, ids, types, mask)[0][..., 7]))(
+        params)
+    row = grad["bert"]["embeddings"]["word_embeddings"]["embedding"][7]
+    assert float(jnp.max(jnp.abs(row))) > 1e-4
+
+
+def test_masked_positions_equal_gathered_logits(params):
+    ids, types, mask = _batch(np.random.default_rng(3))
+    model = BertForPreTraining(SMALL)
+    full, nsp = model.apply({"params": params}, ids, types, mask)
+    positions = np.array([[1, 4, 0], [2, 3, 5], [7, 7, 11]], np.int32)
+    masked, nsp_m = model.apply({"params": params}, ids, types, mask, masked_positions=positions)
+    assert masked.shape == (3, 3, SMALL.vocab_size)
+    expected = np.take_along_axis(np.asarray(full), positions[..., None], axis=1)
+    np.testing.assert_allclose(masked, expected, atol=1e-5)
+    np.testing.assert_allclose(nsp_m, nsp, atol=1e-6)
+
+
+def test_dropout(params):
+    ids, types, mask = _batch(np.random.default_rng(4))
+    model = BertForPreTraining(SMALL)
+    a = model.apply({"params": params}, ids, types, mask, deterministic=True)
+    b = model.apply({"params": params}, ids, types, mask, deterministic=True)
+    np.testing.assert_array_equal(a[0], b[0])
+
+    def run(seed):
+        return model.apply({"params": params}, ids, types, mask, deterministic=False,
+                           rngs={"dropout": jax.random.key(seed)})[0]
+
+    np.testing.assert_array_equal(run(1), run(1))
+    assert float(jnp.max(jnp.abs(run(1) - run(2)))) > 1e-3
+    assert float(jnp.max(jnp.abs(run(1) - a[0]))) > 1e-3
+
+
+def test_remat_gives_same_outputs_and_grads(params):
+    ids, types, mask = _batch(np.random.default_rng(5))
+
+    def loss(p, policy):
+        logits, nsp = BertForPreTraining(SMALL, remat_policy=policy).apply(
+            {"params": p}, ids, types, mask, deterministic=False,
+            rngs={"dropout": jax.random.key(0)})
+        return jnp.sum(logits ** 2) + jnp.sum(nsp)
+
+    ref = jax.grad(loss)(params, "none")
+    for policy in ("nothing_saveable", "dots_saveable"):
+        got = jax.grad(loss)(params, policy)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ref, got)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits(params):
+    ids, types, mask = _batch(np.random.default_rng(6))
+    logits, nsp = BertForPreTraining(SMALL, dtype=jnp.bfloat16).apply(
+        {"params": params}, ids, types, mask)
+    ref, _ = BertForPreTraining(SMALL).apply({"params": params}, ids, types, mask)
+    assert logits.dtype == jnp.float32 and nsp.dtype == jnp.float32
+    assert float(jnp.max(jnp.abs(logits - ref))) < 0.1
+
+
+def test_sequence_longer_than_positions_is_an_error(params):
+    ids = np.ones((1, SMALL.max_position_embeddings + 1), np.int32)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        BertModel(SMALL).apply({"params": params["bert"]}, ids, ids, ids)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("hidden_size", 30), ("num_attention_heads", 0), ("vocab_size", -1),
+    ("hidden_act", "tanhh"), ("hidden_dropout_prob", 1.5), ("num_hidden_layers", 2.5),
+])
+def test_config_errors_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        BertConfig(**{**BertConfig().__dict__, field: value})
+
+
+def test_config_roundtrips_hf_json(tmp_path):
+    hf = {"architectures": ["BertForMaskedLM"], "model_type": "bert", "vocab_size": 30522,
+          "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+          "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+          "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512,
+          "type_vocab_size": 2, "initializer_range": 0.02, "layer_norm_eps": 1e-12,
+          "pad_token_id": 0, "position_embedding_type": "absolute", "use_cache": True}
+    cfg = BertConfig.from_dict(hf)
+    assert cfg == BertConfig()
+    path = tmp_path / "config.json"
+    cfg.to_json_file(str(path))
+    assert BertConfig.from_json_file(str(path)) == cfg
+    assert {k: v for k, v in hf.items() if k in cfg.to_dict()} == cfg.to_dict()
+    with pytest.raises(ValueError, match="model_type"):
+        BertConfig.from_dict({**hf, "model_type": "gpt2"})
