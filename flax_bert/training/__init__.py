@@ -1,0 +1,1 @@
+"""Training: optimizer, sharding rules and mesh, train/eval steps, the loop, metric writers."""

@@ -1,0 +1,74 @@
+"""Device mesh and the logical-axis rules that place parameters and activations on it.
+
+Parameters are annotated with logical axis names in flax_bert/model.py. This table is the
+only place that says which mesh axis each name is split over, so data parallel, FSDP and
+tensor parallel are mesh shapes in the config, not code paths:
+  data=8              pure data parallel (parameters replicated)
+  data=2, fsdp=4      parameters and optimizer state split 4 ways along `embed`
+  data=4, tensor=2    attention heads, MLP hidden units and vocab split 2 ways
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+LOGICAL_AXIS_RULES = (
+    # Weights.
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    # Activations.
+    ("activation_batch", BATCH_AXES),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+)
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict,
+              devices: list[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all devices; one axis may be -1 (the rest)."""
+    devices = jax.devices() if devices is None else devices
+    shape = [mesh_config.data, mesh_config.fsdp, mesh_config.tensor]
+    if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"config.mesh {dict(zip(MESH_AXES, shape))}: sizes must be positive, "
+                         "with at most one -1")
+    known = int(np.prod([s for s in shape if s != -1]))
+    if -1 in shape:
+        if len(devices) % known:
+            raise ValueError(f"config.mesh: {len(devices)} devices do not split into "
+                             f"{dict(zip(MESH_AXES, shape))}")
+        shape[shape.index(-1)] = len(devices) // known
+    if int(np.prod(shape)) != len(devices):
+        raise ValueError(f"config.mesh {dict(zip(MESH_AXES, shape))} needs {np.prod(shape)} "
+                         f"devices, but there are {len(devices)}")
+    # Auto axes: XLA propagates shardings from the annotated parameters and constraints.
+    return jax.make_mesh(tuple(shape), MESH_AXES, devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_shardings(logical_specs: Any, mesh: Mesh) -> Any:
+    """Pytree of logical PartitionSpecs -> pytree of NamedShardings on `mesh`."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_AXIS_RULES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Examples split over data x fsdp; everything else in a batch array is replicated."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())

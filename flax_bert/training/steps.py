@@ -1,0 +1,123 @@
+"""The pure train and eval steps, and their jit-compiled, sharded forms."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from flax_bert import losses
+from flax_bert.training import sharding
+from flax_bert.training.state import TrainState
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+
+
+def _forward(model: nn.Module, params: Any, batch: Batch, deterministic: bool,
+             dropout_rng: Array | None) -> dict[str, Array]:
+    """Loss and accuracy sums of one batch (see losses.pretraining_metrics)."""
+    mlm_logits, nsp_logits = model.apply(
+        {"params": params}, batch["input_ids"], batch["token_type_ids"],
+        batch["attention_mask"], deterministic=deterministic,
+        masked_positions=batch["masked_positions"],
+        rngs=None if deterministic else {"dropout": dropout_rng})  # [B, P, V], [B, 2]
+    return losses.pretraining_metrics(mlm_logits, nsp_logits, batch)
+
+
+def _split_micro_batches(batch: Batch, num: int) -> Batch:
+    """[B, ...] -> [num, B / num, ...]; micro-batch i takes rows i, i + num, ... so each
+    device's contiguous rows are spread evenly over the micro-batches."""
+    return jax.tree.map(lambda x: x.reshape(-1, num, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def train_step(state: TrainState, batch: Batch, rng: Array, *, model: nn.Module,
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               grad_accum_steps: int = 1) -> tuple[TrainState, dict[str, Array]]:
+    """One optimizer step of MLM + NSP on `batch` (the global batch).
+
+    The dropout key is `rng` folded with the step. With `grad_accum_steps` > 1 the batch is
+    split into micro-batches whose gradients are summed in a `lax.scan`; losses are
+    normalised by the whole batch's counts, so the result equals one step on the full
+    batch. A step whose loss or gradient norm is not finite leaves params and optimizer
+    state unchanged and is counted in `nonfinite_run`.
+    """
+    dropout_rng = jax.random.fold_in(rng, state.step)
+    mlm_total = jnp.maximum(jnp.sum(batch["masked_weights"].astype(jnp.float32)), 1.0)
+    nsp_total = jnp.float32(batch["next_sentence_label"].shape[0])
+
+    def loss_fn(params: Any, micro: Batch, key: Array) -> tuple[Array, dict[str, Array]]:
+        sums = _forward(model, params, micro, deterministic=False, dropout_rng=key)
+        return sums["mlm_loss_sum"] / mlm_total + sums["nsp_loss_sum"] / nsp_total, sums
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if grad_accum_steps == 1:
+        (loss, sums), grads = grad_fn(state.params, batch, dropout_rng)
+    else:
+        def accumulate(carry, xs):
+            index, micro = xs
+            (loss_i, sums_i), grads_i = grad_fn(state.params, micro,
+                                                jax.random.fold_in(dropout_rng, index))
+            return jax.tree.map(jnp.add, carry, (loss_i, sums_i, grads_i)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+            grad_fn, state.params, batch, dropout_rng))
+        (loss, sums, grads), _ = jax.lax.scan(
+            accumulate, (zeros[0][0], zeros[0][1], zeros[1]),
+            (jnp.arange(grad_accum_steps), _split_micro_batches(batch, grad_accum_steps)))
+
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(
+        step=state.step + 1, params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        nonfinite_run=jnp.where(finite, 0, state.nonfinite_run + 1))
+    metrics = dict(sums, loss=loss, grad_norm=grad_norm,
+                   param_norm=optax.tree.norm(state.params),
+                   update_norm=optax.tree.norm(updates),
+                   learning_rate=schedule(state.step),
+                   skipped=(~finite).astype(jnp.float32))
+    return new_state, metrics
+
+
+def eval_step(params: Any, batch: Batch, *, model: nn.Module) -> dict[str, Array]:
+    """Loss and accuracy sums on `batch`, no dropout."""
+    return _forward(model, params, batch, deterministic=True, dropout_rng=None)
+
+
+def _with_mesh(fn: Callable, mesh: Mesh) -> Callable:
+    """Traces `fn` with the mesh and logical-axis rules active (activation constraints)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def jit_train_step(mesh: Mesh, state_shardings: Any, *, model: nn.Module,
+                   tx: optax.GradientTransformation, schedule: optax.Schedule,
+                   grad_accum_steps: int = 1) -> Callable:
+    """`train_step` compiled for `mesh`: state donated, batch split over data x fsdp."""
+    step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                             grad_accum_steps=grad_accum_steps)
+    return jax.jit(_with_mesh(step, mesh),
+                   in_shardings=(state_shardings, sharding.batch_sharding(mesh),
+                                 sharding.replicated(mesh)),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)),
+                   donate_argnums=(0,))
+
+
+def jit_eval_step(mesh: Mesh, params_shardings: Any, *, model: nn.Module) -> Callable:
+    return jax.jit(_with_mesh(functools.partial(eval_step, model=model), mesh),
+                   in_shardings=(params_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=sharding.replicated(mesh))

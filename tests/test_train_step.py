@@ -1,0 +1,142 @@
+"""The sharded train step: mesh layouts agree with one device, FSDP shards, gradient
+accumulation, overfitting, schedule and weight-decay mask."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import default
+from flax_bert import BertConfig, BertForPreTraining
+from flax_bert.training import optimizer, sharding, state as state_lib, steps
+
+CFG = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64, max_position_embeddings=32)
+SEQ, PREDS = 16, 4
+
+
+def make_batch(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
+    ids = rng.integers(5, CFG.vocab_size, (batch, SEQ)).astype(np.int32)
+    lengths = rng.integers(SEQ // 2, SEQ + 1, (batch,))
+    mask = (np.arange(SEQ)[None, :] < lengths[:, None]).astype(np.int32)
+    types = ((np.arange(SEQ)[None, :] >= lengths[:, None] // 2) & (mask == 1)).astype(np.int32)
+    positions = np.stack([rng.choice(np.arange(1, n), PREDS, replace=False) for n in lengths])
+    weights = np.ones((batch, PREDS), np.float32)
+    weights[::3, -1] = 0.0  # some padding predictions
+    return {
+        "input_ids": ids * mask, "token_type_ids": types, "attention_mask": mask,
+        "masked_positions": positions.astype(np.int32),
+        "masked_ids": rng.integers(5, CFG.vocab_size, (batch, PREDS)).astype(np.int32),
+        "masked_weights": weights,
+        "next_sentence_label": rng.integers(0, 2, (batch,)).astype(np.int32),
+    }
+
+
+def opt_config(**overrides) -> ml_collections.ConfigDict:
+    opt = default.get_config().optimizer
+    opt.update({"warmup_steps": 2, "learning_rate": 1e-3, **overrides})
+    return opt
+
+
+def run_steps(mesh_shape, batches, *, accum=1, cfg=CFG, opt=None, n_devices=None):
+    devices = jax.devices()[:n_devices] if n_devices else jax.devices()
+    mesh = sharding.make_mesh(ml_collections.ConfigDict(mesh_shape), devices)
+    model = BertForPreTraining(cfg)
+    tx, schedule = optimizer.make_optimizer(opt or opt_config(), 100)
+    state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(0), SEQ)
+    step = steps.jit_train_step(mesh, shardings, model=model, tx=tx, schedule=schedule,
+                                grad_accum_steps=accum)
+    losses = []
+    for batch in batches:
+        state, metrics = step(state, batch, jax.random.PRNGKey(1))
+        losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+@pytest.fixture(scope="module")
+def batches():
+    rng = np.random.default_rng(0)
+    return [make_batch(rng, 16) for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def single_device(batches):
+    return run_steps({"data": 1, "fsdp": 1, "tensor": 1}, batches, n_devices=1)
+
+
+@pytest.mark.parametrize("mesh_shape", [
+    {"data": 8, "fsdp": 1, "tensor": 1},
+    {"data": 2, "fsdp": 4, "tensor": 1},
+    {"data": 4, "fsdp": 1, "tensor": 2},
+])
+def test_mesh_layouts_match_one_device(batches, single_device, mesh_shape):
+    ref_state, ref_losses = single_device
+    state, losses = run_steps(mesh_shape, batches)
+    np.testing.assert_allclose(losses, ref_losses, atol=1e-5, rtol=0)
+    diff = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                        state.params, ref_state.params)
+    assert max(jax.tree.leaves(diff)) <= 1e-5
+
+
+def test_fsdp_shards_every_large_parameter(batches):
+    state, _ = run_steps({"data": 2, "fsdp": 4, "tensor": 1}, batches[:1])
+    mu = state.opt_state[1][0].mu
+    for tree in (state.params, mu):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            if leaf.ndim == 2 and leaf.size >= 32 * 32:
+                shard = leaf.addressable_shards[0].data
+                assert shard.size * 4 == leaf.size, (jax.tree_util.keystr(path), shard.shape)
+
+
+def test_gradient_accumulation_equals_big_batch():
+    rng = np.random.default_rng(1)
+    big = [make_batch(rng, 32) for _ in range(2)]
+    cfg = BertConfig(**{**CFG.__dict__, "hidden_dropout_prob": 0.0,
+                        "attention_probs_dropout_prob": 0.0})
+    mesh = {"data": 8, "fsdp": 1, "tensor": 1}
+    ref_state, ref_losses = run_steps(mesh, big, cfg=cfg)
+    state, losses = run_steps(mesh, big, accum=4, cfg=cfg)
+    np.testing.assert_allclose(losses, ref_losses, atol=1e-5, rtol=0)
+    diff = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                        state.params, ref_state.params)
+    assert max(jax.tree.leaves(diff)) <= 1e-5
+
+
+def test_overfits_a_fixed_batch():
+    batch = make_batch(np.random.default_rng(2), 8)
+    cfg = BertConfig(**{**CFG.__dict__, "hidden_dropout_prob": 0.0,
+                        "attention_probs_dropout_prob": 0.0})
+    opt = opt_config(learning_rate=3e-3, warmup_steps=10, decay="constant", weight_decay=0.0)
+    _, losses = run_steps({"data": 8, "fsdp": 1, "tensor": 1}, [batch] * 200, cfg=cfg, opt=opt)
+    assert losses[0] > 3.0
+    assert losses[-1] < 0.05, losses[-10:]
+
+
+def test_schedule_warmup_then_linear_decay():
+    schedule = optimizer.make_schedule(opt_config(learning_rate=1e-3, warmup_steps=10), 110)
+    np.testing.assert_allclose([schedule(s) for s in (0, 5, 10, 60, 110)],
+                               [0.0, 5e-4, 1e-3, 5e-4, 0.0], atol=1e-9)
+    cosine = optimizer.make_schedule(opt_config(warmup_steps=10, decay="cosine"), 110)
+    np.testing.assert_allclose([cosine(10), cosine(60), cosine(110)], [1e-3, 5e-4, 0.0],
+                               atol=1e-9)
+
+
+def test_weight_decay_skips_layernorm_and_biases():
+    params = BertForPreTraining(CFG).init(jax.random.PRNGKey(0),
+                                          *state_lib.example_inputs(SEQ))["params"]
+    import flax.linen as nn
+    mask = optimizer.decay_mask(nn.unbox(params))
+    flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_leaves_with_path(mask)}
+    for path, decayed in flat.items():
+        no_decay = "LayerNorm" in path or path.endswith("['bias']")
+        assert decayed != no_decay, path
+    assert flat["['bert']['embeddings']['word_embeddings']['embedding']"]
+    # With zero gradients, AdamW's update is the decay alone: only matrices move.
+    tx, _ = optimizer.make_optimizer(opt_config(warmup_steps=0, decay="constant",
+                                                weight_decay=0.1), 10)
+    p = nn.unbox(params)
+    zeros = jax.tree.map(np.zeros_like, p)
+    updates, _ = tx.update(zeros, tx.init(p), p)
+    for path, u in jax.tree_util.tree_leaves_with_path(updates):
+        moved = bool(np.any(np.asarray(u) != 0))
+        assert moved == flat[jax.tree_util.keystr(path)], jax.tree_util.keystr(path)
