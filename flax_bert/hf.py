@@ -138,13 +138,41 @@ def _init_params(config: BertConfig, seed: int) -> Params:
 
 # ----------------------------------------------------------------------------- reading
 
-def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+def _read_bf16(path: str, names: list[str]) -> dict[str, np.ndarray]:
+    """bfloat16 tensors of a safetensors file as float32 (NumPy has no bfloat16).
 
+    File layout: u64 little-endian header size, JSON header {name: {dtype, shape,
+    data_offsets}}, then the data; bf16 is the upper half of a float32's bits.
+    """
+    with open(path, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_size))
+        data = f.read()
+    out = {}
+    for name in names:
+        info = header[name]
+        start, end = info["data_offsets"]
+        bits = np.frombuffer(data[start:end], dtype="<u2").astype(np.uint32) << 16
+        out[name] = bits.view(np.float32).reshape(info["shape"])
+    return out
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    tensors: dict[str, np.ndarray] = {}
+    bf16: list[str] = []
     try:
-        return load_file(path)
+        with safe_open(path, framework="np") as f:
+            for name in f.keys():
+                try:
+                    tensors[name] = f.get_tensor(name)
+                except TypeError:  # "data type 'bfloat16' not understood".
+                    bf16.append(name)
+        tensors.update(_read_bf16(path, bf16))
     except Exception as e:  # safetensors raises its own error types for corrupt files.
         raise UserError(f"{path}: cannot read safetensors file ({e}); re-save the checkpoint") from e
+    return tensors
 
 
 def _read_torch(path: str) -> dict[str, np.ndarray]:

@@ -293,3 +293,38 @@ def test_cli_subprocess_error_exit_code(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "gpt2" in lines[0], proc.stderr
     assert "config.json" in lines[0]
+
+
+def test_bf16_safetensors(tmp_path):
+    """bfloat16 checkpoints load without torch at read time, exactly widened to float32."""
+    import safetensors.torch
+
+    model = _torch_model(transformers.BertForPreTraining, seed=5)
+    model.config.save_pretrained(tmp_path)
+    state = {k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()
+             if k != "cls.predictions.decoder.weight" and k != "cls.predictions.decoder.bias"}
+    safetensors.torch.save_file(state, str(tmp_path / hf.SAFETENSORS_FILE), metadata={"format": "pt"})
+    _, params = hf.load_pretrained(str(tmp_path))
+    np.testing.assert_array_equal(
+        params["bert"]["encoder"]["layer_0"]["output"]["dense"]["kernel"],
+        state["bert.encoder.layer.0.output.dense.weight"].float().numpy().T)
+
+
+def test_pytorch_bin_without_torch(tmp_path, monkeypatch):
+    _hf_config().save_pretrained(tmp_path)
+    (tmp_path / hf.TORCH_FILE).write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError.
+    with pytest.raises(UserError, match=r"pytorch_model\.bin needs PyTorch to read; pip install torch"):
+        hf.load_pretrained(str(tmp_path))
+
+
+def test_checkpoint_without_pooler_warns(tmp_path):
+    """BertForMaskedLM has no pooler and no NSP head: both initialised and listed."""
+    torch.manual_seed(6)
+    model = transformers.BertForMaskedLM(_hf_config()).eval()
+    model.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="bert.pooler, cls.seq_relationship") as record:
+        _, params = hf.load_pretrained(str(tmp_path))
+    assert "cls.predictions" not in str(record[0].message).split("initialised:")[0]
+    np.testing.assert_array_equal(params["cls"]["predictions"]["bias"],
+                                  model.state_dict()["cls.predictions.bias"].numpy())
