@@ -171,7 +171,8 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
                     bf16.append(name)
         tensors.update(_read_bf16(path, bf16))
     except Exception as e:  # safetensors raises its own error types for corrupt files.
-        raise UserError(f"{path}: cannot read safetensors file ({e}); re-save the checkpoint") from e
+        raise UserError(f"{path}: cannot read safetensors file ({e}); "
+                        f"re-save the checkpoint") from e
     return tensors
 
 
@@ -184,7 +185,8 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # Pickle/zip errors of a truncated or foreign file.
-        raise UserError(f"{path}: cannot read PyTorch checkpoint ({e}); re-save the checkpoint") from e
+        raise UserError(f"{path}: cannot read PyTorch checkpoint ({e}); "
+                        f"re-save the checkpoint") from e
     return {k: v.detach().to(torch.float32).numpy() for k, v in state.items()
             if isinstance(v, torch.Tensor)}
 
@@ -401,7 +403,8 @@ def export_from_workdir(workdir: str, out_dir: str, vocab: str | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flax_bert.hf", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m flax_bert.hf",
+                                     description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_import = sub.add_parser("import", help="HF directory -> WORKDIR/pretrained")
     p_import.add_argument("hf_dir", metavar="HF_DIR")
@@ -409,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     p_export = sub.add_parser("export", help="model of WORKDIR -> HF directory")
     p_export.add_argument("--workdir", required=True)
     p_export.add_argument("out_dir", metavar="OUT_DIR")
-    p_export.add_argument("--vocab", default=None, help="vocab.txt to copy (default: the workdir's)")
+    p_export.add_argument("--vocab", default=None,
+                          help="vocab.txt to copy (default: the workdir's)")
     args = parser.parse_args(argv)
     try:
         if args.command == "import":
