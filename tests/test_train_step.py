@@ -38,6 +38,14 @@ def opt_config(**overrides) -> ml_collections.ConfigDict:
     return opt
 
 
+def place(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+    """The global batch as arrays split over the mesh (works with several processes:
+    each process fills only the shards of its own devices)."""
+    spec = sharding.batch_sharding(mesh)
+    return {k: jax.make_array_from_callback(v.shape, spec, lambda idx, v=v: v[idx])
+            for k, v in batch.items()}
+
+
 def run_steps(mesh_shape, batches, *, accum=1, cfg=CFG, opt=None, n_devices=None):
     devices = jax.devices()[:n_devices] if n_devices else jax.devices()
     mesh = sharding.make_mesh(ml_collections.ConfigDict(mesh_shape), devices)
@@ -48,15 +56,19 @@ def run_steps(mesh_shape, batches, *, accum=1, cfg=CFG, opt=None, n_devices=None
                                 grad_accum_steps=accum)
     losses = []
     for batch in batches:
-        state, metrics = step(state, batch, jax.random.PRNGKey(1))
+        state, metrics = step(state, place(batch, mesh), jax.random.PRNGKey(1))
         losses.append(float(metrics["loss"]))
     return state, losses
 
 
-@pytest.fixture(scope="module")
-def batches():
+def global_batches() -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(0)
     return [make_batch(rng, 16) for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def batches():
+    return global_batches()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,86 @@
+"""Metric writers: metrics.jsonl, TensorBoard event files and PNG curves, in the workdir.
+
+Only the writing process (process 0) creates files; other processes get a writer whose
+calls do nothing, so the loop needs no `if process_index == 0` of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_PLOT = "loss.png"
+ACCURACY_PLOT = "accuracy.png"
+
+
+class MetricWriter:
+    """Appends one JSON object per logged step; mirrors scalars to TensorBoard."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self.workdir = workdir
+        self._tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, scalars: Mapping[str, float], split: str = "train") -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), "split": split, **{k: float(v) for k, v in scalars.items()}}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        for name, value in scalars.items():
+            self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+        self._tb.flush()
+
+    def truncate_after(self, step: int) -> None:
+        """Drops rows past `step` (a resumed run rewrites the steps after its checkpoint)."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        rows = read_metrics(self.path)
+        with open(self.path, "w", encoding="utf-8") as f:
+            for row in rows:
+                if row["step"] <= step:
+                    f.write(json.dumps(row) + "\n")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(workdir: str) -> list[str]:
+    """Writes loss.png and accuracy.png from metrics.jsonl; returns their paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(os.path.join(workdir, METRICS_FILE))
+    paths = []
+    for filename, keys, ylabel in ((LOSS_PLOT, ("mlm_loss", "nsp_loss"), "loss"),
+                                   (ACCURACY_PLOT, ("mlm_accuracy", "nsp_accuracy"), "accuracy")):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for split, style in (("train", "-"), ("eval", "o--")):
+            for key in keys:
+                points = [(r["step"], r[key]) for r in rows if r["split"] == split and key in r]
+                if points:
+                    steps, values = zip(*points)
+                    ax.plot(steps, values, style, label=f"{split} {key}")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = os.path.join(workdir, filename)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths

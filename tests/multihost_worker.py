@@ -1,0 +1,33 @@
+"""One process of a two-process run (tests/test_multihost.py starts two of these).
+
+Usage: python tests/multihost_worker.py PORT PROCESS_ID NUM_PROCESSES
+Each process has 4 CPU devices; together they form one 8-device mesh. Prints the losses
+of a few train steps as JSON on its last line.
+"""
+
+import json
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+
+
+def main() -> None:
+    port, process_id, num_processes = (int(a) for a in sys.argv[1:4])
+    from flax_bert.training import distributed
+    distributed.maybe_initialize(ml_collections.ConfigDict({
+        "coordinator_address": f"127.0.0.1:{port}", "num_processes": num_processes,
+        "process_id": process_id}))
+    from tests import test_train_step as t  # the same model, batches and optimizer
+    assert jax.device_count() == 8 and jax.local_device_count() == 4
+    _, losses = t.run_steps({"data": 8, "fsdp": 1, "tensor": 1}, t.global_batches())
+    print(json.dumps(losses))
+
+
+if __name__ == "__main__":
+    main()
