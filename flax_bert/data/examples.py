@@ -160,6 +160,8 @@ def mask_batch(
     mask_token_prob: float,
     random_token_prob: float,
     continuation: np.ndarray | None = None,  # [vocab] bool: whole-word masking when given
+    global_rows: int | None = None,
+    row_offset: int = 0,
 ) -> dict[str, np.ndarray]:
     """BERT masking for a batch, vectorized.
 
@@ -169,6 +171,10 @@ def mask_batch(
     would overshoot); of those, mask_token_prob become [MASK], random_token_prob a uniform
     random id, the rest stay. Returns input_ids [B,L] int32, masked_positions [B,P] int32,
     masked_ids [B,P] int32, masked_weights [B,P] float32, sorted by position.
+
+    The random numbers are drawn for `global_rows` rows (default B) and rows
+    [row_offset, row_offset + B) are used, so each process of a sharded global batch gets
+    exactly the masks a single process would give those rows.
     """
     b, seq = input_ids.shape
     pos = np.arange(seq)[None, :]  # [1, L]
@@ -178,7 +184,11 @@ def mask_batch(
     num_pred = np.minimum(
         max_predictions, np.maximum(1, np.rint(n_cand * masked_lm_prob).astype(np.int64))
     )  # [B]
-    keys = rng.random((b, seq))  # [B, L]
+    rows = slice(row_offset, row_offset + b)
+    shape = (global_rows or b, seq)
+    keys = rng.random(shape)[rows]  # [B, L]
+    u = rng.random(shape)[rows]  # [B, L]
+    random_ids = rng.integers(0, vocab_size, shape, dtype=np.int32)[rows]  # [B, L]
     if continuation is None:
         keys = np.where(cand, keys, 2.0)  # non-candidates sort last
         rank = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1)  # [B, L]
@@ -186,8 +196,6 @@ def mask_batch(
     else:
         chosen = _whole_word_choice(input_ids, cand, keys, num_pred, continuation)
     # Replacement: [MASK] / random id / keep, decided per chosen position.
-    u = rng.random((b, seq))  # [B, L]
-    random_ids = rng.integers(0, vocab_size, (b, seq), dtype=np.int32)  # [B, L]
     masked = np.where(u < mask_token_prob, mask_id, input_ids)
     masked = np.where((u >= mask_token_prob) & (u < mask_token_prob + random_token_prob),
                       random_ids, masked)
