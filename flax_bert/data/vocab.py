@@ -59,11 +59,28 @@ def train_vocab(
     )
     tok.train_from_iterator(sentences, trainer=trainer)
     os.makedirs(output_dir, exist_ok=True)
-    vocab = tok.get_vocab()  # token -> id
+    trained = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])]
     path = os.path.join(output_dir, "vocab.txt")
     with open(path, "w", encoding="utf-8") as f:
-        f.writelines(t + "\n" for t, _ in sorted(vocab.items(), key=lambda kv: kv[1]))
+        f.writelines(t + "\n" for t in _deterministic_order(trained))
     return path
+
+
+def _deterministic_order(tokens: list[str]) -> list[str]:
+    """Specials, then characters, `##` characters, words, `##` pieces, each sorted.
+
+    The trainer breaks frequency ties in hash-map order, which changes between runs; ids
+    do not matter to WordPiece (longest match), so sorting makes the same corpus give the
+    same vocab.txt (unless a tie falls exactly at the vocab_size cut-off)."""
+    n = len(CONTINUATION_PREFIX)
+
+    def group(t: str) -> tuple[int, str]:
+        cont = t.startswith(CONTINUATION_PREFIX)
+        single = len(t) == (n + 1 if cont else 1)
+        return (0 if single else 2) + int(cont), t
+
+    rest = sorted((t for t in tokens if t not in SPECIAL_TOKENS), key=group)
+    return list(SPECIAL_TOKENS) + rest
 
 
 def read_vocab(path: str) -> list[str]:
