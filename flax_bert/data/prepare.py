@@ -258,7 +258,9 @@ def tokenize_corpus(
         results = pool.imap(_tokenize_task, tasks)
     ids, lengths, per_doc = [], [], []
     try:
-        with tqdm(desc="tokenizing", unit=" sent", disable=not progress, file=sys.stderr) as bar:
+        # disable=None: no bar when stderr is not a terminal (logs, captured subprocesses).
+        bar_off = None if progress else True
+        with tqdm(desc="tokenizing", unit=" sent", disable=bar_off, file=sys.stderr) as bar:
             for i, l, d in results:
                 ids.append(i), lengths.append(l), per_doc.append(d)
                 bar.update(len(l))
