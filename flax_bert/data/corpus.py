@@ -41,6 +41,8 @@ _BOUNDARY_RE = re.compile(r"""([.!?]+["'”’)\]]*)\s+(?=["'“‘(\[]?[A-Z0-9]
 _TERMINAL_RE = re.compile(r"""[.!?]["'”’)\]]*$""")
 _DOC_BREAK_RE = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")  # two or more blank lines
 _PARA_BREAK_RE = re.compile(r"\n[ \t]*\n")
+# Relative inputs that do not exist from the working folder are also tried from here.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 Document = list[str]  # sentences
 
@@ -66,18 +68,25 @@ def split_sentences(text: str) -> list[str]:
 
 
 def expand_inputs(inputs: str | list[str]) -> list[str]:
-    """Files (globs expanded, sorted) or one `datasets` folder; a missing path is an error."""
+    """Files (globs expanded, sorted) or `datasets` folders; a missing path is an error.
+    A relative path not found from the working folder is looked up from the repo root."""
     patterns = [p.strip() for p in (inputs.split(",") if isinstance(inputs, str) else inputs)]
     paths = []
     for pattern in filter(None, patterns):
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        matches = [m for m in matches if os.path.exists(m)]
+        matches = _matches(pattern)
+        if not matches and not os.path.isabs(pattern):  # e.g. the bundled corpus, run
+            matches = _matches(os.path.join(REPO_ROOT, pattern))  # from another folder
         if not matches:
             raise UserError(f"{pattern}: no such file; check --input / config.data.input")
         paths.extend(matches)
     if not paths:
         raise UserError("no input given; pass --input FILE_OR_GLOB (config.data.input)")
     return paths
+
+
+def _matches(pattern: str) -> list[str]:
+    found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    return [m for m in found if os.path.exists(m)]
 
 
 def is_dataset_dir(path: str) -> bool:

@@ -19,6 +19,7 @@ themselves. `prepare_from_config` is a no-op when meta.json exists with the same
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import itertools
 import json
@@ -27,6 +28,8 @@ import os
 import shutil
 import sys
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 from tqdm import tqdm
@@ -36,6 +39,7 @@ from flax_bert.errors import UserError
 
 FORMAT_VERSION = 1  # Bump when the on-disk layout changes (invalidates caches).
 SENTENCES_PER_TASK = 20_000  # Sentences sent to a tokenizing worker at a time.
+IN_FLIGHT_PER_WORKER = 2  # Tasks queued per worker (bounds memory on big corpora).
 MIN_TRAIN_DOCS = 2  # NSP needs a document other than A's.
 MIN_EVAL_DOCS = 2
 EVAL_MASK_SEED_OFFSET = 1  # Eval masks use seed + this (train static masks use seed).
@@ -240,22 +244,36 @@ def _tasks(paths, opts) -> Iterator[tuple[list, str]]:
         yield batch, opts.input_format
 
 
+def _ordered(executor: ProcessPoolExecutor, tasks: Iterator, in_flight: int) -> Iterator:
+    """Results of `_tokenize_task` over tasks, in order, with at most in_flight pending
+    (the corpus is read as the workers go, not all at once)."""
+    pending: collections.deque = collections.deque()
+    for task in tasks:
+        pending.append(executor.submit(_tokenize_task, task))
+        if len(pending) >= in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def tokenize_corpus(
     paths: list[str], opts: PrepareOptions, vocab_path: str, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All tokens [T] int32, sentence offsets [S+1], document offsets (in sentences) [D+1]."""
     workers = opts.num_workers or os.cpu_count() or 1
     tasks = _tasks(paths, opts)
+    executor = None
     if workers == 1:
         _init_worker(vocab_path, opts.lowercase)
         results: Iterable = map(_tokenize_task, tasks)
-        pool = None
     else:
-        # spawn, not fork: the caller (train.py) may already run JAX threads.
-        pool = multiprocessing.get_context("spawn").Pool(
-            workers, initializer=_init_worker, initargs=(vocab_path, opts.lowercase)
+        # spawn, not fork: the caller (train.py) may already run JAX threads. An executor
+        # (not a Pool) so a worker that dies raises instead of hanging.
+        executor = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker, initargs=(vocab_path, opts.lowercase),
         )
-        results = pool.imap(_tokenize_task, tasks)
+        results = _ordered(executor, tasks, IN_FLIGHT_PER_WORKER * workers)
     ids, lengths, per_doc = [], [], []
     try:
         # disable=None: no bar when stderr is not a terminal (logs, captured subprocesses).
@@ -264,10 +282,14 @@ def tokenize_corpus(
             for i, l, d in results:
                 ids.append(i), lengths.append(l), per_doc.append(d)
                 bar.update(len(l))
+    except BrokenProcessPool as e:
+        raise RuntimeError(
+            "a tokenizing worker died (run the caller under `if __name__ == '__main__':`, "
+            "or set --num-workers 1)"
+        ) from e
     finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
     cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
     lengths_all, per_doc_all = cat(lengths, np.int64), cat(per_doc, np.int64)
     keep = per_doc_all > 0
