@@ -1,11 +1,14 @@
-"""Rebuild the bundled corpus data/corpus/*.txt.gz from the Debian package r-cran-janeaustenr.
+"""Rebuild the bundled corpus data/corpus/*.txt.gz from two Debian packages.
 
-    python data/make_corpus.py [--deb r-cran-janeaustenr_1.0.0-1_all.deb] [--out data/corpus]
+    python data/make_corpus.py [--deb r-cran-janeaustenr_1.0.0-1_all.deb \
+        r-cran-tokenizers_0.3.0-1_amd64.deb] [--out data/corpus]
 
-Without --deb it runs `apt-get download r-cran-janeaustenr` in a temporary folder.
-The package stores Jane Austen's six novels (Project Gutenberg texts, public domain) as R
-character vectors in a lazy-load database (data/Rdata.rdb + .rdx); this script reads them
-with a small R-unserializer (no R needed), cuts each novel into chapters (one document each),
+Without --deb it runs `apt-get download` for them in a temporary folder.
+r-cran-janeaustenr stores Jane Austen's six novels and r-cran-tokenizers Herman
+Melville's Moby Dick (Project Gutenberg texts, public domain) as R data in a lazy-load
+database (data/Rdata.rdb + .rdx); this script reads them with a small R-unserializer (no R
+needed), drops Gutenberg's header and licence footer, cuts each novel into chapters (one
+document each),
 joins the wrapped lines of each paragraph, splits paragraphs into sentences with
 `flax_bert.data.corpus.split_sentences`, and writes one sentence per line with a blank line
 between chapters, one gzip file per novel (gzip mtime 0, so rebuilds are byte-identical).
@@ -26,12 +29,19 @@ import zlib
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from flax_bert.data.corpus import split_sentences  # noqa: E402
 
-PACKAGE = "r-cran-janeaustenr"
-DATA_DIR = "usr/lib/R/site-library/janeaustenr/data"
-# Chapter headings in the six texts: "CHAPTER 1", "Chapter 1", "CHAPTER I", "CHAPTER XII".
-CHAPTER_RE = re.compile(r"^\s*chapter\s+([0-9]+|[ivxlc]+)\.?\s*$", re.IGNORECASE)
+# Debian package -> the R data folder inside it. Both packages are MIT; the texts are
+# Project Gutenberg transcriptions of public-domain books.
+PACKAGES = {
+    "r-cran-janeaustenr": "usr/lib/R/site-library/janeaustenr/data",  # Austen's 6 novels
+    "r-cran-tokenizers": "usr/lib/R/site-library/tokenizers/data",  # Moby Dick (Melville)
+}
+# Chapter headings: "CHAPTER 1", "Chapter 1", "CHAPTER XII", "CHAPTER 1. Loomings.",
+# and Moby Dick's "Epilogue".
+CHAPTER_RE = re.compile(r"^\s*(chapter\s+([0-9]+|[ivxlc]+)\b.*|epilogue)$", re.IGNORECASE)
 # Lines that are headings, not prose ("VOLUME I", "THE END", "FINIS").
 HEADING_RE = re.compile(r"^\s*(volume\s+[ivx0-9]+|the end|finis)\.?\s*$", re.IGNORECASE)
+# Project Gutenberg's licence footer starts at a line like this (kept out of the corpus).
+GUTENBERG_END_RE = re.compile(r"^\s*(\*\*\* ?END OF|End of (the )?Project Gutenberg)", re.I)
 MIN_CHAPTER_SENTENCES = 10  # Drop fragments (title pages) shorter than this.
 
 
@@ -108,8 +118,23 @@ def read_novels(data_dir: str) -> dict[str, list[str]]:
     novels = {}
     for name, (offset, length) in index["variables"].items():
         chunk = rdb[offset : offset + length]
-        novels[name] = _RReader(zlib.decompress(chunk[4:])).read()  # 4 bytes: raw length
+        value = _RReader(zlib.decompress(chunk[4:])).read()  # 4 bytes: raw length
+        if isinstance(value, dict):  # a named character vector, e.g. mobydick
+            value = "\n".join(value.values())
+        if isinstance(value, str):  # one string holding the whole Gutenberg file
+            value = value.lstrip("\ufeff").replace("\r\n", "\n").split("\n")
+        novels[name] = value
     return novels
+
+
+def gutenberg_body(lines: list[str]) -> list[str]:
+    """Lines from the first chapter heading up to Project Gutenberg's licence footer."""
+    start = next((i for i, ln in enumerate(lines) if CHAPTER_RE.match(ln or "")), 0)
+    end = next(
+        (i for i, ln in enumerate(lines) if i > start and GUTENBERG_END_RE.match(ln or "")),
+        len(lines),
+    )
+    return lines[start:end]
 
 
 def chapters(lines: list[str]) -> list[list[str]]:
@@ -142,19 +167,24 @@ def chapters(lines: list[str]) -> list[list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--deb", default="", help="path of the .deb (default: apt-get download)")
+    parser.add_argument("--deb", nargs="*", default=[],
+                        help="downloaded .deb files (default: apt-get download them)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "corpus"))
     args = parser.parse_args()
+    novels = {}
     with tempfile.TemporaryDirectory() as tmp:
-        deb = os.path.abspath(args.deb) if args.deb else ""
-        if not deb:
-            subprocess.run(["apt-get", "download", PACKAGE], cwd=tmp, check=True)
-            deb = os.path.join(tmp, next(f for f in os.listdir(tmp) if f.endswith(".deb")))
-        subprocess.run(["dpkg-deb", "-x", deb, os.path.join(tmp, "x")], check=True)
-        novels = read_novels(os.path.join(tmp, "x", DATA_DIR))
+        for package, data_dir in PACKAGES.items():
+            debs = [os.path.abspath(d) for d in args.deb if os.path.basename(d).startswith(package + "_")]
+            if not debs:
+                subprocess.run(["apt-get", "download", package], cwd=tmp, check=True)
+                debs = [os.path.join(tmp, f) for f in os.listdir(tmp)
+                        if f.startswith(package + "_") and f.endswith(".deb")]
+            target = os.path.join(tmp, package)
+            subprocess.run(["dpkg-deb", "-x", debs[0], target], check=True)
+            novels.update(read_novels(os.path.join(target, data_dir)))
     os.makedirs(args.out, exist_ok=True)
     for name, lines in sorted(novels.items()):
-        docs = chapters(lines)
+        docs = chapters(gutenberg_body(lines))
         text = "\n\n".join("\n".join(doc) for doc in docs) + "\n"
         path = os.path.join(args.out, f"{name}.txt.gz")
         with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
