@@ -64,7 +64,7 @@ class PrepareOptions:
     random_token_prob: float = 0.1
     whole_word_masking: bool = False
     dynamic_masking: bool = True
-    dupe_factor: int = 1
+    dupe_factor: int = 5
     eval_fraction: float = 0.02
     seed: int = 12345
     num_workers: int = 0  # not part of the cache key: results do not depend on it
