@@ -130,3 +130,22 @@ def test_options_defaults_match_the_default_config():
         if f.name not in ("input", "seed"):
             assert getattr(opts, f.name) == f.default == d[f.name], f.name
     assert opts.input == (prepare_lib.PrepareOptions().input) == (d.input,)
+
+
+def test_worker_processes_give_the_same_batches(tmp_path_factory):
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # grain's multiprocessing reads absl flags (train.py parses)
+        flags.FLAGS.mark_as_parsed()
+    out, _, _, opts = prepared(tmp_path_factory)
+    reference = _train(out, opts)
+    with_workers = pipeline.make_train_iterator(
+        out, {**dataclasses.asdict(opts), "worker_count": 2}, global_batch_size=BATCH, seed=0,
+        process_index=0, process_count=1,
+    )
+    try:
+        for _ in range(3):
+            ref = next(reference)
+            assert _equal(next(with_workers), ref)
+    finally:
+        with_workers.close()

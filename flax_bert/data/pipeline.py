@@ -15,6 +15,10 @@ whole global batch, so the processes' batches stacked are exactly the single-pro
 batch. Everything is a pure function of k, so the iterator state is grain's next index:
 `get_state()` / `set_state()` resume bit-exactly.
 
+With config.data.worker_count > 0 batches are made in grain worker processes
+(`mp_prefetch`): the batches and the state stay the same; grain then needs absl flags
+parsed (absl.app does it) and the iterator should be `close()`d at the end.
+
 Eval: finite, in order, static masks written by prepare; the last partial global batch is
 padded with all-zero rows whose masked_weights and example_weight are 0.
 """
@@ -72,8 +76,9 @@ def _per_process(global_batch_size: int, process_count: int) -> int:
 class _Batches:
     """Random access to batches: batch k of a split (picklable for grain workers)."""
 
-    def __init__(self, prepared_dir, split, data_config, *, global_batch_size, seed,
-                 process_index, process_count, dynamic, train):
+    def __init__(self, prepared_dir: str, split: str, data_config, *, global_batch_size: int,
+                 seed: int, process_index: int, process_count: int, dynamic: bool,
+                 train: bool):
         meta = load_meta(prepared_dir)
         self.dir, self.split, self.train, self.dynamic = prepared_dir, split, train, dynamic
         self.seed, self.global_batch = seed, global_batch_size
