@@ -21,7 +21,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from flax_bert.data import corpus, pipeline, prepare as prepare_lib, vocab as vocab_lib  # noqa: E402
+from flax_bert.data import corpus, pipeline  # noqa: E402
+from flax_bert.data import prepare as prepare_lib, vocab as vocab_lib  # noqa: E402
 
 DEFAULTS = prepare_lib.PrepareOptions()
 
@@ -58,7 +59,9 @@ def main() -> None:
         vocab_path = vocab_lib.train_vocab(sentences, args.vocab_size, True, os.path.join(tmp, "v"))
         print(f"vocab training: {time.perf_counter() - t0:.2f} s (not in the ratio)")
         tok = vocab_lib.load_tokenizer(vocab_path, True)
-        t_tok = best_time(lambda: tok.encode_batch(sentences, add_special_tokens=False), args.repeats)
+        t_tok = best_time(
+            lambda: tok.encode_batch(sentences, add_special_tokens=False), args.repeats
+        )
         opts = dataclasses.replace(
             DEFAULTS, input=tuple(paths), vocab=vocab_path, max_seq_length=args.max_seq_length,
             num_workers=args.num_workers,
@@ -89,7 +92,8 @@ def main() -> None:
                 next(it)
             rate = args.batches * args.batch_size / (time.perf_counter() - t0)
             name = "whole-word" if wwm else "dynamic"
-            print(f"train pipeline ({name} masking, batch {args.batch_size}): {rate:.0f} examples/s")
+            print(f"train pipeline ({name} masking, batch {args.batch_size}): "
+                  f"{rate:.0f} examples/s")
 
 
 if __name__ == "__main__":

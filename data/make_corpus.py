@@ -174,7 +174,8 @@ def main() -> None:
     novels = {}
     with tempfile.TemporaryDirectory() as tmp:
         for package, data_dir in PACKAGES.items():
-            debs = [os.path.abspath(d) for d in args.deb if os.path.basename(d).startswith(package + "_")]
+            prefix = package + "_"
+            debs = [os.path.abspath(d) for d in args.deb if os.path.basename(d).startswith(prefix)]
             if not debs:
                 subprocess.run(["apt-get", "download", package], cwd=tmp, check=True)
                 debs = [os.path.join(tmp, f) for f in os.listdir(tmp)

@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     [
         ("Mr. Darcy came. He left!", ["Mr. Darcy came.", "He left!"]),
         ('"Is it?" she said. "Yes." Then', ['"Is it?" she said.', '"Yes."', "Then"]),
-        ("J. R. Smith wrote e.g. this. And 3 more.", ["J. R. Smith wrote e.g. this.", "And 3 more."]),
+        ("J. R. Smith wrote e.g. this. And 3 more.",
+         ["J. R. Smith wrote e.g. this.", "And 3 more."]),
         ("no capital. after period", ["no capital. after period"]),
         ("Wrapped\nline one. Next\n  line.", ["Wrapped line one.", "Next line."]),
     ],

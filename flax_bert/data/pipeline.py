@@ -34,7 +34,7 @@ import grain
 import numpy as np
 
 from flax_bert.data import examples
-from flax_bert.data.prepare import masking_kwargs
+from flax_bert.data.prepare import config_value as _get, masking_kwargs
 from flax_bert.errors import UserError
 
 MASK_STREAM = 1  # rng stream ids: keep shuffle and masking randomness independent
@@ -161,15 +161,10 @@ class _Batches:
         )
         if not self.train:
             for key, value in batch.items():
-                batch[key] = value * valid.reshape((-1,) + (1,) * (value.ndim - 1)).astype(value.dtype)
+                row_valid = valid.reshape((-1,) + (1,) * (value.ndim - 1))  # [b, 1...]
+                batch[key] = value * row_valid.astype(value.dtype)
             batch["example_weight"] = valid.astype(np.float32)
         return batch
-
-
-def _get(data_config, key, default=None):
-    if hasattr(data_config, "get"):
-        return data_config.get(key, default)
-    return getattr(data_config, key, default)
 
 
 def make_train_iterator(

@@ -76,12 +76,18 @@ class PrepareOptions:
         return key
 
 
+def config_value(data_config, key: str, default=None):
+    """data_config[key] for a ConfigDict, a dict or an object with attributes."""
+    if isinstance(data_config, dict) or hasattr(data_config, "get"):
+        return data_config.get(key, default)
+    return getattr(data_config, key, default)
+
+
 def options_from_config(data_config) -> PrepareOptions:
     """PrepareOptions from `config.data` (an ml_collections ConfigDict or a dict)."""
-    get = data_config.get if hasattr(data_config, "get") else lambda k, d: getattr(data_config, k, d)
     fields = {f.name: f.default for f in dataclasses.fields(PrepareOptions)}
-    kw = {name: get(name, default) for name, default in fields.items()}
-    kw["seed"] = get("prepare_seed", fields["seed"])
+    kw = {name: config_value(data_config, name, default) for name, default in fields.items()}
+    kw["seed"] = config_value(data_config, "prepare_seed", fields["seed"])
     inp = kw["input"]
     kw["input"] = tuple(p.strip() for p in inp.split(",")) if isinstance(inp, str) else tuple(inp)
     return PrepareOptions(**kw)
@@ -110,7 +116,9 @@ def _vocab_fingerprint(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
-def prepare(opts: PrepareOptions, output_dir: str, *, force: bool = False, progress: bool = True) -> dict:
+def prepare(
+    opts: PrepareOptions, output_dir: str, *, force: bool = False, progress: bool = True
+) -> dict:
     """Tokenize the corpus once and write the prepared folder; returns meta."""
     sources = _source_files(opts)
     key = opts.cache_key()
@@ -309,7 +317,8 @@ def _pairs_for_docs(tokens, sent_offsets, doc_offsets, docs, opts, special, rng)
     # Re-index the chosen documents' sentences as a contiguous list.
     sents = np.concatenate([np.arange(doc_offsets[d], doc_offsets[d + 1]) for d in docs])
     sub_doc_offsets = np.concatenate([[0], np.cumsum(doc_offsets[docs + 1] - doc_offsets[docs])])
-    sub_sent_offsets = np.concatenate([[0], np.cumsum(sent_offsets[sents + 1] - sent_offsets[sents])])
+    sent_lengths = sent_offsets[sents + 1] - sent_offsets[sents]
+    sub_sent_offsets = np.concatenate([[0], np.cumsum(sent_lengths)])
     tok_start, tok_end = sent_offsets[doc_offsets[docs]], sent_offsets[doc_offsets[docs + 1]]
     sub_tokens = np.concatenate([tokens[s:e] for s, e in zip(tok_start, tok_end)])
     pairs = examples.create_pairs(
@@ -323,7 +332,7 @@ def _pairs_for_docs(tokens, sent_offsets, doc_offsets, docs, opts, special, rng)
 
 def masking_kwargs(opts_or_config, vocab_size: int, mask_id: int, vocab_path: str) -> dict:
     """Keyword arguments of `examples.mask_batch` from options or `config.data`."""
-    g = lambda k: getattr(opts_or_config, k) if hasattr(opts_or_config, k) else opts_or_config[k]  # noqa: E731
+    g = lambda k: config_value(opts_or_config, k)  # noqa: E731
     return dict(
         vocab_size=vocab_size,
         mask_id=mask_id,
@@ -363,7 +372,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input", nargs="+", required=True, help="files, globs or a datasets dir")
     p.add_argument("--output", required=True, help="prepared folder to write")
-    p.add_argument("--input-format", default=d.input_format, choices=["auto", "sentences", "paragraphs"])
+    p.add_argument("--input-format", default=d.input_format,
+                   choices=["auto", "sentences", "paragraphs"])
     p.add_argument("--text-column", default=d.text_column)
     p.add_argument("--vocab", default=d.vocab, help="existing vocab.txt (else one is trained)")
     p.add_argument("--vocab-size", type=int, default=d.vocab_size)
