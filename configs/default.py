@@ -45,8 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
     d.random_token_prob = 0.1  # ... replaced with a random token; the rest stay.
     d.whole_word_masking = False  # Mask all WordPieces of a word together.
     d.dynamic_masking = True  # Fresh masks every epoch in the pipeline (else fixed once).
-    d.dupe_factor = 1  # Times the corpus is paired into examples (different pairings).
+    d.dupe_factor = 5  # Times the corpus is paired into examples (different pairings).
     d.eval_fraction = 0.02  # Fraction of documents held out for evaluation.
+    d.prepare_seed = 12345  # Seeds pairing, held-out split and static masks in prepare.
     d.num_workers = 0  # Processes for tokenizing in prepare (0 = all CPU cores).
     d.worker_count = 0  # grain worker processes for the train pipeline (0 = in-process).
     d.prefetch = 2  # Batches prepared ahead of the train step.

@@ -1,0 +1,72 @@
+"""Small generated corpora for the data tests: each document has its own marker words."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import string
+
+import numpy as np
+
+from flax_bert.data import prepare as prepare_lib
+
+WORD_LEN = 7
+WORDS_PER_DOC = 20
+_CACHE: dict = {}
+
+
+def marker_corpus(
+    path: str, num_docs: int = 12, sentences: int = 60, seed: int = 0
+) -> dict[str, int]:
+    """Write a sentence-per-line corpus; every word belongs to exactly one document.
+    Returns {word: document index}."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list(string.ascii_lowercase))
+    word_doc: dict[str, int] = {}
+    docs = []
+    for d in range(num_docs):
+        words = []
+        while len(words) < WORDS_PER_DOC:
+            w = "".join(rng.choice(letters, WORD_LEN))
+            if w not in word_doc:
+                word_doc[w] = d
+                words.append(w)
+        lines = []
+        for _ in range(sentences):
+            n = int(rng.integers(4, 12))
+            lines.append(" ".join(rng.choice(words, n)).capitalize() + ".")
+        docs.append("\n".join(lines))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n\n".join(docs) + "\n")
+    return word_doc
+
+
+def prepared(tmp_path_factory, **overrides) -> tuple[str, dict[str, int], dict]:
+    """(prepared dir, word->doc, meta) for the marker corpus with PrepareOptions overrides;
+    cached per option set for the whole test session."""
+    key = tuple(sorted(overrides.items()))
+    if key not in _CACHE:
+        root = tmp_path_factory.mktemp("prep")
+        corpus_path = os.path.join(root, "corpus.txt")
+        word_doc = marker_corpus(corpus_path)
+        base = dict(
+            input=(corpus_path,), vocab_size=4000, max_seq_length=64,
+            max_predictions_per_seq=10, eval_fraction=0.2, num_workers=1, dupe_factor=2,
+        )
+        base.update(overrides)
+        opts = dataclasses.replace(prepare_lib.PrepareOptions(), **base)
+        out = os.path.join(root, "out")
+        meta = prepare_lib.prepare(opts, out, progress=False)
+        _CACHE[key] = (out, word_doc, meta, opts)
+    return _CACHE[key]
+
+
+def unmask(batch: dict) -> np.ndarray:
+    """[b, L] original token ids: input_ids with masked positions restored."""
+    ids = batch["input_ids"].copy()
+    rows = np.arange(len(ids))[:, None]
+    keep = batch["masked_weights"] > 0
+    ids[np.broadcast_to(rows, keep.shape)[keep], batch["masked_positions"][keep]] = batch[
+        "masked_ids"
+    ][keep]
+    return ids

@@ -1,0 +1,129 @@
+"""Corpus reading: sentence rule, formats, gzip, `datasets` folders, and bad-input errors."""
+
+import dataclasses
+import gzip
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data_fixtures import marker_corpus
+from flax_bert.data import corpus, prepare as prepare_lib
+from flax_bert.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Mr. Darcy came. He left!", ["Mr. Darcy came.", "He left!"]),
+        ('"Is it?" she said. "Yes." Then', ['"Is it?" she said.', '"Yes."', "Then"]),
+        ("J. R. Smith wrote e.g. this. And 3 more.",
+         ["J. R. Smith wrote e.g. this.", "And 3 more."]),
+        ("no capital. after period", ["no capital. after period"]),
+        ("Wrapped\nline one. Next\n  line.", ["Wrapped line one.", "Next line."]),
+    ],
+)
+def test_split_sentences(text, expected):
+    assert corpus.split_sentences(text) == expected
+
+
+def test_formats_and_gzip(tmp_path):
+    sentences = "First one.\nSecond one.\n\nOther doc.\nMore.\n"
+    prose = (
+        "A wrapped paragraph that goes on. It has two\nsentences over lines.\n\n"
+        "Second paragraph here.\n\n\nNew document now. Yes.\n"
+    )
+    assert corpus.guess_format(sentences) == "sentences"
+    assert corpus.guess_format(prose) == "paragraphs"
+    assert corpus.text_to_documents(sentences, "auto") == [
+        ["First one.", "Second one."], ["Other doc.", "More."]
+    ]
+    assert corpus.text_to_documents(prose, "auto") == [
+        ["A wrapped paragraph that goes on.", "It has two sentences over lines.",
+         "Second paragraph here."],
+        ["New document now.", "Yes."],
+    ]
+    gz = tmp_path / "c.txt.gz"
+    gz.write_bytes(gzip.compress(sentences.encode()))
+    assert corpus.read_text(str(gz)) == sentences
+
+
+def test_datasets_folder_gives_the_same_examples_as_text(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    txt = str(tmp_path / "c.txt")
+    marker_corpus(txt, num_docs=6, sentences=20)
+    docs = open(txt).read().strip().split("\n\n")
+    ds_dir = str(tmp_path / "ds")
+    datasets.Dataset.from_dict({"body": docs}).save_to_disk(ds_dir)
+    base = prepare_lib.PrepareOptions(
+        vocab_size=500, max_seq_length=32, eval_fraction=0, num_workers=1, text_column="body"
+    )
+    m1 = prepare_lib.prepare(dataclasses.replace(base, input=(txt,)), str(tmp_path / "a"),
+                             progress=False)
+    vocab = str(tmp_path / "a" / "vocab.txt")  # same vocab: compare reading + tokenizing
+    m2 = prepare_lib.prepare(dataclasses.replace(base, input=(ds_dir,), vocab=vocab),
+                             str(tmp_path / "b"), progress=False)
+    assert m1["num_documents"] == m2["num_documents"] == 6
+    assert m1["num_train_examples"] == m2["num_train_examples"] > 0
+    for name in ("input_ids", "len_a", "next_sentence_label"):
+        a = np.load(tmp_path / "a" / "train" / f"{name}.npy")
+        assert np.array_equal(a, np.load(tmp_path / "b" / "train" / f"{name}.npy"))
+    with pytest.raises(UserError, match="no column 'text'"):
+        prepare_lib.prepare(dataclasses.replace(base, input=(ds_dir,), text_column="text"),
+                            str(tmp_path / "c"), progress=False)
+
+
+def _bad_inputs(tmp_path) -> dict[str, tuple[str, str]]:
+    """name -> (path, expected message fragment)."""
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    one = tmp_path / "one.txt"
+    one.write_text("Just a single sentence here.\n")
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("Caf\xe9 au lait.\n\nOther doc.\n".encode("latin-1"))
+    return {
+        "empty": (str(empty), "empty.txt: empty file"),
+        "one_sentence": (str(one), "one.txt: 1 document(s); need at least 2"),
+        "not_utf8": (str(latin), "latin1.txt: not UTF-8 (byte 0xe9 at offset 3)"),
+        "missing": (str(tmp_path / "missing.txt"), "missing.txt: no such file"),
+    }
+
+
+@pytest.mark.parametrize("name", ["empty", "one_sentence", "not_utf8", "missing"])
+def test_bad_input_is_a_one_line_user_error(tmp_path, name):
+    path, message = _bad_inputs(tmp_path)[name]
+    opts = prepare_lib.PrepareOptions(input=(path,), vocab_size=100, num_workers=1)
+    with pytest.raises(UserError) as err:
+        prepare_lib.prepare(opts, str(tmp_path / "out"), progress=False)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_reports_errors_in_one_line(tmp_path):
+    for path, message in _bad_inputs(tmp_path).values():
+        proc = subprocess.run(
+            [sys.executable, "-m", "flax_bert.data.prepare", "--input", path,
+             "--output", str(tmp_path / "out"), "--vocab-size", "100", "--num-workers", "1"],
+            cwd=ROOT, capture_output=True, text=True,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_prepares(tmp_path):
+    path = str(tmp_path / "c.txt")
+    marker_corpus(path, num_docs=8, sentences=20)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flax_bert.data.prepare", "--input", path, "--output",
+         str(tmp_path / "out"), "--vocab-size", "300", "--max-seq-length", "32",
+         "--num-workers", "1", "--eval-fraction", "0.25"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    meta = prepare_lib.json.load(open(tmp_path / "out" / "meta.json"))
+    assert meta["num_eval_documents"] == 2 and meta["num_train_documents"] == 6
+    assert meta["max_seq_length"] == 32 and meta["vocab_size"] <= 300
