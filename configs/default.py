@@ -14,7 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- Model: field names are exactly HF's BertConfig / config.json names. -------------
     m = config.model = ml_collections.ConfigDict()
-    m.vocab_size = 30522  # Replaced by the prepared data's vocab size when data is used.
+    m.vocab_size = 0  # 0: the prepared data's vocab size (30522 with BERT's vocab.txt).
     m.hidden_size = 128
     m.num_hidden_layers = 2
     m.num_attention_heads = 2

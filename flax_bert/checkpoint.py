@@ -45,20 +45,23 @@ def load_config(path: str) -> BertConfig:
 
 def load_params(path: str) -> Any:
     """Parameters as host NumPy arrays, from an export directory or from the newest
-    training checkpoint of a workdir (no optimizer state is read)."""
+    training checkpoint of a workdir (only the `params` subtree is read)."""
     path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
-        with ocp.CheckpointManager(os.path.join(path, CHECKPOINTS_DIR)) as manager:
-            step = manager.latest_step()
-            if step is None:
-                raise FileNotFoundError(f"no checkpoint in {path}/{CHECKPOINTS_DIR}")
-            restored = manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(partial_restore=True, item={"params": ...})))
-        params = restored.state["params"]
-    else:
+    if not os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
         with ocp.StandardCheckpointer() as ckptr:
-            params = ckptr.restore(os.path.join(path, PARAMS_DIR))
-    return jax.tree.map(np.asarray, params)
+            return jax.tree.map(np.asarray, ckptr.restore(os.path.join(path, PARAMS_DIR)))
+    with ocp.CheckpointManager(os.path.join(path, CHECKPOINTS_DIR)) as manager:
+        step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {path}/{CHECKPOINTS_DIR}")
+    state_dir = os.path.join(path, CHECKPOINTS_DIR, str(step), "state")
+    with ocp.PyTreeCheckpointer() as ckptr:
+        tree = ckptr.metadata(state_dir).item_metadata.tree
+        target = {"params": jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree["params"])}
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+        restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True))
+    return restored["params"]
 
 
 class TrainCheckpointer:

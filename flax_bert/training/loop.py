@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from typing import Any, Iterable, Iterator
 
@@ -22,6 +23,7 @@ from flax_bert.training import metrics as metrics_lib
 from flax_bert.training import distributed, optimizer, sharding, state as state_lib, steps
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+VOCAB_FILE = "vocab.txt"
 SUM_KEYS = ("mlm_loss_sum", "mlm_correct", "mlm_count",
             "nsp_loss_sum", "nsp_correct", "nsp_count")
 
@@ -41,15 +43,18 @@ def check_workdir(workdir: str) -> str:
 
 
 def model_config_for(config: ml_collections.ConfigDict, meta: dict) -> BertConfig:
-    """The run's BertConfig, checked against the prepared data."""
-    try:
-        model_config = BertConfig(**config.model.to_dict())
-    except (TypeError, ValueError) as e:
-        raise UserError(f"config.model: {e}") from e
-    if meta["vocab_size"] != model_config.vocab_size:
+    """The run's BertConfig: vocab size from the prepared data, checked against it."""
+    fields = config.model.to_dict()
+    if fields["vocab_size"] == 0:
+        fields["vocab_size"] = meta["vocab_size"]
+    elif fields["vocab_size"] != meta["vocab_size"]:
         raise UserError(
             f"the data's vocab has {meta['vocab_size']} tokens but config.model.vocab_size is "
-            f"{model_config.vocab_size}; set --config.model.vocab_size={meta['vocab_size']}")
+            f"{fields['vocab_size']}; set --config.model.vocab_size={meta['vocab_size']} (or 0)")
+    try:
+        model_config = BertConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"config.model: {e}") from e
     if meta["max_seq_length"] > model_config.max_position_embeddings:
         raise UserError(
             f"config.data.max_seq_length ({meta['max_seq_length']}) exceeds "
@@ -138,9 +143,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_cfg = config.train
 
     # Data: prepared once (cached in the workdir unless data.prepared_dir is given).
-    data_dir = config.data.prepared_dir or os.path.join(workdir, "data")
+    # Continued pretraining of an imported model tokenizes with that model's vocab.
+    pretrained = os.path.join(workdir, checkpoint.PRETRAINED_DIR)
+    pretrained_vocab = os.path.join(pretrained, VOCAB_FILE)
+    data_config = ml_collections.ConfigDict(config.data)
+    if not data_config.vocab and os.path.isfile(pretrained_vocab):
+        data_config.vocab = pretrained_vocab
+        _say(f"tokenizing with {pretrained_vocab}")
+    data_dir = data_config.prepared_dir or os.path.join(workdir, "data")
     if writer_process:
-        prepare.prepare_from_config(config.data, data_dir)
+        prepare.prepare_from_config(data_config, data_dir)
+        shutil.copyfile(os.path.join(data_dir, VOCAB_FILE), os.path.join(workdir, VOCAB_FILE))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("data prepared")
@@ -159,7 +172,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     ckpt = checkpoint.TrainCheckpointer(workdir, config.checkpoint)
     init_params = None
-    pretrained = os.path.join(workdir, checkpoint.PRETRAINED_DIR)
     if ckpt.latest_step() is None and os.path.isdir(pretrained):
         check_same_model(pretrained, model_config)
         init_params = checkpoint.load_params(pretrained)
@@ -168,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         model, tx, mesh, init_rng, meta["max_seq_length"], params=init_params)
 
     train_iter = pipeline.make_train_iterator(
-        data_dir, config.data, global_batch_size=train_cfg.global_batch_size, seed=config.seed)
+        data_dir, data_config, global_batch_size=train_cfg.global_batch_size, seed=config.seed)
     state, restored_step = ckpt.restore(state, train_iter)
     start = int(state.step)
     if restored_step is not None:
@@ -185,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def run_eval(step: int) -> dict[str, float]:
         batches = pipeline.make_eval_iterator(
-            data_dir, config.data, global_batch_size=train_cfg.global_batch_size)
+            data_dir, data_config, global_batch_size=train_cfg.global_batch_size)
         row = evaluate(eval_step, state.params, batches, mesh, train_cfg.eval_batches)
         writer.write(step, row, split="eval")
         _say(f"eval step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()))

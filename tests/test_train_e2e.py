@@ -1,0 +1,98 @@
+"""train.py end to end on a tiny corpus: metrics.jsonl, TensorBoard events, plots, and
+continued pretraining of an imported Hugging Face checkpoint, exported back."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.data_fixtures import marker_corpus
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.model.hidden_size=32", "--config.model.num_hidden_layers=2",
+        "--config.model.num_attention_heads=4", "--config.model.intermediate_size=64",
+        "--config.data.max_seq_length=32", "--config.data.max_predictions_per_seq=5",
+        "--config.data.vocab_size=300", "--config.data.eval_fraction=0.2",
+        "--config.data.num_workers=1", "--config.train.global_batch_size=16",
+        "--config.train.log_every=5", "--config.train.eval_every=10",
+        "--config.train.eval_batches=2", "--config.optimizer.warmup_steps=5",
+        "--config.checkpoint.every=10"]
+
+
+def train(workdir, *extra, check=True):
+    result = subprocess.run(
+        [sys.executable, "train.py", f"--workdir={workdir}", *TINY, *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("corpus") / "corpus.txt")
+    marker_corpus(path, num_docs=10, sentences=40)
+    return path
+
+
+def test_train_writes_metrics_events_and_plots(corpus, tmp_path):
+    workdir = tmp_path / "run"
+    train(workdir, f"--config.data.input={corpus}", "--config.train.steps=20")
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    eval_rows = [r for r in rows if r["split"] == "eval"]
+    assert [r["step"] for r in train_rows] == [5, 10, 15, 20]
+    assert [r["step"] for r in eval_rows] == [10, 20]
+    for key in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy",
+                "learning_rate", "grad_norm", "tokens_per_sec"):
+        assert all(np.isfinite(r[key]) for r in train_rows), key
+    assert all("mlm_perplexity" in r for r in eval_rows)
+    assert train_rows[-1]["mlm_loss"] < train_rows[0]["mlm_loss"]
+    assert glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*"))
+    for name in ("loss.png", "accuracy.png", "config.json", "vocab.txt"):
+        assert (workdir / name).stat().st_size > 0, name
+    assert {"10", "20"} <= set(os.listdir(workdir / "checkpoints"))
+
+
+def test_continued_pretraining_of_an_hf_checkpoint(corpus, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from flax_bert.data import prepare as prepare_lib
+    from flax_bert.data import vocab as vocab_lib
+
+    # An HF model whose vocab is a WordPiece vocab trained on the corpus.
+    opts = prepare_lib.PrepareOptions(input=(corpus,), vocab_size=300, max_seq_length=32,
+                                      num_workers=1)
+    meta = prepare_lib.prepare(opts, str(tmp_path / "prep"), progress=False)
+    hf_dir = tmp_path / "hf"
+    torch.manual_seed(0)
+    hf_config = transformers.BertConfig(
+        vocab_size=meta["vocab_size"], hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64)
+    original = transformers.BertForPreTraining(hf_config).eval()
+    original.save_pretrained(hf_dir)
+    shutil.copyfile(tmp_path / "prep" / "vocab.txt", hf_dir / "vocab.txt")
+    assert len(vocab_lib.read_vocab(str(hf_dir / "vocab.txt"))) == meta["vocab_size"]
+
+    workdir = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "flax_bert.hf", "import", str(hf_dir),
+                    f"--workdir={workdir}"], cwd=ROOT, check=True, timeout=300)
+    result = train(workdir, f"--config.data.input={corpus}", "--config.train.steps=10",
+                   "--config.model.max_position_embeddings=512")
+    assert "initialising from" in result.stdout + result.stderr
+    out = tmp_path / "exported"
+    subprocess.run([sys.executable, "-m", "flax_bert.hf", "export", f"--workdir={workdir}",
+                    str(out)], cwd=ROOT, check=True, timeout=300)
+
+    model, info = transformers.BertForPreTraining.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    before = original.state_dict()
+    after = model.state_dict()
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(moved) > 10  # trained, not just copied
+    assert (out / "vocab.txt").read_text() == (hf_dir / "vocab.txt").read_text()
