@@ -1,0 +1,223 @@
+"""grain input pipeline over a prepared folder: shuffle, shard per process, batch, mask.
+
+Shape legend: b per-process batch (global_batch_size // process_count), L max_seq_length,
+P max_predictions_per_seq. Each batch is a dict of NumPy arrays:
+  input_ids [b,L] int32, token_type_ids [b,L] int32, attention_mask [b,L] int32,
+  masked_positions [b,P] int32 (0 for padding predictions), masked_ids [b,P] int32,
+  masked_weights [b,P] float32, next_sentence_label [b] int32
+  (+ example_weight [b] float32 in eval batches: 1 real, 0 padding).
+
+Train: element k of an endless `grain.MapDataset.range` is global batch k; global example
+position g = k * global_batch_size + j reads example perm_e[g % N] with e = g // N and
+perm_e a fresh permutation per epoch (seeded by (seed, e)). Process p takes rows
+[p*b, (p+1)*b) of each global batch, and dynamic masks come from (seed, k) drawn for the
+whole global batch, so the processes' batches stacked are exactly the single-process
+batch. Everything is a pure function of k, so the iterator state is grain's next index:
+`get_state()` / `set_state()` resume bit-exactly.
+
+Eval: finite, in order, static masks written by prepare; the last partial global batch is
+padded with all-zero rows whose masked_weights and example_weight are 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+import grain
+import numpy as np
+
+from flax_bert.data import examples
+from flax_bert.data.prepare import masking_kwargs
+from flax_bert.errors import UserError
+
+MASK_STREAM = 1  # rng stream ids: keep shuffle and masking randomness independent
+SHUFFLE_STREAM = 2
+PERM_CACHE = 2  # epochs whose permutation is kept (a batch spans at most 2 epochs)
+ARRAYS = ("input_ids", "len_a", "len_b", "next_sentence_label")
+STATIC_ARRAYS = ("masked_input_ids", "masked_positions", "masked_ids", "masked_weights")
+
+
+def load_meta(prepared_dir: str) -> dict:
+    """meta.json of a prepared folder (vocab_size, max_seq_length, counts, options, ...)."""
+    path = os.path.join(prepared_dir, "meta.json")
+    if not os.path.exists(path):
+        raise UserError(
+            f"{path}: not found; run python -m flax_bert.data.prepare --output {prepared_dir}"
+        )
+    with open(path) as f:
+        return json.load(f)
+
+
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    return process_index, process_count
+
+
+def _per_process(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size % process_count:
+        raise UserError(
+            f"config.train.global_batch_size={global_batch_size} is not divisible by "
+            f"{process_count} processes; pick a multiple"
+        )
+    return global_batch_size // process_count
+
+
+class _Batches:
+    """Random access to batches: batch k of a split (picklable for grain workers)."""
+
+    def __init__(self, prepared_dir, split, data_config, *, global_batch_size, seed,
+                 process_index, process_count, dynamic, train):
+        meta = load_meta(prepared_dir)
+        self.dir, self.split, self.train, self.dynamic = prepared_dir, split, train, dynamic
+        self.seed, self.global_batch = seed, global_batch_size
+        self.b = _per_process(global_batch_size, process_count)
+        self.offset = process_index * self.b
+        self.n = meta[f"num_{split}_examples"]
+        self.seq = meta["max_seq_length"]
+        self.preds = meta["max_predictions_per_seq"]
+        special = meta["special_ids"]
+        self.mask_kwargs = (
+            masking_kwargs(data_config, meta["vocab_size"], special["mask"],
+                           os.path.join(prepared_dir, "vocab.txt"))
+            if dynamic else None
+        )
+        if self.mask_kwargs and self.mask_kwargs["max_predictions"] != self.preds:
+            raise UserError(
+                f"config.data.max_predictions_per_seq={self.mask_kwargs['max_predictions']} "
+                f"differs from {prepared_dir}/meta.json ({self.preds}); re-run prepare"
+            )
+        self._arrays: dict | None = None
+        self._perms: dict[int, np.ndarray] = {}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_arrays"], state["_perms"] = None, {}
+        return state
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            names = ARRAYS + (() if self.dynamic else STATIC_ARRAYS)
+            folder = os.path.join(self.dir, self.split)
+            self._arrays = {
+                k: np.load(os.path.join(folder, f"{k}.npy"), mmap_mode="r") for k in names
+            }
+        return self._arrays
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) >= PERM_CACHE:
+                self._perms.pop(min(self._perms))
+            rng = np.random.default_rng([self.seed, SHUFFLE_STREAM, epoch])
+            self._perms[epoch] = rng.permutation(self.n)
+        return self._perms[epoch]
+
+    def __call__(self, k: int, _=None) -> dict[str, np.ndarray]:
+        g = k * self.global_batch + self.offset + np.arange(self.b)  # [b] global positions
+        if self.train:
+            epoch, pos = g // self.n, g % self.n
+            idx = np.empty(self.b, np.int64)
+            for e in np.unique(epoch):
+                idx[epoch == e] = self._perm(int(e))[pos[epoch == e]]
+            valid = np.ones(self.b, bool)
+        else:
+            valid = g < self.n
+            idx = np.where(valid, g, 0)
+        a = self.arrays()
+        len_a, len_b = a["len_a"][idx], a["len_b"][idx]  # [b]
+        token_type_ids, attention_mask = examples.segment_arrays(len_a, len_b, self.seq)
+        if self.dynamic:
+            rng = np.random.default_rng([self.seed, MASK_STREAM, k])
+            m = examples.mask_batch(
+                a["input_ids"][idx].astype(np.int32), len_a, len_b, rng,
+                global_rows=self.global_batch, row_offset=self.offset, **self.mask_kwargs,
+            )
+        else:
+            m = dict(
+                input_ids=a["masked_input_ids"][idx].astype(np.int32),
+                masked_positions=a["masked_positions"][idx].astype(np.int32),
+                masked_ids=a["masked_ids"][idx].astype(np.int32),
+                masked_weights=a["masked_weights"][idx].astype(np.float32),
+            )
+        batch = dict(
+            input_ids=m["input_ids"],
+            token_type_ids=token_type_ids,
+            attention_mask=attention_mask,
+            masked_positions=m["masked_positions"],
+            masked_ids=m["masked_ids"],
+            masked_weights=m["masked_weights"],
+            next_sentence_label=a["next_sentence_label"][idx].astype(np.int32),
+        )
+        if not self.train:
+            for key, value in batch.items():
+                batch[key] = value * valid.reshape((-1,) + (1,) * (value.ndim - 1)).astype(value.dtype)
+            batch["example_weight"] = valid.astype(np.float32)
+        return batch
+
+
+def _get(data_config, key, default=None):
+    if hasattr(data_config, "get"):
+        return data_config.get(key, default)
+    return getattr(data_config, key, default)
+
+
+def make_train_iterator(
+    prepared_dir: str,
+    data_config,
+    *,
+    global_batch_size: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.DatasetIterator:
+    """Endless, shuffled (new order each epoch), dynamically masked train batches for this
+    process; supports next(), get_state(), set_state()."""
+    process_index, process_count = _process(process_index, process_count)
+    meta = load_meta(prepared_dir)
+    dynamic = bool(_get(data_config, "dynamic_masking", True))
+    if not dynamic and not meta["static_train_masks"]:
+        raise UserError(
+            f"config.data.dynamic_masking=False but {prepared_dir} has no static masks; "
+            f"re-run prepare with --static-masking (or delete {prepared_dir})"
+        )
+    batches = _Batches(
+        prepared_dir, "train", data_config, global_batch_size=global_batch_size, seed=seed,
+        process_index=process_index, process_count=process_count, dynamic=dynamic, train=True,
+    )
+    ds = grain.MapDataset.range(sys.maxsize).map_with_index(batches)
+    prefetch = int(_get(data_config, "prefetch", 2))
+    it_ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=1 if prefetch > 0 else 0, prefetch_buffer_size=prefetch)
+    )
+    workers = int(_get(data_config, "worker_count", 0))
+    if workers > 0:
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return iter(it_ds)
+
+
+def make_eval_iterator(
+    prepared_dir: str,
+    data_config,
+    *,
+    global_batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.IterDataset:
+    """Finite, deterministic batches over the held-out split (re-iterable; each pass starts
+    over). The last partial batch is padded: padding rows are all zero with
+    masked_weights = 0 and example_weight = 0."""
+    process_index, process_count = _process(process_index, process_count)
+    meta = load_meta(prepared_dir)
+    batches = _Batches(
+        prepared_dir, "eval", data_config, global_batch_size=global_batch_size, seed=0,
+        process_index=process_index, process_count=process_count, dynamic=False, train=False,
+    )
+    num_batches = math.ceil(meta["num_eval_examples"] / global_batch_size)
+    ds = grain.MapDataset.range(num_batches).map_with_index(batches)
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
