@@ -9,7 +9,7 @@ Rerunning a command with the same --workdir resumes from its newest checkpoint.
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
@@ -23,6 +23,7 @@ config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Run config file.", lo
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
     from flax_bert.errors import UserError
     from flax_bert.training import loop
 
