@@ -19,7 +19,7 @@ from flax_bert.data import pipeline, prepare
 from flax_bert.errors import UserError
 from flax_bert.model import BertForPreTraining
 from flax_bert.training import metrics as metrics_lib
-from flax_bert.training import distributed, optimizer, sharding, state as state_lib, steps
+from flax_bert.training import distributed, optimizer, preemption, sharding, state as state_lib, steps
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SUM_KEYS = ("mlm_loss_sum", "mlm_correct", "mlm_count",
@@ -40,12 +40,23 @@ def check_workdir(workdir: str) -> str:
     return workdir
 
 
-def model_config_for(config: ml_collections.ConfigDict, meta: dict) -> BertConfig:
-    """The run's BertConfig, checked against the prepared data."""
+def model_config_from(config: ml_collections.ConfigDict) -> BertConfig:
+    """The run's BertConfig, checked against config.data (before any data is prepared)."""
     try:
         model_config = BertConfig(**config.model.to_dict())
     except (TypeError, ValueError) as e:
         raise UserError(f"config.model: {e}") from e
+    if config.data.max_seq_length > model_config.max_position_embeddings:
+        raise UserError(
+            f"config.data.max_seq_length ({config.data.max_seq_length}) exceeds "
+            f"config.model.max_position_embeddings ({model_config.max_position_embeddings}); "
+            f"lower one or raise the other")
+    return model_config
+
+
+def model_config_for(config: ml_collections.ConfigDict, meta: dict) -> BertConfig:
+    """The run's BertConfig, checked against the prepared data."""
+    model_config = model_config_from(config)
     if meta["vocab_size"] != model_config.vocab_size:
         raise UserError(
             f"the data's vocab has {meta['vocab_size']} tokens but config.model.vocab_size is "
@@ -62,7 +73,10 @@ def check_same_model(workdir: str, model_config: BertConfig) -> None:
     path = os.path.join(workdir, checkpoint.CONFIG_FILE)
     if not os.path.exists(path):
         return
-    saved = checkpoint.load_config(workdir)
+    try:
+        saved = checkpoint.load_config(workdir)
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"{path} cannot be read ({e}); restore it or use a new --workdir") from e
     for field in dataclasses.fields(BertConfig):
         old, new = getattr(saved, field.name), getattr(model_config, field.name)
         if old != new:
@@ -116,6 +130,35 @@ class _TrainMeter:
         return row
 
 
+class _NonfiniteGuard:
+    """Counts consecutive skipped (non-finite) steps on the host, one step behind.
+
+    The skip flag of step t is read after step t+1 has been dispatched, so the host waits
+    only for a step that is already finished: no stall of the device pipeline.
+    """
+
+    def __init__(self, run: int, limit: int, ckpt: checkpoint.TrainCheckpointer):
+        self.run, self.limit, self.ckpt = run, limit, ckpt
+        self.pending: tuple[int, jax.Array] | None = None
+
+    def push(self, step: int, skipped: jax.Array) -> None:
+        self.pending = (step, skipped)
+
+    def check_previous(self) -> None:
+        if self.pending is None:
+            return
+        step, skipped = self.pending
+        self.pending = None
+        self.run = self.run + 1 if float(skipped) else 0
+        if self.limit and self.run >= self.limit:
+            self.ckpt.close()
+            raise UserError(
+                f"loss or gradients were not finite for {self.run} consecutive steps (steps "
+                f"{step - self.run + 1}-{step} skipped, config.train.max_consecutive_nonfinite="
+                f"{self.limit}); the last good checkpoint is kept in {self.ckpt.directory}; "
+                f"lower config.optimizer.learning_rate or check the data")
+
+
 def _progress(start: int, total: int, enabled: bool) -> Iterator[int]:
     if not enabled:
         return iter(range(start, total))
@@ -136,6 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir = check_workdir(workdir)
     writer_process = jax.process_index() == 0
     train_cfg = config.train
+    check_same_model(workdir, model_config_from(config))  # before prepare writes anything
 
     # Data: prepared once (cached in the workdir unless data.prepared_dir is given).
     data_dir = config.data.prepared_dir or os.path.join(workdir, "data")
@@ -169,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     train_iter = pipeline.make_train_iterator(
         data_dir, config.data, global_batch_size=train_cfg.global_batch_size, seed=config.seed)
-    state, restored_step = ckpt.restore(state, train_iter)
+    state, dropout_rng, restored_step = ckpt.restore(state, dropout_rng, train_iter)
     start = int(state.step)
     if restored_step is not None:
         _say(f"resumed from {ckpt.directory}/{restored_step} at step {start}")
@@ -193,28 +237,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     tokens_per_step = train_cfg.global_batch_size * meta["max_seq_length"]
     meter = _TrainMeter()
-    for step in _progress(start, train_cfg.steps, writer_process):
-        batch = global_batch(next(train_iter), mesh)
-        state, step_metrics = train_step(state, batch, dropout_rng)
-        meter.add(step_metrics)
-        done = step + 1
-        if done % train_cfg.log_every == 0 or done == train_cfg.steps:
-            row = meter.summary(tokens_per_step)
-            row["learning_rate"] = float(schedule(step))
-            writer.write(done, row)
-            if int(state.nonfinite_run) >= train_cfg.max_consecutive_nonfinite:
+    guard = _NonfiniteGuard(int(state.nonfinite_run), train_cfg.max_consecutive_nonfinite, ckpt)
+    stop_after = train_cfg.stop_after
+    with preemption.PreemptionWatch() as watch:
+        for step in _progress(start, train_cfg.steps, writer_process):
+            batch = global_batch(next(train_iter), mesh)
+            state, step_metrics = train_step(state, batch, dropout_rng)
+            done = step + 1
+            guard.check_previous()  # the previous step's skip flag: it is done by now
+            guard.push(done, step_metrics["skipped"])
+            meter.add(step_metrics)
+            if done % train_cfg.log_every == 0 or done == train_cfg.steps:
+                row = meter.summary(tokens_per_step)
+                row["learning_rate"] = float(schedule(step))
+                writer.write(done, row)
+            if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done < train_cfg.steps:
+                run_eval(done)
+            if done < train_cfg.steps and (watch.reached(done) or done == stop_after):
+                guard.check_previous()
+                ckpt.save(done, state, dropout_rng, train_iter, force=True)
                 ckpt.close()
-                raise UserError(
-                    f"loss or gradients were not finite for {int(state.nonfinite_run)} "
-                    f"consecutive steps (at step {done}); the last good checkpoint is kept "
-                    f"in {ckpt.directory}; lower config.optimizer.learning_rate")
-        if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done < train_cfg.steps:
-            run_eval(done)
-        ckpt.save(done, state, train_iter)
+                writer.close()
+                where = f"{ckpt.directory}/{done}"
+                if done == stop_after:
+                    raise preemption.Interrupted(
+                        f"stopped after step {done} (config.train.stop_after); checkpoint "
+                        f"saved in {where}; rerun without stop_after to continue", 0)
+                raise preemption.Interrupted(
+                    f"interrupted at step {done}; checkpoint saved in {where}; rerun the same "
+                    f"command to resume", watch.exit_code)
+            ckpt.save(done, state, dropout_rng, train_iter)
+        guard.check_previous()
 
     final = run_eval(train_cfg.steps)
-    if ckpt.latest_step() != train_cfg.steps:
-        ckpt.save(train_cfg.steps, state, train_iter, force=True)
+    ckpt.save(train_cfg.steps, state, dropout_rng, train_iter, force=True)  # no-op if saved
     ckpt.close()
     if writer_process:
         for path in metrics_lib.plot_curves(workdir):
