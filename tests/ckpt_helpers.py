@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
@@ -101,3 +102,33 @@ def tree_hash(path: str) -> dict[str, str]:
             with open(full, "rb") as f:
                 out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
     return out
+
+
+@pytest.fixture(scope="session")
+def setup(tmp_path_factory) -> dict:
+    """Corpus, prepared data (tokenizer trained once), compile cache, base args."""
+    from configs import default
+    from flax_bert.data import pipeline, prepare
+
+    root = tmp_path_factory.mktemp("ckpt")
+    corpus = str(root / "corpus.txt")
+    write_corpus(corpus)
+    config = default.get_config()
+    config.data.input = corpus
+    config.data.vocab_size = 200
+    config.data.max_seq_length = 32
+    prepared = str(root / "prepared")
+    prepare.prepare_from_config(config.data, prepared)
+    vocab = pipeline.load_meta(prepared)["vocab_size"]
+    args = TINY + [f"--config.data.input={corpus}", f"--config.data.prepared_dir={prepared}",
+                   f"--config.model.vocab_size={vocab}"]
+    return {"root": root, "args": args, "cache": str(root / "jax_cache"), "vocab": vocab,
+            "prepared": prepared}
+
+
+@pytest.fixture(scope="session")
+def reference(setup) -> str:
+    """An uninterrupted 12-step run on 8 devices (mesh data=2 x fsdp=4)."""
+    workdir = str(setup["root"] / "reference")
+    run(workdir, setup["args"], setup["cache"])
+    return workdir
