@@ -171,3 +171,35 @@ def test_restore_on_fewer_devices(setup, reference, stopped, devices, mesh):
     assert diff <= 1e-5
     rows, ref_rows = h.train_rows(workdir), h.train_rows(reference)
     np.testing.assert_allclose(rows[K + 1]["loss"], ref_rows[K + 1]["loss"], rtol=1e-6)
+
+
+class _FakeCheckpointer:
+    directory = "/w/checkpoints"
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_nonfinite_guard_stops_at_the_configured_count(limit):
+    """The loop reads step t's skip flag after dispatching step t+1; the stop comes exactly
+    when the run of skipped steps reaches the limit (a finite step resets the count)."""
+    from flax_bert.errors import UserError
+    from flax_bert.training.loop import _NonfiniteGuard
+
+    # A run of limit-1 skips (reset by a finite step), then a run of `limit` skips.
+    flags = [0, 0] + [1] * (limit - 1) + [0] + [1] * limit + [0, 0]
+    first_bad = limit + 3
+    last = first_bad + limit - 1
+    ckpt = _FakeCheckpointer()
+    guard = _NonfiniteGuard(0, limit, ckpt)
+    with pytest.raises(UserError) as e:
+        for step, skipped in enumerate(flags, start=1):
+            dispatched = step
+            guard.check_previous()
+            guard.push(step, np.float32(skipped))
+        guard.check_previous()
+    assert dispatched == last + 1  # raised while step last+1 ran: no extra host sync
+    assert f"for {limit} consecutive steps (steps {first_bad}-{last} skipped" in str(e.value)
+    assert ckpt.closed and "\n" not in str(e.value)
