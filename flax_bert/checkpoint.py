@@ -180,6 +180,11 @@ class TrainCheckpointer:
         """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._split(state, rng))
         for step in sorted(self.manager.all_steps(), reverse=True):
+            step_dir = os.path.join(self.directory, str(step))
+            if os.path.isdir(os.path.join(step_dir, "state")) and not os.path.isdir(
+                    os.path.join(step_dir, "params")):
+                raise UserError(f"{step_dir} has the older one-item `state` layout; resume it "
+                                f"with the flax_bert version that wrote it or use a new --workdir")
             self._check_shapes(step, abstract)
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
