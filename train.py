@@ -3,36 +3,74 @@
     python train.py                                   # the default run, in ./runs/default
     python train.py --config configs/base.py --workdir runs/base --config.train.steps=1000
 
-Rerunning a command with the same --workdir resumes from its newest checkpoint.
+Rerunning a command with the same --workdir resumes from its newest checkpoint. SIGTERM or
+Ctrl-C saves a checkpoint at the current step and exits with 128 + the signal number.
+Mistakes on the command line or in the config end with one `error: ...` line and exit 2.
 """
 
 import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
 DEFAULT_WORKDIR = "runs/default"
+USAGE_EXIT = 2
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "Directory for data cache, checkpoints, metrics.")
-config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Run config file.", lock_config=True)
+
+
+def fail(message: str) -> None:
+    """Prints `error: message` as one line and exits non-zero."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(USAGE_EXIT)
+
+
+def _unknown_field(argv: list[str], error: Exception) -> str:
+    """Names the --config.* override whose field does not exist."""
+    name = str(error).strip("'\" ")
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        if key.startswith("--config.") and key.rsplit(".", 1)[-1] == name:
+            return f"{key}: the config has no field {name!r}; check the name in configs/default.py"
+    return f"unknown config field {name!r}; check the name in configs/default.py"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """Defines and parses the flags; any mistake becomes one `error:` line."""
+    from ml_collections import config_flags
+
+    try:
+        flags.DEFINE_string("workdir", DEFAULT_WORKDIR,
+                            "Directory for data cache, checkpoints, metrics.")
+        # ml_collections applies --config.* overrides while defining the flag.
+        config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Run config file.",
+                                        lock_config=True)
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(f"{e}; see python train.py --helpfull")
+    except (AttributeError, KeyError) as e:
+        fail(_unknown_field(argv, e))
+    except (TypeError, ValueError, OSError, SyntaxError, ImportError) as e:
+        fail(f"bad --config / --config.* value: {e}")
+    return []
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        fail(f"unexpected arguments: {' '.join(argv[1:])}; flags look like --config.train.steps=10")
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
     from flax_bert.errors import UserError
-    from flax_bert.training import loop
+    from flax_bert.training import loop, preemption
 
     try:
         loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e))
+    except preemption.Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

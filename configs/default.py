@@ -63,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
     t.eval_every = 500  # Steps between evaluations on the held-out split (0 = only at end).
     t.eval_batches = 20  # Batches per evaluation (0 = the whole held-out split).
     t.max_consecutive_nonfinite = 5  # Skipped non-finite steps in a row before stopping.
+    t.stop_after = 0  # Save and stop after this step (0 = run to `steps`); rerun to go on.
 
     # ---- Optimizer (optax). -----------------------------------------------------------------
     o = config.optimizer = ml_collections.ConfigDict()

@@ -2,17 +2,30 @@
 
 A workdir holds:
     config.json              the model's BertConfig (HF field names)
-    checkpoints/<step>/      orbax: `state` (TrainState) and `data` (grain iterator state)
+    checkpoints/<step>/      orbax, one folder per item:
+        params/              the parameter pytree (float32): all `load_params` reads
+        opt_state/           the optimizer state
+        train/               the other TrainState fields (step, nonfinite_run) + `rng`
+        data/                the grain train-iterator state (its next batch index)
+    checkpoints_broken/      checkpoints that failed to restore, moved aside (never deleted)
     pretrained/              optional export dir: initial weights (see flax_bert.hf import)
 
 An export directory holds:
     config.json              BertConfig in HF field names
     params/                  orbax PyTree checkpoint of the parameter pytree (float32)
+
+Saves are async (training goes on while the files are written) and atomic: orbax writes
+`<step>.orbax-checkpoint-tmp-*` and renames it when complete, so a crash mid-save leaves
+the older checkpoints as they were. Restores go newest first; a checkpoint that cannot be
+read is moved to `checkpoints_broken/` with a warning and the next older one is tried.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
+import time
 from typing import Any
 
 import grain
@@ -22,11 +35,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from flax_bert.config import BertConfig
+from flax_bert.errors import UserError
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 CHECKPOINTS_DIR = "checkpoints"
+BROKEN_DIR = "checkpoints_broken"
 PRETRAINED_DIR = "pretrained"
+ARRAY_ITEMS = ("params", "opt_state", "train")  # orbax Standard items of a train checkpoint
+DATA_ITEM = "data"
+
+
+def warn(message: str) -> None:
+    if jax.process_index() == 0:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def save_params(path: str, config: BertConfig, params: Any) -> None:
@@ -43,56 +65,156 @@ def load_config(path: str) -> BertConfig:
     return BertConfig.from_json_file(os.path.join(path, CONFIG_FILE))
 
 
+def _handlers() -> dict[str, Any]:
+    handlers = {name: ocp.StandardCheckpointHandler() for name in ARRAY_ITEMS}
+    handlers[DATA_ITEM] = grain.checkpoint.CheckpointHandler()
+    return handlers
+
+
 def load_params(path: str) -> Any:
-    """Parameters as host NumPy arrays, from an export directory or from the newest
-    training checkpoint of a workdir (only the `params` subtree is read)."""
+    """Parameters as host NumPy arrays, from an export directory, a workdir (its newest
+    readable checkpoint) or one checkpoint folder `WORKDIR/checkpoints/<step>`.
+
+    Only the `params` item is read; the optimizer state is never opened.
+    """
     path = os.path.abspath(path)
-    if not os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
+    if os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
+        directory = os.path.join(path, CHECKPOINTS_DIR)
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+        with ocp.CheckpointManager(directory, options=options,
+                                   item_handlers={"params": ocp.StandardCheckpointHandler()}
+                                   ) as manager:
+            steps = sorted(manager.all_steps(), reverse=True)
+            if not steps:
+                raise FileNotFoundError(f"no checkpoint in {directory}")
+            for step in steps:
+                try:
+                    params = manager.restore(step, args=ocp.args.Composite(
+                        params=ocp.args.StandardRestore())).params
+                    break
+                except Exception as e:  # a broken newest checkpoint: try the previous one
+                    warn(f"{directory}/{step} cannot be read ({type(e).__name__}); "
+                         f"trying an older checkpoint")
+            else:
+                raise FileNotFoundError(f"no readable checkpoint in {directory}")
+    else:
         with ocp.StandardCheckpointer() as ckptr:
-            return jax.tree.map(np.asarray, ckptr.restore(os.path.join(path, PARAMS_DIR)))
-    with ocp.CheckpointManager(os.path.join(path, CHECKPOINTS_DIR)) as manager:
-        step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {path}/{CHECKPOINTS_DIR}")
-    state_dir = os.path.join(path, CHECKPOINTS_DIR, str(step), "state")
-    with ocp.PyTreeCheckpointer() as ckptr:
-        tree = ckptr.metadata(state_dir).item_metadata.tree
-        target = {"params": jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree["params"])}
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-        restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
-            item=target, restore_args=restore_args, partial_restore=True))
-    return restored["params"]
+            params = ckptr.restore(os.path.join(path, PARAMS_DIR))
+    return jax.tree.map(np.asarray, params)
+
+
+def _shapes(tree: Any) -> list[tuple[str, tuple[int, ...]]]:
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return [(jax.tree_util.keystr(p), tuple(getattr(x, "shape", ()))) for p, x in leaves]
 
 
 class TrainCheckpointer:
-    """orbax CheckpointManager for the train state and the data iterator of one workdir."""
+    """orbax CheckpointManager for the train state, RNG key and data iterator of a workdir."""
 
     def __init__(self, workdir: str, ckpt_config: ml_collections.ConfigDict):
+        self.workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(self.workdir, CHECKPOINTS_DIR)
+        self.every = ckpt_config.every
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=ckpt_config.keep, save_interval_steps=ckpt_config.every,
-            enable_async_checkpointing=ckpt_config.async_save, create=True)
-        self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+            max_to_keep=ckpt_config.keep,
+            enable_async_checkpointing=ckpt_config.async_save, create=True,
+            cleanup_tmp_directories=True)  # leftovers of a save cut short by a crash
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_handlers=_handlers())
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def restore(self, state: Any, data_iter: Any) -> tuple[Any, int | None]:
-        """Restores the newest checkpoint into the shardings of `state`; also moves
-        `data_iter` to where it was. Returns (state, step) or (state, None) if none."""
-        step = self.manager.latest_step()
-        if step is None:
-            return state, None
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract),
-            data=grain.checkpoint.CheckpointRestore(data_iter)))
-        return restored.state, step
+    @staticmethod
+    def _split(state: Any, rng: jax.Array) -> dict[str, Any]:
+        """TrainState -> the array items: params, opt_state, train (other fields + rng)."""
+        fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+        params, opt_state = fields.pop("params"), fields.pop("opt_state")
+        return {"params": params, "opt_state": opt_state, "train": dict(fields, rng=rng)}
 
-    def save(self, step: int, state: Any, data_iter: Any, force: bool = False) -> bool:
-        return self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iter)), force=force)
+    def _check_shapes(self, step: int, abstract: dict[str, Any]) -> None:
+        """Raises UserError if the checkpoint holds another model (not a broken file)."""
+        try:
+            metadata = self.manager.item_metadata(step)
+            saved_params, saved_opt = metadata["params"], metadata["opt_state"]
+        except Exception:  # unreadable metadata: treated as a broken checkpoint by restore
+            return
+        if saved_params is not None:
+            old, new = _shapes(saved_params), _shapes(abstract["params"])
+            if old != new:
+                diff = [(a, b) for a, b in zip(old, new) if a != b] or [(old[:1], new[:1])]
+                (name, old_shape), (_, new_shape) = diff[0]
+                raise UserError(
+                    f"{self.directory}/{step} holds another model (param {name} has shape "
+                    f"{old_shape}, the config gives {new_shape}); use the workdir's model "
+                    f"config or a new --workdir")
+        if saved_opt is not None:
+            old = sorted(shape for _, shape in _shapes(saved_opt))
+            new = sorted(shape for _, shape in _shapes(abstract["opt_state"]))
+            if old != new:
+                raise UserError(
+                    f"{self.directory}/{step} holds another optimizer state than "
+                    f"config.optimizer makes ({len(old)} vs {len(new)} arrays); use the "
+                    f"workdir's optimizer config or a new --workdir")
+
+    def _move_aside(self, step: int) -> str:
+        """Moves a broken checkpoint to checkpoints_broken/ (kept for inspection)."""
+        target_dir = os.path.join(self.workdir, BROKEN_DIR)
+        target = os.path.join(target_dir, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if jax.process_index() == 0:
+            os.makedirs(target_dir, exist_ok=True)
+            os.rename(os.path.join(self.directory, str(step)), target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"moved checkpoint {step}")
+        self.manager.reload()
+        return target
+
+    def restore(self, state: Any, rng: jax.Array,
+                data_iter: Any) -> tuple[Any, jax.Array, int | None]:
+        """Restores the newest readable checkpoint into the shardings of `state`; also moves
+        `data_iter` to where it was. Returns (state, rng, step), step None if none exists.
+
+        A checkpoint that fails to restore is moved to checkpoints_broken/ and the next
+        older one is tried, so orbax's `max_to_keep` never counts a broken one.
+        """
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._split(state, rng))
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            step_dir = os.path.join(self.directory, str(step))
+            if os.path.isdir(os.path.join(step_dir, "state")) and not os.path.isdir(
+                    os.path.join(step_dir, "params")):
+                raise UserError(f"{step_dir} has the older one-item `state` layout; resume it "
+                                f"with the flax_bert version that wrote it or use a new --workdir")
+            self._check_shapes(step, abstract)
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    **{k: ocp.args.StandardRestore(v) for k, v in abstract.items()},
+                    **{DATA_ITEM: grain.checkpoint.CheckpointRestore(data_iter)}))
+            except Exception as e:
+                reason = " ".join(str(e).split())[:200]
+                moved = self._move_aside(step)
+                warn(f"checkpoint {self.directory}/{step} is broken ({type(e).__name__}: "
+                     f"{reason}); moved it to {moved}; falling back to an older checkpoint")
+                continue
+            train = dict(restored["train"])
+            rng = train.pop("rng")
+            return state.replace(params=restored["params"], opt_state=restored["opt_state"],
+                                 **train), rng, step
+        return state, rng, None
+
+    def save(self, step: int, state: Any, rng: jax.Array, data_iter: Any,
+             force: bool = False) -> bool:
+        """Starts an (async) save if `step` is due (or `force`); returns whether it did."""
+        if not (force or step % self.every == 0) or step in self.manager.all_steps():
+            return False
+        items = self._split(state, rng)
+        return self.manager.save(step, force=True, args=ocp.args.Composite(
+            **{k: ocp.args.StandardSave(v) for k, v in items.items()},
+            **{DATA_ITEM: grain.checkpoint.CheckpointSave(data_iter)}))
+
+    def wait(self) -> None:
+        """Blocks until the in-flight save (if any) is committed."""
+        self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -5,7 +5,7 @@ import re
 import subprocess
 import sys
 
-from data_fixtures import marker_corpus
+from tests.data_fixtures import marker_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

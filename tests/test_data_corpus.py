@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from data_fixtures import marker_corpus
+from tests.data_fixtures import marker_corpus
 from flax_bert.data import corpus, prepare as prepare_lib
 from flax_bert.errors import UserError
 

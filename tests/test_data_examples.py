@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from data_fixtures import prepared, unmask
+from tests.data_fixtures import prepared, unmask
 from flax_bert.data import examples, pipeline, vocab as vocab_lib
 
 NUM_BATCHES = 30

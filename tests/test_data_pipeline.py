@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from data_fixtures import prepared, unmask
+from tests.data_fixtures import prepared, unmask
 from flax_bert.data import pipeline, prepare as prepare_lib
 
 BATCH = 16

@@ -20,7 +20,7 @@ from flax_bert.data import pipeline, prepare
 from flax_bert.errors import UserError
 from flax_bert.model import BertForPreTraining
 from flax_bert.training import metrics as metrics_lib
-from flax_bert.training import distributed, optimizer, sharding, state as state_lib, steps
+from flax_bert.training import distributed, optimizer, preemption, sharding, state as state_lib, steps
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 VOCAB_FILE = "vocab.txt"
@@ -42,24 +42,40 @@ def check_workdir(workdir: str) -> str:
     return workdir
 
 
-def model_config_for(config: ml_collections.ConfigDict, meta: dict) -> BertConfig:
-    """The run's BertConfig: vocab size from the prepared data, checked against it."""
+def model_config_from(config: ml_collections.ConfigDict, vocab_size: int) -> BertConfig:
+    """The run's BertConfig, validated; `vocab_size` fills config.model.vocab_size = 0."""
     fields = config.model.to_dict()
-    if fields["vocab_size"] == 0:
-        fields["vocab_size"] = meta["vocab_size"]
-    elif fields["vocab_size"] != meta["vocab_size"]:
-        raise UserError(
-            f"the data's vocab has {meta['vocab_size']} tokens but config.model.vocab_size is "
-            f"{fields['vocab_size']}; set --config.model.vocab_size={meta['vocab_size']} (or 0)")
+    fields["vocab_size"] = fields["vocab_size"] or vocab_size
     try:
         model_config = BertConfig(**fields)
     except (TypeError, ValueError) as e:
         raise UserError(f"config.model: {e}") from e
-    if meta["max_seq_length"] > model_config.max_position_embeddings:
+    if config.data.max_seq_length > model_config.max_position_embeddings:
         raise UserError(
-            f"config.data.max_seq_length ({meta['max_seq_length']}) exceeds "
-            f"config.model.max_position_embeddings ({model_config.max_position_embeddings})")
+            f"config.data.max_seq_length ({config.data.max_seq_length}) exceeds "
+            f"config.model.max_position_embeddings ({model_config.max_position_embeddings}); "
+            f"lower one or raise the other")
     return model_config
+
+
+def model_config_for(config: ml_collections.ConfigDict, meta: dict) -> BertConfig:
+    """The run's BertConfig, with the prepared data's vocab size, checked against it."""
+    if config.model.vocab_size not in (0, meta["vocab_size"]):
+        raise UserError(
+            f"the data's vocab has {meta['vocab_size']} tokens but config.model.vocab_size is "
+            f"{config.model.vocab_size}; set --config.model.vocab_size={meta['vocab_size']} "
+            f"(or 0: take the data's)")
+    return model_config_from(config, meta["vocab_size"])
+
+
+def precheck_model(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Config mistakes and a workdir of another model, caught before data is prepared.
+    The vocab size (when taken from the data) is the workdir's, or a stand-in for now."""
+    try:
+        vocab_size = checkpoint.load_config(workdir).vocab_size
+    except (OSError, ValueError, TypeError):  # none yet, or unreadable: check_same_model says
+        vocab_size = 1
+    check_same_model(workdir, model_config_from(config, vocab_size))
 
 
 def check_same_model(workdir: str, model_config: BertConfig) -> None:
@@ -67,7 +83,10 @@ def check_same_model(workdir: str, model_config: BertConfig) -> None:
     path = os.path.join(workdir, checkpoint.CONFIG_FILE)
     if not os.path.exists(path):
         return
-    saved = checkpoint.load_config(workdir)
+    try:
+        saved = checkpoint.load_config(workdir)
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"{path} cannot be read ({e}); restore it or use a new --workdir") from e
     for field in dataclasses.fields(BertConfig):
         old, new = getattr(saved, field.name), getattr(model_config, field.name)
         if old != new:
@@ -121,6 +140,35 @@ class _TrainMeter:
         return row
 
 
+class _NonfiniteGuard:
+    """Counts consecutive skipped (non-finite) steps on the host, one step behind.
+
+    The skip flag of step t is read after step t+1 has been dispatched, so the host waits
+    only for a step that is already finished: no stall of the device pipeline.
+    """
+
+    def __init__(self, run: int, limit: int, ckpt: checkpoint.TrainCheckpointer):
+        self.run, self.limit, self.ckpt = run, limit, ckpt
+        self.pending: tuple[int, jax.Array] | None = None
+
+    def push(self, step: int, skipped: jax.Array) -> None:
+        self.pending = (step, skipped)
+
+    def check_previous(self) -> None:
+        if self.pending is None:
+            return
+        step, skipped = self.pending
+        self.pending = None
+        self.run = self.run + 1 if float(skipped) else 0
+        if self.limit and self.run >= self.limit:
+            self.ckpt.close()
+            raise UserError(
+                f"loss or gradients were not finite for {self.run} consecutive steps (steps "
+                f"{step - self.run + 1}-{step} skipped, config.train.max_consecutive_nonfinite="
+                f"{self.limit}); the last good checkpoint is kept in {self.ckpt.directory}; "
+                f"lower config.optimizer.learning_rate or check the data")
+
+
 def _progress(start: int, total: int, enabled: bool) -> Iterator[int]:
     if not enabled:
         return iter(range(start, total))
@@ -141,6 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir = check_workdir(workdir)
     writer_process = jax.process_index() == 0
     train_cfg = config.train
+    precheck_model(config, workdir)  # before prepare writes anything
 
     # Data: prepared once (cached in the workdir unless data.prepared_dir is given).
     # Continued pretraining of an imported model tokenizes with that model's vocab.
@@ -181,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     train_iter = pipeline.make_train_iterator(
         data_dir, data_config, global_batch_size=train_cfg.global_batch_size, seed=config.seed)
-    state, restored_step = ckpt.restore(state, train_iter)
+    state, dropout_rng, restored_step = ckpt.restore(state, dropout_rng, train_iter)
     start = int(state.step)
     if restored_step is not None:
         _say(f"resumed from {ckpt.directory}/{restored_step} at step {start}")
@@ -205,28 +254,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     tokens_per_step = train_cfg.global_batch_size * meta["max_seq_length"]
     meter = _TrainMeter()
-    for step in _progress(start, train_cfg.steps, writer_process):
-        batch = global_batch(next(train_iter), mesh)
-        state, step_metrics = train_step(state, batch, dropout_rng)
-        meter.add(step_metrics)
-        done = step + 1
-        if done % train_cfg.log_every == 0 or done == train_cfg.steps:
-            row = meter.summary(tokens_per_step)
-            row["learning_rate"] = float(schedule(step))
-            writer.write(done, row)
-            if int(state.nonfinite_run) >= train_cfg.max_consecutive_nonfinite:
+    guard = _NonfiniteGuard(int(state.nonfinite_run), train_cfg.max_consecutive_nonfinite, ckpt)
+    stop_after = train_cfg.stop_after
+    with preemption.PreemptionWatch() as watch:
+        for step in _progress(start, train_cfg.steps, writer_process):
+            batch = global_batch(next(train_iter), mesh)
+            state, step_metrics = train_step(state, batch, dropout_rng)
+            done = step + 1
+            guard.check_previous()  # the previous step's skip flag: it is done by now
+            guard.push(done, step_metrics["skipped"])
+            meter.add(step_metrics)
+            if done % train_cfg.log_every == 0 or done == train_cfg.steps:
+                row = meter.summary(tokens_per_step)
+                row["learning_rate"] = float(schedule(step))
+                writer.write(done, row)
+            if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done < train_cfg.steps:
+                run_eval(done)
+            if done < train_cfg.steps and (watch.reached(done) or done == stop_after):
+                guard.check_previous()
+                ckpt.save(done, state, dropout_rng, train_iter, force=True)
                 ckpt.close()
-                raise UserError(
-                    f"loss or gradients were not finite for {int(state.nonfinite_run)} "
-                    f"consecutive steps (at step {done}); the last good checkpoint is kept "
-                    f"in {ckpt.directory}; lower config.optimizer.learning_rate")
-        if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done < train_cfg.steps:
-            run_eval(done)
-        ckpt.save(done, state, train_iter)
+                writer.close()
+                where = f"{ckpt.directory}/{done}"
+                if done == stop_after:
+                    raise preemption.Interrupted(
+                        f"stopped after step {done} (config.train.stop_after); checkpoint "
+                        f"saved in {where}; rerun without stop_after to continue", 0)
+                raise preemption.Interrupted(
+                    f"interrupted at step {done}; checkpoint saved in {where}; rerun the same "
+                    f"command to resume", watch.exit_code)
+            ckpt.save(done, state, dropout_rng, train_iter)
+        guard.check_previous()
 
     final = run_eval(train_cfg.steps)
-    if ckpt.latest_step() != train_cfg.steps:
-        ckpt.save(train_cfg.steps, state, train_iter, force=True)
+    ckpt.save(train_cfg.steps, state, dropout_rng, train_iter, force=True)  # no-op if saved
     ckpt.close()
     if writer_process:
         for path in metrics_lib.plot_curves(workdir):

@@ -1,0 +1,134 @@
+"""Helpers for the checkpoint / CLI tests: a tiny corpus, tiny train.py runs, comparisons."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 12
+EVERY = 4
+TINY = [
+    "--config.model.hidden_size=32", "--config.model.num_hidden_layers=1",
+    "--config.model.num_attention_heads=2", "--config.model.intermediate_size=64",
+    "--config.data.max_seq_length=32", "--config.data.vocab_size=200",
+    "--config.train.global_batch_size=8", "--config.train.log_every=1",
+    "--config.train.eval_every=0", "--config.train.eval_batches=1",
+    "--config.mesh.fsdp=4", f"--config.train.steps={STEPS}",
+    f"--config.checkpoint.every={EVERY}", "--config.checkpoint.keep=3",
+]
+TIMING_KEYS = ("tokens_per_sec", "steps_per_sec")
+
+
+def write_corpus(path: str) -> None:
+    """40 documents of 8 random sentences each (one sentence per line)."""
+    rng = random.Random(0)
+    words = ("the cat dog sat on a mat and ran far away from home while birds sang loud "
+             "songs in green trees under blue sky").split()
+    docs = ["\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(4, 12)))
+                      .capitalize() + "." for _ in range(8)) for _ in range(40)]
+    with open(path, "w") as f:
+        f.write("\n\n".join(docs) + "\n")
+
+
+def env(devices: int, cache_dir: str) -> dict[str, str]:
+    """Subprocess env: `devices` CPU devices; a shared compilation cache (same programs,
+    same numbers; it only saves compile time)."""
+    e = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    e.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return e
+
+
+def command(workdir: str, args: list[str]) -> list[str]:
+    return [sys.executable, "train.py", f"--workdir={workdir}", *args]
+
+
+def run(workdir: str, args: list[str], cache_dir: str, devices: int = 8,
+        expect_rc: int | None = 0) -> subprocess.CompletedProcess:
+    p = subprocess.run(command(workdir, args), cwd=ROOT, env=env(devices, cache_dir),
+                       capture_output=True, text=True, timeout=300)
+    if expect_rc is not None:
+        assert p.returncode == expect_rc, p.stderr[-3000:]
+    return p
+
+
+def train_rows(workdir: str) -> dict[int, dict[str, float]]:
+    """Per-step train metrics (timings dropped) from metrics.jsonl."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {r["step"]: {k: v for k, v in r.items() if k not in TIMING_KEYS}
+            for r in rows if r["split"] == "train"}
+
+
+def restore_item(workdir: str, step: int, item: str) -> Any:
+    """One item (params, opt_state, train) of a checkpoint as NumPy arrays."""
+    import orbax.checkpoint as ocp
+    with ocp.StandardCheckpointer() as ckptr:
+        tree = ckptr.restore(os.path.join(workdir, "checkpoints", str(step), item))
+    return jax.tree.map(np.asarray, tree)
+
+
+def max_abs_diff(a: Any, b: Any) -> float:
+    leaves = jax.tree.leaves(jax.tree.map(
+        lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+        if np.size(x) else 0.0, a, b))
+    return max(leaves) if leaves else 0.0
+
+
+def assert_bitwise(a: Any, b: Any) -> None:
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def tree_hash(path: str) -> dict[str, str]:
+    """sha256 of every file under `path` (by relative path)."""
+    out = {}
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            with open(full, "rb") as f:
+                out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="session")
+def setup(tmp_path_factory) -> dict:
+    """Corpus, prepared data (tokenizer trained once), compile cache, base args."""
+    from configs import default
+    from flax_bert.data import pipeline, prepare
+
+    root = tmp_path_factory.mktemp("ckpt")
+    corpus = str(root / "corpus.txt")
+    write_corpus(corpus)
+    config = default.get_config()
+    config.data.input = corpus
+    config.data.vocab_size = 200
+    config.data.max_seq_length = 32
+    prepared = str(root / "prepared")
+    prepare.prepare_from_config(config.data, prepared)
+    vocab = pipeline.load_meta(prepared)["vocab_size"]
+    args = TINY + [f"--config.data.input={corpus}", f"--config.data.prepared_dir={prepared}",
+                   f"--config.model.vocab_size={vocab}"]
+    return {"root": root, "args": args, "cache": str(root / "jax_cache"), "vocab": vocab,
+            "prepared": prepared}
+
+
+@pytest.fixture(scope="session")
+def reference(setup) -> str:
+    """An uninterrupted 12-step run on 8 devices (mesh data=2 x fsdp=4)."""
+    workdir = str(setup["root"] / "reference")
+    run(workdir, setup["args"], setup["cache"])
+    return workdir

@@ -1,0 +1,76 @@
+"""Mistakes a user can make on the train.py command line: one `error:` line on stderr, a
+non-zero exit, and no file of the (existing, trained) workdir changed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests import ckpt_helpers as h
+from tests.ckpt_helpers import reference, setup  # noqa: F401  (session fixtures)
+
+# name -> (extra args, expected fragment of the error line); each runs on a copy of the
+# reference workdir unless the name starts with "workdir_".
+CASES = {
+    "unknown_key": (["--config.train.foo=3"], "--config.train.foo: the config has no field"),
+    "wrong_type": (["--config.train.steps=abc"], "--config.train.steps=abc: invalid literal"),
+    "other_model": (["--config.model.hidden_size=64"],
+                    "config.json has hidden_size=32 but the config asks for 64"),
+    "other_model_no_config_json": (["--config.model.hidden_size=64"], "holds another model"),
+    "other_vocab": (["--config.model.vocab_size=150"],
+                    "but the config asks for 150; use the workdir's model config"),
+    "vocab_mismatch_no_config_json": (["--config.model.vocab_size=150"],
+                                      "but config.model.vocab_size is 150; set "),
+    "heads": (["--config.model.num_attention_heads=3"],
+              "hidden_size (32) must be divisible by num_attention_heads (3)"),
+    "seq_too_long": (["--config.model.max_position_embeddings=16"],
+                     "config.data.max_seq_length (32) exceeds "
+                     "config.model.max_position_embeddings (16)"),
+    "workdir_is_file": ([], "is a file; pass a directory"),
+    "workdir_not_creatable": ([], "cannot be created"),
+}
+
+
+@pytest.fixture(scope="module")
+def results(setup, reference) -> dict:
+    """Runs every case at once (they are independent); returns name -> (proc, out, err,
+    hashes before, hashes after, path)."""
+    procs = {}
+    for name, (extra, _) in CASES.items():
+        case_dir = setup["root"] / "cli" / name
+        case_dir.mkdir(parents=True)
+        if name.startswith("workdir_"):
+            target = str(case_dir / "file.txt")
+            with open(target, "w") as f:
+                f.write("user data\n")
+            workdir = target if name == "workdir_is_file" else os.path.join(target, "sub")
+            watched = str(case_dir)
+        else:
+            workdir = watched = str(case_dir / "w")
+            shutil.copytree(reference, workdir)
+            if name.endswith("_no_config_json"):
+                os.remove(os.path.join(workdir, "config.json"))
+        before = h.tree_hash(watched)
+        args = setup["args"] + extra
+        proc = subprocess.Popen(h.command(workdir, args), cwd=h.ROOT,
+                                env=h.env(8, setup["cache"]), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        procs[name] = (proc, before, watched)
+    out = {}
+    for name, (proc, before, watched) in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        out[name] = (proc.returncode, stderr, before, h.tree_hash(watched))
+    return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_one_line_error(results, name):
+    rc, stderr, before, after = results[name]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert rc != 0
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
+    assert CASES[name][1] in lines[0], lines[0]
+    assert after == before  # nothing in the workdir (or the user's file) changed
