@@ -143,7 +143,8 @@ def time_ours(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray]
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}),
                               jax.devices()[:1])
     model = BertForPreTraining(cfg, dtype=jnp.dtype(args.dtype),
-                               remat_policy=config.train.remat_policy)
+                               remat_policy=config.train.remat_policy,
+                               dropout_impl=config.train.dropout_impl)
     tx, schedule = optimizer.make_optimizer(config.optimizer, config.train.steps)
     state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(0),
                                                     args.seq)
