@@ -58,44 +58,13 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + f" --xla_cpu_multi_thread_eigen={str(THREADS > 1).lower()}"
                            + f" intra_op_parallelism_threads={THREADS}").strip()
 
-import importlib  # noqa: E402
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from flax_bert import BertConfig, BertForPreTraining  # noqa: E402
-from flax_bert.training import optimizer, sharding, state as state_lib, steps  # noqa: E402
-
-
-def load_config(name: str, overrides: list[str]) -> ml_collections.ConfigDict:
-    config = importlib.import_module(f"configs.{name}").get_config()
-    for item in overrides:
-        key, value = item.split("=", 1)
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else (
-            value.lower() in ("1", "true", "yes"))
-    return config
-
-
-def make_batch(cfg: BertConfig, batch: int, seq: int, preds: int,
-               rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random full-length pairs with `preds` distinct masked positions per example."""
-    ids = rng.integers(1000, cfg.vocab_size, (batch, seq)).astype(np.int32)  # [B, S]
-    types = (np.arange(seq)[None, :] >= seq // 2).astype(np.int32).repeat(batch, 0)  # [B, S]
-    positions = np.sort(np.stack([rng.choice(np.arange(1, seq), preds, replace=False)
-                                  for _ in range(batch)]), axis=1).astype(np.int32)  # [B, P]
-    return {
-        "input_ids": ids, "token_type_ids": types, "attention_mask": np.ones_like(ids),
-        "masked_positions": positions,
-        "masked_ids": np.take_along_axis(ids, positions, axis=1),  # [B, P]
-        "masked_weights": np.ones((batch, preds), np.float32),
-        "next_sentence_label": rng.integers(0, 2, (batch,)).astype(np.int32),
-    }
+from benchmarks.common import build_step, load_config, make_batch  # noqa: E402
+from flax_bert import BertConfig  # noqa: E402
 
 
 def model_flops(cfg: BertConfig, batch: int, seq: int, preds: int,
@@ -139,17 +108,7 @@ def matmul_peak(n: int, repeats: int) -> float:
 def time_ours(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
               args: argparse.Namespace) -> tuple[float, float]:
     """(median s/step, last loss) of steps.jit_train_step on a 1-device mesh."""
-    cfg = BertConfig(**config.model.to_dict())
-    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}),
-                              jax.devices()[:1])
-    model = BertForPreTraining(cfg, dtype=jnp.dtype(args.dtype),
-                               remat_policy=config.train.remat_policy,
-                               dropout_impl=config.train.dropout_impl)
-    tx, schedule = optimizer.make_optimizer(config.optimizer, config.train.steps)
-    state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(0),
-                                                    args.seq)
-    step = steps.jit_train_step(mesh, shardings, model=model, tx=tx, schedule=schedule)
-    batch = jax.device_put(batch_np, sharding.batch_sharding(mesh))
+    step, state, batch = build_step(config, batch_np, args.seq)
     rng = jax.random.PRNGKey(1)
     holder = {"state": state, "metrics": None}
 

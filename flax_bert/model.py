@@ -71,14 +71,16 @@ class Dropout(nn.Module):
     impl: str = "hash"  # hash | jax
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, deterministic: bool, rng: Array | None = None) -> Array:
+        """`rng` (optional) replaces a key drawn from the "dropout" stream."""
         if deterministic or self.rate == 0.0:
             return x
+        rng = self.make_rng("dropout") if rng is None else rng
         if self.impl == "jax":
-            return nn.Dropout(self.rate)(x, deterministic=False)
+            return nn.Dropout(self.rate)(x, deterministic=False, rng=rng)
         if self.impl != "hash":
             raise ValueError(f"dropout impl {self.impl!r} is unknown; use hash or jax")
-        seed = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)  # [2]
+        seed = jax.random.bits(rng, (2,), jnp.uint32)  # [2]
         index = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)  # same shape as x
         bits = _mix32(_mix32(index ^ seed[0]) ^ seed[1])  # uniform uint32, shape of x
         # P(bits < threshold) = rate, to within 2**-32.
@@ -166,7 +168,8 @@ class BertSelfAttention(nn.Module):
     dropout_impl: str = "hash"
 
     @nn.compact
-    def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, key_mask: Array, deterministic: bool,
+                 dropout_rng: Array | None = None) -> Array:
         cfg = self.config
         batch, seq_len, hidden = x.shape
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
@@ -196,7 +199,7 @@ class BertSelfAttention(nn.Module):
             scores = jnp.where(mask, scores.astype(jnp.float32),
                                jnp.finfo(jnp.float32).min)  # [B, N, S, S]
             probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)  # [B, N, S, S]
-            probs = Dropout(rate, self.dropout_impl)(probs, deterministic=False)
+            probs = Dropout(rate, self.dropout_impl)(probs, False, dropout_rng)
             ctx = jnp.einsum("bnqk,bknd->bqnd", probs, v)  # [B, S, N, D]
         ctx = nn.with_logical_constraint(ctx, BATCH_LENGTH_HEADS_KV)
         return ctx.reshape(batch, seq_len, cfg.hidden_size)  # [B, S, H]
@@ -211,11 +214,12 @@ class BertOutput(nn.Module):
     dropout_impl: str = "hash"
 
     @nn.compact
-    def __call__(self, x: Array, residual: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, residual: Array, deterministic: bool,
+                 dropout_rng: Array | None = None) -> Array:
         cfg = self.config
         y = _dense(cfg, cfg.hidden_size, (self.in_axis, "embed"), self.dtype, "dense")(x)
         y = Dropout(cfg.hidden_dropout_prob, self.dropout_impl)(
-            y, deterministic=deterministic)  # [B, S, H]
+            y, deterministic, dropout_rng)  # [B, S, H]
         y = _layer_norm(cfg, self.dtype)(y + residual)  # [B, S, H]
         return nn.with_logical_constraint(y, BATCH_LENGTH_EMBED)
 
@@ -226,11 +230,13 @@ class BertAttention(nn.Module):
     dropout_impl: str = "hash"
 
     @nn.compact
-    def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, key_mask: Array, deterministic: bool,
+                 dropout_rngs: tuple[Array, Array] | None = None) -> Array:
+        rngs = dropout_rngs or (None, None)
         ctx = BertSelfAttention(self.config, self.dtype, self.dropout_impl, name="self")(
-            x, key_mask, deterministic)
+            x, key_mask, deterministic, rngs[0])
         return BertOutput(self.config, "heads", self.dtype, self.dropout_impl, name="output")(
-            ctx, x, deterministic)
+            ctx, x, deterministic, rngs[1])
 
 
 class BertIntermediate(nn.Module):
@@ -253,15 +259,32 @@ class BertLayer(nn.Module):
     dropout_impl: str = "hash"
 
     @nn.compact
-    def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, key_mask: Array, deterministic: bool,
+                 dropout_rng: Array | None = None) -> Array:
+        """`dropout_rng`: this layer's dropout key (default: drawn from the "dropout" stream);
+        its three dropout sites use fold_in(dropout_rng, 0 | 1 | 2)."""
+        rngs = [None] * 3
+        if not deterministic:
+            key = self.make_rng("dropout") if dropout_rng is None else dropout_rng
+            rngs = [jax.random.fold_in(key, site) for site in range(3)]
         x = BertAttention(self.config, self.dtype, self.dropout_impl, name="attention")(
-            x, key_mask, deterministic)
+            x, key_mask, deterministic, (rngs[0], rngs[1]))
         h = BertIntermediate(self.config, self.dtype, name="intermediate")(x)  # [B, S, I]
         return BertOutput(self.config, "mlp", self.dtype, self.dropout_impl, name="output")(
-            h, x, deterministic)
+            h, x, deterministic, rngs[2])
 
 
 class BertEncoder(nn.Module):
+    """The stack of layers `layer_0` ... `layer_{L-1}` (HF names, one parameter set each).
+
+    Layer i's dropout key is split i of one key drawn from the "dropout" stream, in both
+    paths, so remat changes memory and time, never the numbers. Without remat the layers
+    are unrolled. With remat the layers' parameters are stacked and the layer runs in a
+    `lax.scan` under `jax.checkpoint`: XLA:CPU drops the optimization barriers that keep an
+    unrolled recomputation from being merged (CSE) with the forward pass, which made
+    `nn.remat` a no-op there; a scan's backward loop must recompute each layer in turn.
+    """
+
     config: BertConfig
     dtype: Dtype = jnp.float32
     remat_policy: str = "none"  # none | nothing_saveable | dots_saveable
@@ -269,15 +292,32 @@ class BertEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
-        layer_cls = BertLayer
-        if self.remat_policy != "none":
-            # Arguments counted with `self` as 0: deterministic (3) selects a Python branch.
-            layer_cls = nn.remat(BertLayer, policy=REMAT_POLICIES[self.remat_policy],
-                                 static_argnums=(3,))
-        for i in range(self.config.num_hidden_layers):
-            x = layer_cls(self.config, self.dtype, self.dropout_impl, name=f"layer_{i}")(
-                x, key_mask, deterministic)
+        num_layers = self.config.num_hidden_layers
+        keys = None if deterministic else jax.random.split(self.make_rng("dropout"), num_layers)
+        if self.remat_policy != "none" and not self.is_initializing():
+            return self._scan_remat(x, key_mask, deterministic, keys)
+        for i in range(num_layers):
+            x = BertLayer(self.config, self.dtype, self.dropout_impl, name=f"layer_{i}")(
+                x, key_mask, deterministic, None if keys is None else keys[i])
         return x  # [B, S, H]
+
+    def _scan_remat(self, x: Array, key_mask: Array, deterministic: bool,
+                    keys: Array | None) -> Array:
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy {self.remat_policy!r} is unknown; use none or one "
+                             f"of {sorted(REMAT_POLICIES)}")
+        layer = BertLayer(self.config, self.dtype, self.dropout_impl, parent=None)
+        per_layer = [nn.unbox(self.variables["params"][f"layer_{i}"])
+                     for i in range(self.config.num_hidden_layers)]
+        stacked = jax.tree.map(lambda *p: jnp.stack(p), *per_layer)  # [L, ...] each
+
+        def body(h: Array, xs: tuple[Any, Array | None]) -> tuple[Array, None]:
+            params, key = xs
+            return layer.apply({"params": params}, h, key_mask, deterministic, key), None
+
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
+        x, _ = jax.lax.scan(body, x, (stacked, keys))  # [B, S, H]
+        return x
 
 
 class BertPooler(nn.Module):

@@ -133,7 +133,8 @@ def test_remat_gives_same_outputs_and_grads(params):
     ref = jax.grad(loss)(params, "none")
     for policy in ("nothing_saveable", "dots_saveable"):
         got = jax.grad(loss)(params, policy)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ref, got)
+        # Remat runs the layers in a lax.scan: same dropout masks, float32 sums reordered.
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), ref, got)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits(params):
