@@ -22,6 +22,7 @@ import argparse
 import os
 import sys
 import time
+from typing import Callable
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 ARGS = parse_args()
+MATMUL_CALLS = 5  # Matmul calls per timed repeat of the peak measurement.
 THREADS = ARGS.threads or len(os.sched_getaffinity(0))
 if THREADS < len(os.sched_getaffinity(0)):
     # Pin the process, so XLA's thread pool (sized from the CPUs it may use) and torch agree.
@@ -90,8 +92,8 @@ def time_repeats(run_steps, steps_per_repeat: int, repeats: int) -> list[float]:
     return times
 
 
-def matmul_peak(n: int, repeats: int) -> float:
-    """FLOP/s of a jit'd fp32 n x n x n matmul (median of `repeats` x 5 calls)."""
+def matmul_runner(n: int) -> Callable[[int], None]:
+    """Runs a jit'd fp32 n x n x n matmul k times (2 n^3 FLOPs each), warmed up."""
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
     f = jax.jit(lambda x, y: x @ y)
     f(a, a).block_until_ready()
@@ -102,12 +104,12 @@ def matmul_peak(n: int, repeats: int) -> float:
             out = f(a, a)
         out.block_until_ready()
 
-    return 2.0 * n ** 3 / float(np.median(time_repeats(run, 5, max(repeats, 3))))
+    return run
 
 
-def time_ours(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
-              args: argparse.Namespace) -> tuple[float, float]:
-    """(median s/step, last loss) of steps.jit_train_step on a 1-device mesh."""
+def ours_runner(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
+                args: argparse.Namespace) -> tuple[Callable[[int], None], Callable[[], float]]:
+    """(run n steps, last loss) of steps.jit_train_step on a 1-device mesh, warmed up."""
     step, state, batch = build_step(config, batch_np, args.seq)
     rng = jax.random.PRNGKey(1)
     holder = {"state": state, "metrics": None}
@@ -118,13 +120,13 @@ def time_ours(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray]
         jax.block_until_ready(holder["state"])
 
     run(args.warmup)
-    times = time_repeats(run, args.steps, args.repeats)
-    return float(np.median(times)), float(holder["metrics"]["loss"])
+    return run, lambda: float(holder["metrics"]["loss"])
 
 
-def time_hf(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
-            args: argparse.Namespace) -> tuple[float, float]:
-    """(median s/step, last loss) of HF BertForPreTraining + AdamW + clip_grad_norm_."""
+def hf_runner(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
+              args: argparse.Namespace) -> tuple[Callable[[int], None], Callable[[], float]]:
+    """(run n steps, last loss) of HF BertForPreTraining + AdamW + clip_grad_norm_, warmed
+    up."""
     import torch
     import transformers
 
@@ -156,8 +158,7 @@ def time_hf(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
             loss_value[0] = float(loss.detach())
 
     run(args.warmup)
-    times = time_repeats(run, args.steps, args.repeats)
-    return float(np.median(times)), loss_value[0]
+    return run, lambda: loss_value[0]
 
 
 def main(args: argparse.Namespace) -> None:
@@ -172,17 +173,29 @@ def main(args: argparse.Namespace) -> None:
           f"masked {preds}/{args.seq}, dtype {args.dtype}, threads {THREADS}, "
           f"jax {jax.__version__} on {jax.devices()[0].platform}")
 
-    peak = matmul_peak(args.matmul_size, args.repeats)
+    # Repeats are interleaved (matmul, ours, HF, matmul, ours, HF, ...), so load from other
+    # processes on a shared machine hits all three alike; each figure is a median.
+    runners = {"matmul": (matmul_runner(args.matmul_size), None)}
+    runners["ours"] = ours_runner(config, batch_np, args)
+    if not args.skip_hf:
+        runners["hf"] = hf_runner(config, batch_np, args)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(args.repeats):
+        for name, (run, _) in runners.items():
+            n = MATMUL_CALLS if name == "matmul" else args.steps
+            times[name] += time_repeats(run, n, 1)
+    s_per = {name: float(np.median(t)) for name, t in times.items()}
+    peak = 2.0 * args.matmul_size ** 3 / s_per["matmul"]
     print(f"matmul peak ({args.matmul_size}^3 fp32, jit): {peak / 1e9:.1f} GFLOP/s")
 
-    ours_s, ours_loss = time_ours(config, batch_np, args)
+    ours_s, ours_loss = s_per["ours"], runners["ours"][1]()
     flops = model_flops(cfg, args.batch, args.seq, preds)
     print(f"ours: {ours_s:.3f} s/step, {tokens / ours_s:,.0f} tokens/s, loss {ours_loss:.3f}, "
           f"{flops / 1e9:.1f} GFLOP/step, {flops / ours_s / 1e9:.1f} GFLOP/s = "
           f"{flops / ours_s / peak:.0%} of matmul peak")
     if args.skip_hf:
         return
-    hf_s, hf_loss = time_hf(config, batch_np, args)
+    hf_s, hf_loss = s_per["hf"], runners["hf"][1]()
     hf_flops = model_flops(cfg, args.batch, args.seq, preds, decoder_positions=args.seq)
     print(f"hf:   {hf_s:.3f} s/step, {tokens / hf_s:,.0f} tokens/s, loss {hf_loss:.3f}, "
           f"{hf_flops / 1e9:.1f} GFLOP/step (full-vocab decoder at all {args.seq} positions), "
