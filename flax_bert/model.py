@@ -48,6 +48,47 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
     }[name]
 
 
+def _mix32(x: Array) -> Array:
+    """A 32-bit integer hash with full avalanche (Wellons' "lowbias32"); uint32 -> uint32."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout whose keep mask is hashed from the element index and a key.
+
+    Drop-in for `nn.Dropout` (same call, same "dropout" RNG stream). `impl` "hash" draws two
+    32-bit seeds from the stream and hashes (index ^ seed0) then (^ seed1) with `_mix32`:
+    ~10 integer ops per element that XLA fuses into the consumer, instead of threefry's
+    ~100 (the bits cost ~25% of a CPU train step). `impl` "jax" is `nn.Dropout`
+    (jax.random.bernoulli with the key's own PRNG implementation).
+    """
+
+    rate: float
+    impl: str = "hash"  # hash | jax
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool, rng: Array | None = None) -> Array:
+        """`rng` (optional) replaces a key drawn from the "dropout" stream."""
+        if deterministic or self.rate == 0.0:
+            return x
+        rng = self.make_rng("dropout") if rng is None else rng
+        if self.impl == "jax":
+            return nn.Dropout(self.rate)(x, deterministic=False, rng=rng)
+        if self.impl != "hash":
+            raise ValueError(f"dropout impl {self.impl!r} is unknown; use hash or jax")
+        seed = jax.random.bits(rng, (2,), jnp.uint32)  # [2]
+        index = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)  # same shape as x
+        bits = _mix32(_mix32(index ^ seed[0]) ^ seed[1])  # uniform uint32, shape of x
+        # P(bits < threshold) = rate, to within 2**-32.
+        threshold = jnp.uint32(min(round(self.rate * 2.0 ** 32), 2 ** 32 - 1))
+        keep_scale = jnp.asarray(1.0 / (1.0 - self.rate), x.dtype)
+        return jnp.where(bits >= threshold, x * keep_scale, jnp.zeros((), x.dtype))
+
+
 def _init(config: BertConfig, *axes: str | None) -> nn.initializers.Initializer:
     """BERT's truncated-normal init (std = initializer_range), with logical axis names."""
     return nn.with_logical_partitioning(
@@ -74,6 +115,7 @@ class BertEmbeddings(nn.Module):
 
     config: BertConfig
     dtype: Dtype = jnp.float32
+    dropout_impl: str = "hash"
 
     def setup(self) -> None:
         cfg = self.config
@@ -87,7 +129,7 @@ class BertEmbeddings(nn.Module):
             cfg.type_vocab_size, cfg.hidden_size, dtype=self.dtype,
             embedding_init=_init(cfg, None, "embed"))
         self.LayerNorm = _layer_norm(cfg, self.dtype)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob, self.dropout_impl)
 
     def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
         seq_len = input_ids.shape[1]
@@ -100,24 +142,49 @@ class BertEmbeddings(nn.Module):
         return nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
 
 
+class _DenseParams(nn.Module):
+    """The kernel [in, out] and bias [out] of a Dense layer, without applying it."""
+
+    features: int
+    in_features: int
+    kernel_init: nn.initializers.Initializer
+    bias_init: nn.initializers.Initializer
+
+    @nn.compact
+    def __call__(self) -> tuple[Array, Array]:
+        kernel = self.param("kernel", self.kernel_init, (self.in_features, self.features))
+        return kernel, self.param("bias", self.bias_init, (self.features,))
+
+
 class BertSelfAttention(nn.Module):
-    """Multi-head self-attention over non-padding keys; returns merged heads [B, S, H]."""
+    """Multi-head self-attention over non-padding keys; returns merged heads [B, S, H].
+
+    Q, K and V keep HF's separate `query` / `key` / `value` parameters but are computed by
+    one fused [H, 3H] matmul (one larger GEMM forward, and one for the input gradient).
+    """
 
     config: BertConfig
     dtype: Dtype = jnp.float32
+    dropout_impl: str = "hash"
 
     @nn.compact
-    def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, key_mask: Array, deterministic: bool,
+                 dropout_rng: Array | None = None) -> Array:
         cfg = self.config
-        batch, seq_len, _ = x.shape
+        batch, seq_len, hidden = x.shape
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
 
-        def project(name: str) -> Array:
-            y = _dense(cfg, cfg.hidden_size, ("embed", "heads"), self.dtype, name)(x)  # [B, S, H]
-            y = y.reshape(batch, seq_len, heads, head_dim)  # [B, S, N, D]
-            return nn.with_logical_constraint(y, BATCH_LENGTH_HEADS_KV)
-
-        q, k, v = project("query"), project("key"), project("value")  # [B, S, N, D] each
+        kernels, biases = zip(*(
+            _DenseParams(cfg.hidden_size, hidden, _init(cfg, "embed", "heads"),
+                         nn.with_logical_partitioning(nn.initializers.zeros_init(), ("heads",)),
+                         name=name)()
+            for name in ("query", "key", "value")))
+        kernel = jnp.concatenate(kernels, axis=1).astype(self.dtype)  # [H, 3H]
+        bias = jnp.concatenate(biases).astype(self.dtype)  # [3H]
+        qkv = jnp.dot(x.astype(self.dtype), kernel) + bias  # [B, S, 3H]
+        qkv = qkv.reshape(batch, seq_len, 3, heads, head_dim)  # [B, S, 3, N, D]
+        q, k, v = (nn.with_logical_constraint(qkv[:, :, i], BATCH_LENGTH_HEADS_KV)
+                   for i in range(3))  # [B, S, N, D] each
         mask = key_mask[:, None, None, :].astype(bool)  # [B, 1, 1, S]: query x key
 
         rate = cfg.attention_probs_dropout_prob
@@ -125,12 +192,14 @@ class BertSelfAttention(nn.Module):
             # XLA's fused attention on CPU/TPU; cuDNN flash attention on GPU when eligible.
             ctx = jax.nn.dot_product_attention(q, k, v, mask=mask)  # [B, S, N, D]
         else:
-            # Dropout on the attention probabilities needs them materialised.
-            scores = jnp.einsum("bqnd,bknd->bnqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
+            # Dropout on the attention probabilities needs them materialised. The 1/sqrt(D)
+            # scale goes on q ([B, S, N, D]), not on the larger scores.
+            q = q * jnp.asarray(head_dim ** -0.5, q.dtype)  # [B, S, N, D]
+            scores = jnp.einsum("bqnd,bknd->bnqk", q, k)  # [B, N, S, S]
             scores = jnp.where(mask, scores.astype(jnp.float32),
                                jnp.finfo(jnp.float32).min)  # [B, N, S, S]
             probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)  # [B, N, S, S]
-            probs = nn.Dropout(rate)(probs, deterministic=False)
+            probs = Dropout(rate, self.dropout_impl)(probs, False, dropout_rng)
             ctx = jnp.einsum("bnqk,bknd->bqnd", probs, v)  # [B, S, N, D]
         ctx = nn.with_logical_constraint(ctx, BATCH_LENGTH_HEADS_KV)
         return ctx.reshape(batch, seq_len, cfg.hidden_size)  # [B, S, H]
@@ -142,12 +211,15 @@ class BertOutput(nn.Module):
     config: BertConfig
     in_axis: str  # Logical name of the input features: "heads" or "mlp".
     dtype: Dtype = jnp.float32
+    dropout_impl: str = "hash"
 
     @nn.compact
-    def __call__(self, x: Array, residual: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, residual: Array, deterministic: bool,
+                 dropout_rng: Array | None = None) -> Array:
         cfg = self.config
         y = _dense(cfg, cfg.hidden_size, (self.in_axis, "embed"), self.dtype, "dense")(x)
-        y = nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic)  # [B, S, H]
+        y = Dropout(cfg.hidden_dropout_prob, self.dropout_impl)(
+            y, deterministic, dropout_rng)  # [B, S, H]
         y = _layer_norm(cfg, self.dtype)(y + residual)  # [B, S, H]
         return nn.with_logical_constraint(y, BATCH_LENGTH_EMBED)
 
@@ -155,11 +227,16 @@ class BertOutput(nn.Module):
 class BertAttention(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32
+    dropout_impl: str = "hash"
 
     @nn.compact
-    def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
-        ctx = BertSelfAttention(self.config, self.dtype, name="self")(x, key_mask, deterministic)
-        return BertOutput(self.config, "heads", self.dtype, name="output")(ctx, x, deterministic)
+    def __call__(self, x: Array, key_mask: Array, deterministic: bool,
+                 dropout_rngs: tuple[Array, Array] | None = None) -> Array:
+        rngs = dropout_rngs or (None, None)
+        ctx = BertSelfAttention(self.config, self.dtype, self.dropout_impl, name="self")(
+            x, key_mask, deterministic, rngs[0])
+        return BertOutput(self.config, "heads", self.dtype, self.dropout_impl, name="output")(
+            ctx, x, deterministic, rngs[1])
 
 
 class BertIntermediate(nn.Module):
@@ -179,29 +256,68 @@ class BertLayer(nn.Module):
 
     config: BertConfig
     dtype: Dtype = jnp.float32
+    dropout_impl: str = "hash"
 
     @nn.compact
-    def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
-        x = BertAttention(self.config, self.dtype, name="attention")(x, key_mask, deterministic)
+    def __call__(self, x: Array, key_mask: Array, deterministic: bool,
+                 dropout_rng: Array | None = None) -> Array:
+        """`dropout_rng`: this layer's dropout key (default: drawn from the "dropout" stream);
+        its three dropout sites use fold_in(dropout_rng, 0 | 1 | 2)."""
+        rngs = [None] * 3
+        if not deterministic:
+            key = self.make_rng("dropout") if dropout_rng is None else dropout_rng
+            rngs = [jax.random.fold_in(key, site) for site in range(3)]
+        x = BertAttention(self.config, self.dtype, self.dropout_impl, name="attention")(
+            x, key_mask, deterministic, (rngs[0], rngs[1]))
         h = BertIntermediate(self.config, self.dtype, name="intermediate")(x)  # [B, S, I]
-        return BertOutput(self.config, "mlp", self.dtype, name="output")(h, x, deterministic)
+        return BertOutput(self.config, "mlp", self.dtype, self.dropout_impl, name="output")(
+            h, x, deterministic, rngs[2])
 
 
 class BertEncoder(nn.Module):
+    """The stack of layers `layer_0` ... `layer_{L-1}` (HF names, one parameter set each).
+
+    Layer i's dropout key is split i of one key drawn from the "dropout" stream, in both
+    paths, so remat changes memory and time, never the numbers. Without remat the layers
+    are unrolled. With remat the layers' parameters are stacked and the layer runs in a
+    `lax.scan` under `jax.checkpoint`: XLA:CPU drops the optimization barriers that keep an
+    unrolled recomputation from being merged (CSE) with the forward pass, which made
+    `nn.remat` a no-op there; a scan's backward loop must recompute each layer in turn.
+    """
+
     config: BertConfig
     dtype: Dtype = jnp.float32
     remat_policy: str = "none"  # none | nothing_saveable | dots_saveable
+    dropout_impl: str = "hash"  # hash | jax (see Dropout)
 
     @nn.compact
     def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
-        layer_cls = BertLayer
-        if self.remat_policy != "none":
-            # Arguments counted with `self` as 0: deterministic (3) selects a Python branch.
-            layer_cls = nn.remat(BertLayer, policy=REMAT_POLICIES[self.remat_policy],
-                                 static_argnums=(3,))
-        for i in range(self.config.num_hidden_layers):
-            x = layer_cls(self.config, self.dtype, name=f"layer_{i}")(x, key_mask, deterministic)
+        num_layers = self.config.num_hidden_layers
+        keys = None if deterministic else jax.random.split(self.make_rng("dropout"), num_layers)
+        if self.remat_policy != "none" and not self.is_initializing():
+            return self._scan_remat(x, key_mask, deterministic, keys)
+        for i in range(num_layers):
+            x = BertLayer(self.config, self.dtype, self.dropout_impl, name=f"layer_{i}")(
+                x, key_mask, deterministic, None if keys is None else keys[i])
         return x  # [B, S, H]
+
+    def _scan_remat(self, x: Array, key_mask: Array, deterministic: bool,
+                    keys: Array | None) -> Array:
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy {self.remat_policy!r} is unknown; use none or one "
+                             f"of {sorted(REMAT_POLICIES)}")
+        layer = BertLayer(self.config, self.dtype, self.dropout_impl, parent=None)
+        per_layer = [nn.unbox(self.variables["params"][f"layer_{i}"])
+                     for i in range(self.config.num_hidden_layers)]
+        stacked = jax.tree.map(lambda *p: jnp.stack(p), *per_layer)  # [L, ...] each
+
+        def body(h: Array, xs: tuple[Any, Array | None]) -> tuple[Array, None]:
+            params, key = xs
+            return layer.apply({"params": params}, h, key_mask, deterministic, key), None
+
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
+        x, _ = jax.lax.scan(body, x, (stacked, keys))  # [B, S, H]
+        return x
 
 
 class BertPooler(nn.Module):
@@ -221,10 +337,11 @@ class BertModel(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32  # Compute dtype; parameters are always float32.
     remat_policy: str = "none"
+    dropout_impl: str = "hash"  # hash | jax (see Dropout)
 
     def setup(self) -> None:
-        self.embeddings = BertEmbeddings(self.config, self.dtype)
-        self.encoder = BertEncoder(self.config, self.dtype, self.remat_policy)
+        self.embeddings = BertEmbeddings(self.config, self.dtype, self.dropout_impl)
+        self.encoder = BertEncoder(self.config, self.dtype, self.remat_policy, self.dropout_impl)
         self.pooler = BertPooler(self.config, self.dtype)
 
     def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
@@ -296,9 +413,10 @@ class BertForPreTraining(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32
     remat_policy: str = "none"
+    dropout_impl: str = "hash"  # hash | jax (see Dropout)
 
     def setup(self) -> None:
-        self.bert = BertModel(self.config, self.dtype, self.remat_policy)
+        self.bert = BertModel(self.config, self.dtype, self.remat_policy, self.dropout_impl)
         self.cls = BertPreTrainingHeads(self.config, self.dtype)
 
     def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,

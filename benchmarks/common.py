@@ -1,0 +1,60 @@
+"""Shared by the benchmarks: config loading, a synthetic batch, our jit'd train step."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from flax_bert import BertConfig, BertForPreTraining
+from flax_bert.training import optimizer, sharding, state as state_lib, steps
+
+
+def load_config(name: str, overrides: list[str]) -> ml_collections.ConfigDict:
+    config = importlib.import_module(f"configs.{name}").get_config()
+    for item in overrides:
+        key, value = item.split("=", 1)
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else (
+            value.lower() in ("1", "true", "yes"))
+    return config
+
+
+def make_batch(cfg: BertConfig, batch: int, seq: int, preds: int,
+               rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random full-length pairs with `preds` distinct masked positions per example."""
+    ids = rng.integers(1000, cfg.vocab_size, (batch, seq)).astype(np.int32)  # [B, S]
+    types = (np.arange(seq)[None, :] >= seq // 2).astype(np.int32).repeat(batch, 0)  # [B, S]
+    positions = np.sort(np.stack([rng.choice(np.arange(1, seq), preds, replace=False)
+                                  for _ in range(batch)]), axis=1).astype(np.int32)  # [B, P]
+    return {
+        "input_ids": ids, "token_type_ids": types, "attention_mask": np.ones_like(ids),
+        "masked_positions": positions,
+        "masked_ids": np.take_along_axis(ids, positions, axis=1),  # [B, P]
+        "masked_weights": np.ones((batch, preds), np.float32),
+        "next_sentence_label": rng.integers(0, 2, (batch,)).astype(np.int32),
+    }
+
+
+def build_step(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
+               seq: int) -> tuple[Callable, Any, dict[str, jax.Array]]:
+    """(jit'd train step, fresh TrainState, device batch) on a 1-device mesh, built from
+    `config` exactly as training does (model dtype, remat policy and dropout from
+    config.train)."""
+    cfg = BertConfig(**config.model.to_dict())
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}),
+                              jax.devices()[:1])
+    model = BertForPreTraining(cfg, dtype=jnp.dtype(config.train.dtype),
+                               remat_policy=config.train.remat_policy,
+                               dropout_impl=config.train.dropout_impl)
+    tx, schedule = optimizer.make_optimizer(config.optimizer, config.train.steps)
+    state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(0), seq)
+    step = steps.jit_train_step(mesh, shardings, model=model, tx=tx, schedule=schedule)
+    return step, state, jax.device_put(batch_np, sharding.batch_sharding(mesh))

@@ -1,0 +1,207 @@
+"""Train-step speed: our jit'd step vs Hugging Face PyTorch `BertForPreTraining`, one run.
+
+Both run the same model size, batch, sequence length and number of masked positions, on
+the same number of threads, after warm-up; each is timed over several repeats of a few
+steps and the median is reported. Prints tokens/s for each, `ratio ours/hf: X.XXx`, and
+our model FLOP/s as a fraction of a jit'd fp32 matmul's FLOP/s measured in this run.
+
+FLOPs counted (what our step computes; forward + backward = 3 x forward, 2 per MAC):
+  encoder   6 * (4 H^2 + 2 H I) * L * B * S            (Q, K, V, output, FFN matmuls)
+  attention 6 * 2 * S * H * L * B * S                  (QK^T scores and probs @ V)
+  MLM head  6 * (H^2 + H V) * B * P                    (transform + decoder, P masked)
+  pooler/NSP 6 * (H^2 + 2 H) * B
+Embedding gathers, LayerNorm, GELU, softmax, dropout and the optimizer are not counted.
+HF computes the decoder at all S positions; its FLOPs are printed for reference.
+
+    python benchmarks/train_step.py --config small --seq 128 --batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Callable
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="small",
+                   choices=["tiny", "mini", "small", "medium", "base", "large"])
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--masked-fraction", type=float, default=0.14,
+                   help="Fraction of positions labelled for MLM (P = round(f * seq)).")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="Our compute dtype (HF always runs float32).")
+    p.add_argument("--steps", type=int, default=3, help="Steps per timed repeat.")
+    p.add_argument("--repeats", type=int, default=3, help="Timed repeats (median).")
+    p.add_argument("--warmup", type=int, default=2, help="Untimed steps first.")
+    p.add_argument("--threads", type=int, default=0,
+                   help="Threads for both frameworks (0 = all cores available).")
+    p.add_argument("--matmul-size", type=int, default=2048,
+                   help="N of the N x N x N fp32 matmul that measures peak FLOP/s.")
+    p.add_argument("--skip-hf", action="store_true", help="Only time our step.")
+    p.add_argument("--override", action="append", default=[],
+                   help="config field=value, e.g. train.remat_policy=dots_saveable.")
+    return p.parse_args(argv)
+
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+ARGS = parse_args()
+MATMUL_CALLS = 5  # Matmul calls per timed repeat of the peak measurement.
+THREADS = ARGS.threads or len(os.sched_getaffinity(0))
+if THREADS < len(os.sched_getaffinity(0)):
+    # Pin the process, so XLA's thread pool (sized from the CPUs it may use) and torch agree.
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:THREADS])
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + f" --xla_cpu_multi_thread_eigen={str(THREADS > 1).lower()}"
+                           + f" intra_op_parallelism_threads={THREADS}").strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.common import build_step, load_config, make_batch  # noqa: E402
+from flax_bert import BertConfig  # noqa: E402
+
+
+def model_flops(cfg: BertConfig, batch: int, seq: int, preds: int,
+                decoder_positions: int | None = None) -> float:
+    """FLOPs of one train step (forward + backward) as counted in the module docstring."""
+    h, i, layers, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+    tokens = batch * seq
+    encoder = 6 * (4 * h * h + 2 * h * i) * layers * tokens
+    attention = 6 * 2 * seq * h * layers * tokens
+    head_tokens = batch * (preds if decoder_positions is None else decoder_positions)
+    mlm = 6 * (h * h + h * v) * head_tokens
+    nsp = 6 * (h * h + 2 * h) * batch
+    return float(encoder + attention + mlm + nsp)
+
+
+def time_repeats(run_steps, steps_per_repeat: int, repeats: int) -> list[float]:
+    """Seconds per step for each repeat; `run_steps(n)` must block until n steps are done."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_steps(steps_per_repeat)
+        times.append((time.perf_counter() - start) / steps_per_repeat)
+    return times
+
+
+def matmul_runner(n: int) -> Callable[[int], None]:
+    """Runs a jit'd fp32 n x n x n matmul k times (2 n^3 FLOPs each), warmed up."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+
+    def run(k: int) -> None:
+        out = None
+        for _ in range(k):
+            out = f(a, a)
+        out.block_until_ready()
+
+    return run
+
+
+def ours_runner(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
+                args: argparse.Namespace) -> tuple[Callable[[int], None], Callable[[], float]]:
+    """(run n steps, last loss) of steps.jit_train_step on a 1-device mesh, warmed up."""
+    step, state, batch = build_step(config, batch_np, args.seq)
+    rng = jax.random.PRNGKey(1)
+    holder = {"state": state, "metrics": None}
+
+    def run(n: int) -> None:
+        for _ in range(n):  # dispatch is asynchronous: no host sync inside the loop
+            holder["state"], holder["metrics"] = step(holder["state"], batch, rng)
+        jax.block_until_ready(holder["state"])
+
+    run(args.warmup)
+    return run, lambda: float(holder["metrics"]["loss"])
+
+
+def hf_runner(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
+              args: argparse.Namespace) -> tuple[Callable[[int], None], Callable[[], float]]:
+    """(run n steps, last loss) of HF BertForPreTraining + AdamW + clip_grad_norm_, warmed
+    up."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    opt = config.optimizer
+    hf_config = transformers.BertConfig(**config.model.to_dict())
+    model = transformers.BertForPreTraining(hf_config).train()
+    adamw = torch.optim.AdamW(model.parameters(), lr=opt.learning_rate, betas=(opt.b1, opt.b2),
+                              eps=opt.eps, weight_decay=opt.weight_decay)
+    labels = np.full(batch_np["input_ids"].shape, -100, np.int64)  # [B, S]
+    np.put_along_axis(labels, batch_np["masked_positions"], batch_np["masked_ids"], axis=1)
+    inputs = {
+        "input_ids": torch.from_numpy(batch_np["input_ids"].astype(np.int64)),
+        "token_type_ids": torch.from_numpy(batch_np["token_type_ids"].astype(np.int64)),
+        "attention_mask": torch.from_numpy(batch_np["attention_mask"].astype(np.int64)),
+        "labels": torch.from_numpy(labels),
+        "next_sentence_label": torch.from_numpy(batch_np["next_sentence_label"].astype(np.int64)),
+    }
+    loss_value = [0.0]
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            adamw.zero_grad(set_to_none=True)
+            loss = model(**inputs).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip_norm)
+            adamw.step()
+            loss_value[0] = float(loss.detach())
+
+    run(args.warmup)
+    return run, lambda: loss_value[0]
+
+
+def main(args: argparse.Namespace) -> None:
+    config = load_config(args.config, args.override)
+    config.train.dtype = args.dtype
+    cfg = BertConfig(**config.model.to_dict())
+    preds = max(1, round(args.masked_fraction * args.seq))
+    batch_np = make_batch(cfg, args.batch, args.seq, preds, np.random.default_rng(0))
+    tokens = args.batch * args.seq
+    print(f"config {args.config} (L{cfg.num_hidden_layers}/H{cfg.hidden_size}/"
+          f"A{cfg.num_attention_heads}), seq {args.seq}, batch {args.batch}, "
+          f"masked {preds}/{args.seq}, dtype {args.dtype}, threads {THREADS}, "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}")
+
+    # Repeats are interleaved (matmul, ours, HF, matmul, ours, HF, ...), so load from other
+    # processes on a shared machine hits all three alike; each figure is a median.
+    runners = {"matmul": (matmul_runner(args.matmul_size), None)}
+    runners["ours"] = ours_runner(config, batch_np, args)
+    if not args.skip_hf:
+        runners["hf"] = hf_runner(config, batch_np, args)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(args.repeats):
+        for name, (run, _) in runners.items():
+            n = MATMUL_CALLS if name == "matmul" else args.steps
+            times[name] += time_repeats(run, n, 1)
+    s_per = {name: float(np.median(t)) for name, t in times.items()}
+    peak = 2.0 * args.matmul_size ** 3 / s_per["matmul"]
+    print(f"matmul peak ({args.matmul_size}^3 fp32, jit): {peak / 1e9:.1f} GFLOP/s")
+
+    ours_s, ours_loss = s_per["ours"], runners["ours"][1]()
+    flops = model_flops(cfg, args.batch, args.seq, preds)
+    print(f"ours: {ours_s:.3f} s/step, {tokens / ours_s:,.0f} tokens/s, loss {ours_loss:.3f}, "
+          f"{flops / 1e9:.1f} GFLOP/step, {flops / ours_s / 1e9:.1f} GFLOP/s = "
+          f"{flops / ours_s / peak:.0%} of matmul peak")
+    if args.skip_hf:
+        return
+    hf_s, hf_loss = s_per["hf"], runners["hf"][1]()
+    hf_flops = model_flops(cfg, args.batch, args.seq, preds, decoder_positions=args.seq)
+    print(f"hf:   {hf_s:.3f} s/step, {tokens / hf_s:,.0f} tokens/s, loss {hf_loss:.3f}, "
+          f"{hf_flops / 1e9:.1f} GFLOP/step (full-vocab decoder at all {args.seq} positions), "
+          f"{hf_flops / hf_s / 1e9:.1f} GFLOP/s = {hf_flops / hf_s / peak:.0%} of matmul peak")
+    print(f"ratio ours/hf: {hf_s / ours_s:.2f}x")
+
+
+if __name__ == "__main__":
+    main(ARGS)

@@ -1,0 +1,60 @@
+"""The benchmarks run (on a tiny config, in seconds) and print their result lines; the
+train step compiles once. Speed itself is measured by the benchmarks, never here."""
+
+import os
+import re
+import subprocess
+import sys
+
+import logging
+
+import jax
+import ml_collections
+import numpy as np
+
+from flax_bert import BertForPreTraining
+from flax_bert.training import optimizer, sharding, state as state_lib, steps
+from tests.test_train_step import CFG, SEQ, make_batch, opt_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(script: str, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, no 8-way
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_train_step_benchmark_prints_ratio():
+    out = _run("train_step.py", "--config", "tiny", "--seq", "16", "--batch", "2",
+               "--steps", "1", "--repeats", "1", "--warmup", "1", "--matmul-size", "64")
+    assert re.search(r"^ratio ours/hf: \d+\.\d\dx$", out, re.M), out
+    assert re.search(r"of matmul peak", out), out
+
+
+def test_memory_benchmark_prints_both_policies():
+    out = _run("memory.py", "--config", "tiny", "--seq", "16", "--batch", "2",
+               "--policies", "none,nothing_saveable")
+    assert re.search(r"remat\s+none: peak", out), out
+    assert re.search(r"remat\s+nothing_saveable: peak .*\(diff", out), out
+
+
+def test_second_train_step_does_not_recompile(caplog):
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 8, "fsdp": 1, "tensor": 1}))
+    model = BertForPreTraining(CFG)
+    tx, schedule = optimizer.make_optimizer(opt_config(), 100)
+    state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(0), SEQ)
+    step = steps.jit_train_step(mesh, shardings, model=model, tx=tx, schedule=schedule)
+    rng = np.random.default_rng(0)
+    state, _ = step(state, make_batch(rng, 8), jax.random.PRNGKey(1))  # compiles
+    caplog.set_level(logging.WARNING)
+    with jax.log_compiles(True):
+        caplog.clear()
+        for _ in range(2):
+            state, metrics = step(state, make_batch(rng, 8), jax.random.PRNGKey(1))
+        jax.block_until_ready(state)
+    compiles = [r.getMessage() for r in caplog.records if "ompil" in r.getMessage()]
+    assert compiles == [], compiles
+    assert int(state.step) == 3
