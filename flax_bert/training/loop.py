@@ -215,7 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         f"divide by processes x grad_accum_steps")
     mesh = sharding.make_mesh(config.mesh)
     model = BertForPreTraining(model_config, dtype=DTYPES[train_cfg.dtype],
-                               remat_policy=train_cfg.remat_policy)
+                               remat_policy=train_cfg.remat_policy,
+                               dropout_impl=train_cfg.dropout_impl)
     tx, schedule = optimizer.make_optimizer(config.optimizer, train_cfg.steps)
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
 
