@@ -14,8 +14,12 @@ from flax_bert import BertConfig, BertForPreTraining
 from flax_bert.training import optimizer, sharding, state as state_lib, steps
 
 
+BERT_VOCAB_SIZE = 30522  # Without prepared data, the size files' vocab is BERT's own.
+
+
 def load_config(name: str, overrides: list[str]) -> ml_collections.ConfigDict:
     config = importlib.import_module(f"configs.{name}").get_config()
+    config.model.vocab_size = config.model.vocab_size or BERT_VOCAB_SIZE
     for item in overrides:
         key, value = item.split("=", 1)
         node = config
