@@ -24,6 +24,9 @@ from flax_bert.training import distributed, optimizer, preemption, sharding, sta
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 VOCAB_FILE = "vocab.txt"
+# BertConfig fields that shape training but not the parameters.
+TRAINING_ONLY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob",
+                        "initializer_range")
 SUM_KEYS = ("mlm_loss_sum", "mlm_correct", "mlm_count",
             "nsp_loss_sum", "nsp_correct", "nsp_count")
 
@@ -79,7 +82,8 @@ def precheck_model(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def check_same_model(workdir: str, model_config: BertConfig) -> None:
-    """A workdir trains one model: refuses to continue it with another architecture."""
+    """A workdir trains one model: refuses to continue it with another architecture.
+    Dropout and init range may change (continued pretraining often changes dropout)."""
     path = os.path.join(workdir, checkpoint.CONFIG_FILE)
     if not os.path.exists(path):
         return
@@ -88,6 +92,8 @@ def check_same_model(workdir: str, model_config: BertConfig) -> None:
     except (OSError, ValueError, TypeError) as e:
         raise UserError(f"{path} cannot be read ({e}); restore it or use a new --workdir") from e
     for field in dataclasses.fields(BertConfig):
+        if field.name in TRAINING_ONLY_FIELDS:
+            continue
         old, new = getattr(saved, field.name), getattr(model_config, field.name)
         if old != new:
             raise UserError(
