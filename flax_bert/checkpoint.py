@@ -2,6 +2,7 @@
 
 A workdir holds:
     config.json              the model's BertConfig (HF field names)
+    vocab.txt                the WordPiece vocab the data was tokenized with
     checkpoints/<step>/      orbax, one folder per item:
         params/              the parameter pytree (float32): all `load_params` reads
         opt_state/           the optimizer state
@@ -42,6 +43,7 @@ PARAMS_DIR = "params"
 CHECKPOINTS_DIR = "checkpoints"
 BROKEN_DIR = "checkpoints_broken"
 PRETRAINED_DIR = "pretrained"
+VOCAB_FILE = "vocab.txt"  # In a workdir, an export dir and an HF dir alike.
 ARRAY_ITEMS = ("params", "opt_state", "train")  # orbax Standard items of a train checkpoint
 DATA_ITEM = "data"
 
@@ -180,11 +182,6 @@ class TrainCheckpointer:
         """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._split(state, rng))
         for step in sorted(self.manager.all_steps(), reverse=True):
-            step_dir = os.path.join(self.directory, str(step))
-            if os.path.isdir(os.path.join(step_dir, "state")) and not os.path.isdir(
-                    os.path.join(step_dir, "params")):
-                raise UserError(f"{step_dir} has the older one-item `state` layout; resume it "
-                                f"with the flax_bert version that wrote it or use a new --workdir")
             self._check_shapes(step, abstract)
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(

@@ -28,15 +28,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from flax_bert import checkpoint
+from flax_bert.checkpoint import CHECKPOINTS_DIR, PRETRAINED_DIR, VOCAB_FILE
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 TORCH_FILE = "pytorch_model.bin"
-VOCAB_FILE = "vocab.txt"
-PRETRAINED_DIR = "pretrained"  # Under a workdir: the initial weights for continued pretraining.
-CHECKPOINTS_DIR = "checkpoints"  # Under a workdir: training checkpoints.
 
 Params = dict[str, Any]
 Path = tuple[str, ...]
@@ -365,8 +364,6 @@ def save_pretrained(config: BertConfig, params: Params, path: str,
 
 def import_to_workdir(hf_dir: str, workdir: str) -> str:
     """Imports an HF directory into `workdir/pretrained` (an export dir); returns its path."""
-    from flax_bert import checkpoint
-
     target = os.path.join(workdir, PRETRAINED_DIR)
     if os.path.exists(target):
         raise UserError(f"{target} already exists; remove it or choose another --workdir")
@@ -383,8 +380,6 @@ def import_to_workdir(hf_dir: str, workdir: str) -> str:
 
 def export_from_workdir(workdir: str, out_dir: str, vocab: str | None = None) -> None:
     """Writes the model of `workdir` (via flax_bert.checkpoint) as an HF directory."""
-    from flax_bert import checkpoint
-
     if os.path.exists(os.path.join(out_dir, SAFETENSORS_FILE)):
         raise UserError(f"{os.path.join(out_dir, SAFETENSORS_FILE)} already exists; "
                         f"choose an empty OUT_DIR")

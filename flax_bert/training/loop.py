@@ -23,7 +23,6 @@ from flax_bert.training import metrics as metrics_lib
 from flax_bert.training import distributed, optimizer, preemption, sharding, state as state_lib, steps
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-VOCAB_FILE = "vocab.txt"
 # BertConfig fields that shape training but not the parameters.
 TRAINING_ONLY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob",
                         "initializer_range")
@@ -200,7 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Data: prepared once (cached in the workdir unless data.prepared_dir is given).
     # Continued pretraining of an imported model tokenizes with that model's vocab.
     pretrained = os.path.join(workdir, checkpoint.PRETRAINED_DIR)
-    pretrained_vocab = os.path.join(pretrained, VOCAB_FILE)
+    pretrained_vocab = os.path.join(pretrained, checkpoint.VOCAB_FILE)
     data_config = ml_collections.ConfigDict(config.data)
     if not data_config.vocab and os.path.isfile(pretrained_vocab):
         data_config.vocab = pretrained_vocab
@@ -208,7 +207,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data_dir = data_config.prepared_dir or os.path.join(workdir, "data")
     if writer_process:
         prepare.prepare_from_config(data_config, data_dir)
-        shutil.copyfile(os.path.join(data_dir, VOCAB_FILE), os.path.join(workdir, VOCAB_FILE))
+        shutil.copyfile(os.path.join(data_dir, checkpoint.VOCAB_FILE),
+                        os.path.join(workdir, checkpoint.VOCAB_FILE))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("data prepared")
