@@ -22,6 +22,7 @@ TINY = [
     "--config.model.num_attention_heads=2", "--config.model.intermediate_size=64",
     "--config.data.max_seq_length=32", "--config.data.vocab_size=200",
     "--config.train.global_batch_size=8", "--config.train.log_every=1",
+    "--config.train.phase1_fraction=0",
     "--config.train.eval_every=0", "--config.train.eval_batches=1",
     "--config.mesh.fsdp=4", f"--config.train.steps={STEPS}",
     f"--config.checkpoint.every={EVERY}", "--config.checkpoint.keep=3",

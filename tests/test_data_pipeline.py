@@ -149,3 +149,39 @@ def test_worker_processes_give_the_same_batches(tmp_path_factory):
             assert _equal(next(with_workers), ref)
     finally:
         with_workers.close()
+
+
+def test_phase1_batches_come_first_then_the_main_data_and_resume_exactly(tmp_path_factory):
+    out, _, meta, opts = prepared(tmp_path_factory)
+    config = dataclasses.asdict(opts)
+    config["prepare_seed"] = config.pop("seed")
+    short = prepare_lib.phase1_config(config, 32, os.path.join(out, "vocab.txt"))
+    assert (short["max_seq_length"], short["max_predictions_per_seq"]) == (32, 5)  # 10 * 32/64
+    short_dir = out + "_phase1"
+    short_meta = prepare_lib.prepare_from_config(short, short_dir)
+    assert open(os.path.join(short_dir, "vocab.txt")).read() == open(
+        os.path.join(out, "vocab.txt")).read()
+    # Same held-out documents: phase 1 never trains on the main eval split.
+    main_eval = set(np.load(os.path.join(out, "eval", "doc_a.npy")).tolist())
+    short_train = set(np.load(os.path.join(short_dir, "train", "doc_a.npy")).tolist())
+    short_eval = set(np.load(os.path.join(short_dir, "eval", "doc_a.npy")).tolist())
+    assert short_meta["num_eval_documents"] == meta["num_eval_documents"]
+    assert main_eval and short_eval <= main_eval and not short_train & main_eval
+
+    steps = 3
+    phased = lambda: pipeline.make_train_iterator(  # noqa: E731
+        out, opts, global_batch_size=BATCH, seed=0, process_index=0, process_count=1,
+        phase1=pipeline.Phase1(short_dir, short, 2 * BATCH, steps))
+    first, then = _train(short_dir, short, batch=2 * BATCH), _train(out, opts)
+    expected = [next(first) for _ in range(steps)] + [next(then) for _ in range(4)]
+    it = phased()
+    got = [next(it) for _ in range(len(expected))]
+    assert [b["input_ids"].shape for b in got] == [(2 * BATCH, 32)] * steps + [(BATCH, 64)] * 4
+    assert all(_equal(a, b) for a, b in zip(got, expected))
+    for k in (2, 3, 5):  # inside phase 1, at the switch, inside phase 2
+        it = phased()
+        for _ in range(k):
+            next(it)
+        resumed = phased()
+        resumed.set_state(it.get_state())
+        assert all(_equal(next(resumed), ref) for ref in expected[k:])

@@ -21,7 +21,8 @@ TINY = ["--config.model.hidden_size=32", "--config.model.num_hidden_layers=2",
         "--config.data.num_workers=1", "--config.train.global_batch_size=16",
         "--config.train.log_every=5", "--config.train.eval_every=10",
         "--config.train.eval_batches=2", "--config.optimizer.warmup_steps=5",
-        "--config.checkpoint.every=10"]
+        "--config.checkpoint.every=10", "--config.train.phase1_seq_length=16",
+        "--config.train.phase1_batch_size=32"]  # phase1_fraction as in the default run
 
 
 def train(workdir, *extra, check=True):
@@ -42,7 +43,8 @@ def corpus(tmp_path_factory):
 
 def test_train_writes_metrics_events_and_plots(corpus, tmp_path):
     workdir = tmp_path / "run"
-    train(workdir, f"--config.data.input={corpus}", "--config.train.steps=20")
+    result = train(workdir, f"--config.data.input={corpus}", "--config.train.steps=20")
+    log = result.stdout + result.stderr
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     train_rows = [r for r in rows if r["split"] == "train"]
     eval_rows = [r for r in rows if r["split"] == "eval"]
@@ -57,6 +59,11 @@ def test_train_writes_metrics_events_and_plots(corpus, tmp_path):
     for name in ("loss.png", "accuracy.png", "config.json", "vocab.txt"):
         assert (workdir / name).stat().st_size > 0, name
     assert {"10", "20"} <= set(os.listdir(workdir / "checkpoints"))
+    # Phase 1 (the default's first 40% of steps) trained on 16-token examples, 32 a batch.
+    meta = json.load(open(workdir / "data_phase1" / "meta.json"))
+    assert (meta["max_seq_length"], meta["max_predictions_per_seq"]) == (16, 3)
+    assert (workdir / "data_phase1" / "vocab.txt").read_text() == (workdir / "vocab.txt").read_text()
+    assert "phase 1: steps 1-8 on 16-token examples" in log
 
 
 def test_continued_pretraining_of_an_hf_checkpoint(corpus, tmp_path):

@@ -19,16 +19,22 @@ With config.data.worker_count > 0 batches are made in grain worker processes
 (`mp_prefetch`): the batches and the state stay the same; grain then needs absl flags
 parsed (absl.app does it) and the iterator should be `close()`d at the end.
 
+Phases: with `phase1` (BERT's two-phase recipe, short examples first), batch k < steps1 is
+batch k of the phase-1 folder (its own length and batch size) and batch k >= steps1 is
+batch k - steps1 of the main folder; the state is still the one index.
+
 Eval: finite, in order, static masks written by prepare; the last partial global batch is
 padded with all-zero rows whose masked_weights and example_weight are 0.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import sys
+from typing import Any
 
 import grain
 import numpy as np
@@ -67,10 +73,21 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
 def _per_process(global_batch_size: int, process_count: int) -> int:
     if global_batch_size % process_count:
         raise UserError(
-            f"config.train.global_batch_size={global_batch_size} is not divisible by "
-            f"{process_count} processes; pick a multiple"
+            f"a global batch size of {global_batch_size} (config.train.global_batch_size or "
+            f"phase1_batch_size) is not divisible by {process_count} processes; pick a multiple"
         )
     return global_batch_size // process_count
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase1:
+    """The first `steps` train batches come from `prepared_dir` (shorter examples, prepared
+    with the main folder's vocab) at `global_batch_size`, masked as `data_config` says."""
+
+    prepared_dir: str
+    data_config: Any
+    global_batch_size: int
+    steps: int
 
 
 class _Batches:
@@ -167,6 +184,16 @@ class _Batches:
         return batch
 
 
+class _Phased:
+    """Batch k from phase 1 while k < its steps, then from the main batches."""
+
+    def __init__(self, first: _Batches, steps: int, then: _Batches):
+        self.first, self.steps, self.then = first, steps, then
+
+    def __call__(self, k: int, _=None) -> dict[str, np.ndarray]:
+        return self.first(k) if k < self.steps else self.then(k - self.steps)
+
+
 def make_train_iterator(
     prepared_dir: str,
     data_config,
@@ -175,21 +202,29 @@ def make_train_iterator(
     seed: int,
     process_index: int | None = None,
     process_count: int | None = None,
+    phase1: Phase1 | None = None,
 ) -> grain.DatasetIterator:
     """Endless, shuffled (new order each epoch), dynamically masked train batches for this
-    process; supports next(), get_state(), set_state()."""
+    process, from `phase1` first when given; supports next(), get_state(), set_state()."""
     process_index, process_count = _process(process_index, process_count)
-    meta = load_meta(prepared_dir)
-    dynamic = bool(_get(data_config, "dynamic_masking", True))
-    if not dynamic and not meta["static_train_masks"]:
-        raise UserError(
-            f"config.data.dynamic_masking=False but {prepared_dir} has no static masks; "
-            f"re-run prepare with --static-masking (or delete {prepared_dir})"
+
+    def train_batches(folder: str, config, batch_size: int) -> _Batches:
+        dynamic = bool(_get(config, "dynamic_masking", True))
+        if not dynamic and not load_meta(folder)["static_train_masks"]:
+            raise UserError(
+                f"config.data.dynamic_masking=False but {folder} has no static masks; "
+                f"re-run prepare with --static-masking (or delete {folder})"
+            )
+        return _Batches(
+            folder, "train", config, global_batch_size=batch_size, seed=seed,
+            process_index=process_index, process_count=process_count, dynamic=dynamic,
+            train=True,
         )
-    batches = _Batches(
-        prepared_dir, "train", data_config, global_batch_size=global_batch_size, seed=seed,
-        process_index=process_index, process_count=process_count, dynamic=dynamic, train=True,
-    )
+
+    batches = train_batches(prepared_dir, data_config, global_batch_size)
+    if phase1 is not None and phase1.steps > 0:
+        first = train_batches(phase1.prepared_dir, phase1.data_config, phase1.global_batch_size)
+        batches = _Phased(first, phase1.steps, batches)
     ds = grain.MapDataset.range(sys.maxsize).map_with_index(batches)
     prefetch = int(_get(data_config, "prefetch", 2))
     it_ds = ds.to_iter_dataset(

@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 
 from flax_bert import checkpoint, losses
 from flax_bert.config import BertConfig
-from flax_bert.data import pipeline, prepare
+from flax_bert.data import examples, pipeline, prepare
 from flax_bert.errors import UserError
 from flax_bert.model import BertForPreTraining
 from flax_bert.training import metrics as metrics_lib
@@ -26,6 +26,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # BertConfig fields that shape training but not the parameters.
 TRAINING_ONLY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob",
                         "initializer_range")
+PHASE1_DIR_SUFFIX = "_phase1"  # Phase-1 data goes next to the main prepared folder.
 SUM_KEYS = ("mlm_loss_sum", "mlm_correct", "mlm_count",
             "nsp_loss_sum", "nsp_correct", "nsp_count")
 
@@ -100,6 +101,21 @@ def check_same_model(workdir: str, model_config: BertConfig) -> None:
                 f"use the workdir's model config or a new --workdir")
 
 
+def check_phase1(config: ml_collections.ConfigDict) -> int:
+    """Validates the phase-1 fields; returns phase 1's step count (0: one phase)."""
+    t, max_len = config.train, config.data.max_seq_length
+    if not 0.0 <= t.phase1_fraction < 1.0:
+        raise UserError(f"config.train.phase1_fraction ({t.phase1_fraction}) must be in "
+                        f"[0, 1); 0 trains at config.data.max_seq_length throughout")
+    steps = int(t.phase1_fraction * t.steps)
+    if steps and not examples.NUM_SPECIAL_IN_PAIR + 1 < t.phase1_seq_length < max_len:
+        raise UserError(
+            f"config.train.phase1_seq_length ({t.phase1_seq_length}) must be shorter than "
+            f"config.data.max_seq_length ({max_len}) and > {examples.NUM_SPECIAL_IN_PAIR + 1}; "
+            f"or set config.train.phase1_fraction=0")
+    return steps
+
+
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """This process's rows -> global arrays split over the mesh's data x fsdp axes."""
     spec = sharding.batch_sharding(mesh)
@@ -124,22 +140,24 @@ class _TrainMeter:
 
     def __init__(self) -> None:
         self.totals: dict[str, jax.Array] | None = None
-        self.steps = 0
+        self.steps = self.tokens = 0
         self.start = time.perf_counter()
 
-    def add(self, metrics: dict[str, jax.Array]) -> None:
+    def add(self, metrics: dict[str, jax.Array], tokens: int) -> None:
+        """`tokens`: the step's global batch size x sequence length (padding included)."""
         self.totals = metrics if self.totals is None else jax.tree.map(
             jnp.add, self.totals, metrics)
         self.steps += 1
+        self.tokens += tokens
 
-    def summary(self, tokens_per_step: int) -> dict[str, float]:
+    def summary(self) -> dict[str, float]:
         totals = jax.device_get(self.totals)
         elapsed = time.perf_counter() - self.start
         row = losses.summarize({k: totals[k] for k in SUM_KEYS})
         for key in ("grad_norm", "param_norm", "update_norm"):
             row[key] = float(totals[key]) / self.steps
         row["skipped"] = float(totals["skipped"])
-        row["tokens_per_sec"] = tokens_per_step * self.steps / elapsed
+        row["tokens_per_sec"] = self.tokens / elapsed
         row["steps_per_sec"] = self.steps / elapsed
         self.__init__()
         return row
@@ -205,8 +223,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         data_config.vocab = pretrained_vocab
         _say(f"tokenizing with {pretrained_vocab}")
     data_dir = data_config.prepared_dir or os.path.join(workdir, "data")
+    phase1_steps = check_phase1(config)
+    phase1_dir = data_dir.rstrip(os.sep) + PHASE1_DIR_SUFFIX
+    phase1_data = prepare.phase1_config(data_config, train_cfg.phase1_seq_length,
+                                        os.path.join(data_dir, checkpoint.VOCAB_FILE))
     if writer_process:
         prepare.prepare_from_config(data_config, data_dir)
+        if phase1_steps:
+            prepare.prepare_from_config(phase1_data, phase1_dir)
         shutil.copyfile(os.path.join(data_dir, checkpoint.VOCAB_FILE),
                         os.path.join(workdir, checkpoint.VOCAB_FILE))
     if jax.process_count() > 1:
@@ -216,9 +240,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     model_config = model_config_for(config, meta)
     check_same_model(workdir, model_config)
 
-    if train_cfg.global_batch_size % (jax.process_count() * train_cfg.grad_accum_steps):
-        raise UserError(f"config.train.global_batch_size ({train_cfg.global_batch_size}) must "
-                        f"divide by processes x grad_accum_steps")
+    for field in ("global_batch_size",) + (("phase1_batch_size",) if phase1_steps else ()):
+        if train_cfg[field] % (jax.process_count() * train_cfg.grad_accum_steps):
+            raise UserError(f"config.train.{field} ({train_cfg[field]}) must divide by "
+                            f"processes x grad_accum_steps")
     mesh = sharding.make_mesh(config.mesh)
     model = BertForPreTraining(model_config, dtype=DTYPES[train_cfg.dtype],
                                remat_policy=train_cfg.remat_policy,
@@ -235,8 +260,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, state_shardings = state_lib.create_train_state(
         model, tx, mesh, init_rng, meta["max_seq_length"], params=init_params)
 
+    phase1 = pipeline.Phase1(phase1_dir, phase1_data, train_cfg.phase1_batch_size, phase1_steps)
     train_iter = pipeline.make_train_iterator(
-        data_dir, data_config, global_batch_size=train_cfg.global_batch_size, seed=config.seed)
+        data_dir, data_config, global_batch_size=train_cfg.global_batch_size, seed=config.seed,
+        phase1=phase1)
     state, dropout_rng, restored_step = ckpt.restore(state, dropout_rng, train_iter)
     start = int(state.step)
     if restored_step is not None:
@@ -259,7 +286,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _say(f"eval step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
         return row
 
-    tokens_per_step = train_cfg.global_batch_size * meta["max_seq_length"]
+    if phase1_steps and start < phase1_steps:
+        _say(f"phase 1: steps 1-{phase1_steps} on {train_cfg.phase1_seq_length}-token examples "
+             f"({phase1_dir}), then {meta['max_seq_length']}-token examples")
     meter = _TrainMeter()
     guard = _NonfiniteGuard(int(state.nonfinite_run), train_cfg.max_consecutive_nonfinite, ckpt)
     stop_after = train_cfg.stop_after
@@ -270,9 +299,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             done = step + 1
             guard.check_previous()  # the previous step's skip flag: it is done by now
             guard.push(done, step_metrics["skipped"])
-            meter.add(step_metrics)
+            meter.add(step_metrics, batch["input_ids"].size)
             if done % train_cfg.log_every == 0 or done == train_cfg.steps:
-                row = meter.summary(tokens_per_step)
+                row = meter.summary()
                 row["learning_rate"] = float(schedule(step))
                 writer.write(done, row)
             if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done < train_cfg.steps:
