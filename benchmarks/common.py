@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
+from jax.sharding import Mesh
 
 from flax_bert import BertConfig, BertForPreTraining
 from flax_bert.training import optimizer, sharding, state as state_lib, steps
@@ -47,11 +49,20 @@ def make_batch(cfg: BertConfig, batch: int, seq: int, preds: int,
     }
 
 
-def build_step(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
-               seq: int) -> tuple[Callable, Any, dict[str, jax.Array]]:
-    """(jit'd train step, fresh TrainState, device batch) on a 1-device mesh, built from
-    `config` exactly as training does (model dtype, remat policy and dropout from
-    config.train)."""
+class Parts(NamedTuple):
+    """What a train step is built from, as training builds it."""
+
+    model: BertForPreTraining
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    mesh: Mesh
+    state: Any  # TrainState
+    shardings: Any
+
+
+def build_parts(config: ml_collections.ConfigDict, seq: int) -> Parts:
+    """Model, optimizer and a fresh TrainState on a 1-device mesh, built from `config`
+    exactly as training does (model dtype, remat policy and dropout from config.train)."""
     cfg = BertConfig(**config.model.to_dict())
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}),
                               jax.devices()[:1])
@@ -60,5 +71,13 @@ def build_step(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray
                                dropout_impl=config.train.dropout_impl)
     tx, schedule = optimizer.make_optimizer(config.optimizer, config.train.steps)
     state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(0), seq)
-    step = steps.jit_train_step(mesh, shardings, model=model, tx=tx, schedule=schedule)
-    return step, state, jax.device_put(batch_np, sharding.batch_sharding(mesh))
+    return Parts(model, tx, schedule, mesh, state, shardings)
+
+
+def build_step(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
+               seq: int) -> tuple[Callable, Any, dict[str, jax.Array]]:
+    """(jit'd train step, fresh TrainState, device batch), see `build_parts`."""
+    parts = build_parts(config, seq)
+    step = steps.jit_train_step(parts.mesh, parts.shardings, model=parts.model, tx=parts.tx,
+                                schedule=parts.schedule)
+    return step, parts.state, jax.device_put(batch_np, sharding.batch_sharding(parts.mesh))

@@ -43,6 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--matmul-size", type=int, default=2048,
                    help="N of the N x N x N fp32 matmul that measures peak FLOP/s.")
     p.add_argument("--skip-hf", action="store_true", help="Only time our step.")
+    p.add_argument("--top-ops", type=int, default=0,
+                   help="Also trace one of our steps (jax.profiler) and print its N most "
+                        "expensive XLA ops (thunks; independent ones may overlap).")
+    p.add_argument("--breakdown", action="store_true",
+                   help="Also time our step's parts: forward, forward + backward, optimizer.")
     p.add_argument("--override", action="append", default=[],
                    help="config field=value, e.g. train.remat_policy=dots_saveable.")
     return p.parse_args(argv)
@@ -64,9 +69,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
-from benchmarks.common import build_step, load_config, make_batch  # noqa: E402
-from flax_bert import BertConfig  # noqa: E402
+from benchmarks.common import build_parts, build_step, load_config, make_batch  # noqa: E402
+from flax_bert import BertConfig, losses  # noqa: E402
+from flax_bert.training import sharding  # noqa: E402
 
 
 def model_flops(cfg: BertConfig, batch: int, seq: int, preds: int,
@@ -108,8 +115,10 @@ def matmul_runner(n: int) -> Callable[[int], None]:
 
 
 def ours_runner(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
-                args: argparse.Namespace) -> tuple[Callable[[int], None], Callable[[], float]]:
-    """(run n steps, last loss) of steps.jit_train_step on a 1-device mesh, warmed up."""
+                args: argparse.Namespace
+                ) -> tuple[Callable[[int], None], Callable[[], float], Callable[[], str]]:
+    """(run n steps, last loss, compiled HLO text) of steps.jit_train_step on a 1-device
+    mesh, warmed up."""
     step, state, batch = build_step(config, batch_np, args.seq)
     rng = jax.random.PRNGKey(1)
     holder = {"state": state, "metrics": None}
@@ -120,7 +129,72 @@ def ours_runner(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarra
         jax.block_until_ready(holder["state"])
 
     run(args.warmup)
-    return run, lambda: float(holder["metrics"]["loss"])
+    hlo = lambda: step.lower(holder["state"], batch, rng).compile().as_text()  # noqa: E731
+    return run, lambda: float(holder["metrics"]["loss"]), hlo
+
+
+def part_runners(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
+                 args: argparse.Namespace) -> dict[str, Callable[[int], None]]:
+    """Runners for the parts of our step, each jit'd alone: forward (loss), forward +
+    backward (value_and_grad), and the optimizer (clip + AdamW + apply) on given grads."""
+    parts = build_parts(config, args.seq)
+    batch = jax.device_put(batch_np, sharding.batch_sharding(parts.mesh))
+    params, opt_state, key = parts.state.params, parts.state.opt_state, jax.random.PRNGKey(1)
+
+    def loss_fn(p):
+        mlm_logits, nsp_logits = parts.model.apply(
+            {"params": p}, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+            deterministic=False, masked_positions=batch["masked_positions"],
+            rngs={"dropout": key})
+        sums = losses.pretraining_metrics(mlm_logits, nsp_logits, batch)
+        return sums["mlm_loss_sum"] + sums["nsp_loss_sum"]
+
+    def update(grads, opt_state, params):
+        updates, opt_state = parts.tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    fns = {"forward": (jax.jit(loss_fn), (params,)),
+           "forward+backward": (jax.jit(jax.value_and_grad(loss_fn)), (params,))}
+    grads = fns["forward+backward"][0](params)[1]
+    fns["optimizer"] = (jax.jit(update), (grads, opt_state, params))
+
+    def runner(fn, fn_args):
+        def run(n: int) -> None:
+            jax.block_until_ready([fn(*fn_args) for _ in range(n)])
+        run(args.warmup)
+        return run
+
+    return {name: runner(fn, fn_args) for name, (fn, fn_args) in fns.items()}
+
+
+def print_top_ops(run: Callable[[int], None], top: int, hlo_text: str) -> None:
+    """Traces one step with jax.profiler and prints the `top` XLA ops by total time, each
+    with the JAX operation it came from (HLO metadata)."""
+    import collections
+    import re
+    import glob
+    import gzip
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            run(1)
+        path, = glob.glob(os.path.join(trace_dir, "**", "*perfetto_trace.json.gz"),
+                          recursive=True)
+        with gzip.open(path) as f:
+            events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    total_us = collections.Counter()
+    for e in events:  # XLA:CPU thunks; the executor's and Python's own spans are skipped
+        name = e.get("name", "")
+        if e.get("ph") == "X" and "dur" in e and re.fullmatch(r"[\w.-]+", name):
+            total_us[name] += e["dur"]
+    print(f"top {top} XLA ops of one step (ms, thunk time):")
+    for name, us in total_us.most_common(top):
+        m = re.search(rf"%{re.escape(name)} = (\S+) .*?op_name=\"([^\"]*)\"", hlo_text)
+        shape, origin = (m.group(1), m.group(2).split(")/", 1)[-1]) if m else ("", "")
+        print(f"  {us / 1e3:8.1f}  {name:<26} {shape:<22} {origin[-90:]}")
 
 
 def hf_runner(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
@@ -176,7 +250,11 @@ def main(args: argparse.Namespace) -> None:
     # Repeats are interleaved (matmul, ours, HF, matmul, ours, HF, ...), so load from other
     # processes on a shared machine hits all three alike; each figure is a median.
     runners = {"matmul": (matmul_runner(args.matmul_size), None)}
-    runners["ours"] = ours_runner(config, batch_np, args)
+    ours_run, ours_loss, ours_hlo = ours_runner(config, batch_np, args)
+    runners["ours"] = (ours_run, ours_loss)
+    if args.breakdown:
+        runners.update({name: (run, None) for name, run in
+                        part_runners(config, batch_np, args).items()})
     if not args.skip_hf:
         runners["hf"] = hf_runner(config, batch_np, args)
     times: dict[str, list[float]] = {name: [] for name in runners}
@@ -193,6 +271,19 @@ def main(args: argparse.Namespace) -> None:
     print(f"ours: {ours_s:.3f} s/step, {tokens / ours_s:,.0f} tokens/s, loss {ours_loss:.3f}, "
           f"{flops / 1e9:.1f} GFLOP/step, {flops / ours_s / 1e9:.1f} GFLOP/s = "
           f"{flops / ours_s / peak:.0%} of matmul peak")
+    if args.breakdown:
+        # FLOPs per part: forward = 1/3 of the step's (backward = 2 x forward).
+        part_flops = {"forward": flops / 3, "forward+backward": flops, "optimizer": 0.0}
+        for name, part_flop in part_flops.items():
+            t = s_per[name]
+            print(f"  part {name:<17} {t:.3f} s = {t / ours_s:4.0%} of the step"
+                  + (f", {part_flop / t / peak:.0%} of matmul peak" if part_flop else ""))
+        backward = s_per["forward+backward"] - s_per["forward"]
+        print(f"  part {'backward':<17} {backward:.3f} s = {backward / ours_s:4.0%} of the step, "
+              f"{2 * flops / 3 / backward / peak:.0%} of matmul peak "
+              f"({backward / s_per['forward']:.2f}x the forward)")
+    if args.top_ops:
+        print_top_ops(ours_run, args.top_ops, ours_hlo())
     if args.skip_hf:
         return
     hf_s, hf_loss = s_per["hf"], runners["hf"][1]()

@@ -29,8 +29,11 @@ def _run(script: str, *args: str) -> str:
 
 def test_train_step_benchmark_prints_ratio():
     out = _run("train_step.py", "--config", "tiny", "--seq", "16", "--batch", "2",
-               "--steps", "1", "--repeats", "1", "--warmup", "1", "--matmul-size", "64")
+               "--steps", "1", "--repeats", "1", "--warmup", "1", "--matmul-size", "64",
+               "--breakdown")
     assert re.search(r"^ratio ours/hf: \d+\.\d\dx$", out, re.M), out
+    for part in ("forward", "forward\+backward", "optimizer", "backward"):
+        assert re.search(rf"^  part {part} +\d+\.\d+ s = +\d+% of the step", out, re.M), out
     assert re.search(r"of matmul peak", out), out
 
 

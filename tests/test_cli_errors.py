@@ -29,6 +29,9 @@ CASES = {
     "seq_too_long": (["--config.model.max_position_embeddings=16"],
                      "config.data.max_seq_length (32) exceeds "
                      "config.model.max_position_embeddings (16)"),
+    "phase1_not_shorter": (["--config.train.phase1_fraction=0.4"],
+                           "config.train.phase1_seq_length (32) must be shorter than "
+                           "config.data.max_seq_length (32)"),
     "workdir_is_file": ([], "is a file; pass a directory"),
     "workdir_not_creatable": ([], "cannot be created"),
 }
