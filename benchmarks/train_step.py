@@ -19,8 +19,14 @@ HF computes the decoder at all S positions; its FLOPs are printed for reference.
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import gzip
+import json
 import os
+import re
 import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -72,8 +78,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from benchmarks.common import build_parts, build_step, load_config, make_batch  # noqa: E402
-from flax_bert import BertConfig, losses  # noqa: E402
-from flax_bert.training import sharding  # noqa: E402
+from flax_bert import BertConfig  # noqa: E402
+from flax_bert.training import sharding, steps  # noqa: E402
 
 
 def model_flops(cfg: BertConfig, batch: int, seq: int, preds: int,
@@ -142,11 +148,7 @@ def part_runners(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarr
     params, opt_state, key = parts.state.params, parts.state.opt_state, jax.random.PRNGKey(1)
 
     def loss_fn(p):
-        mlm_logits, nsp_logits = parts.model.apply(
-            {"params": p}, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-            deterministic=False, masked_positions=batch["masked_positions"],
-            rngs={"dropout": key})
-        sums = losses.pretraining_metrics(mlm_logits, nsp_logits, batch)
+        sums = steps.forward_sums(parts.model, p, batch, deterministic=False, dropout_rng=key)
         return sums["mlm_loss_sum"] + sums["nsp_loss_sum"]
 
     def update(grads, opt_state, params):

@@ -222,7 +222,7 @@ def make_train_iterator(
         )
 
     batches = train_batches(prepared_dir, data_config, global_batch_size)
-    if phase1 is not None and phase1.steps > 0:
+    if phase1 is not None:
         first = train_batches(phase1.prepared_dir, phase1.data_config, phase1.global_batch_size)
         batches = _Phased(first, phase1.steps, batches)
     ds = grain.MapDataset.range(sys.maxsize).map_with_index(batches)

@@ -95,9 +95,9 @@ def options_from_config(data_config) -> PrepareOptions:
 
 
 def phase1_config(data_config, seq_length: int, vocab_path: str) -> dict:
-    """`config.data` (a ConfigDict or dict) for phase 1: the same corpus, split and masking at `seq_length`, with
-    the main folder's vocab; max_predictions_per_seq scales with the length (20 at 128 is 5
-    at 32), as BERT's did from 128 to 512."""
+    """`config.data` (a ConfigDict or dict) for phase 1: the same corpus, split and masking
+    at `seq_length`, with the main folder's vocab; max_predictions_per_seq scales with the
+    length (20 at 128 is 5 at 32), as BERT's did from 128 to 512."""
     config = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config)
     main_length = config_value(data_config, "max_seq_length")
     config["max_predictions_per_seq"] = math.ceil(

@@ -223,14 +223,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         data_config.vocab = pretrained_vocab
         _say(f"tokenizing with {pretrained_vocab}")
     data_dir = data_config.prepared_dir or os.path.join(workdir, "data")
-    phase1_steps = check_phase1(config)
-    phase1_dir = data_dir.rstrip(os.sep) + PHASE1_DIR_SUFFIX
-    phase1_data = prepare.phase1_config(data_config, train_cfg.phase1_seq_length,
-                                        os.path.join(data_dir, checkpoint.VOCAB_FILE))
+    phase1 = None  # one phase unless config.train.phase1_fraction > 0
+    if phase1_steps := check_phase1(config):
+        phase1 = pipeline.Phase1(
+            data_dir.rstrip(os.sep) + PHASE1_DIR_SUFFIX,
+            prepare.phase1_config(data_config, train_cfg.phase1_seq_length,
+                                  os.path.join(data_dir, checkpoint.VOCAB_FILE)),
+            train_cfg.phase1_batch_size, phase1_steps)
     if writer_process:
         prepare.prepare_from_config(data_config, data_dir)
-        if phase1_steps:
-            prepare.prepare_from_config(phase1_data, phase1_dir)
+        if phase1:
+            prepare.prepare_from_config(phase1.data_config, phase1.prepared_dir)
         shutil.copyfile(os.path.join(data_dir, checkpoint.VOCAB_FILE),
                         os.path.join(workdir, checkpoint.VOCAB_FILE))
     if jax.process_count() > 1:
@@ -240,7 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     model_config = model_config_for(config, meta)
     check_same_model(workdir, model_config)
 
-    for field in ("global_batch_size",) + (("phase1_batch_size",) if phase1_steps else ()):
+    for field in ("global_batch_size",) + (("phase1_batch_size",) if phase1 else ()):
         if train_cfg[field] % (jax.process_count() * train_cfg.grad_accum_steps):
             raise UserError(f"config.train.{field} ({train_cfg[field]}) must divide by "
                             f"processes x grad_accum_steps")
@@ -260,7 +263,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, state_shardings = state_lib.create_train_state(
         model, tx, mesh, init_rng, meta["max_seq_length"], params=init_params)
 
-    phase1 = pipeline.Phase1(phase1_dir, phase1_data, train_cfg.phase1_batch_size, phase1_steps)
     train_iter = pipeline.make_train_iterator(
         data_dir, data_config, global_batch_size=train_cfg.global_batch_size, seed=config.seed,
         phase1=phase1)
@@ -286,9 +288,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _say(f"eval step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
         return row
 
-    if phase1_steps and start < phase1_steps:
-        _say(f"phase 1: steps 1-{phase1_steps} on {train_cfg.phase1_seq_length}-token examples "
-             f"({phase1_dir}), then {meta['max_seq_length']}-token examples")
+    if phase1 and start < phase1.steps:
+        _say(f"phase 1: steps 1-{phase1.steps} on {train_cfg.phase1_seq_length}-token examples "
+             f"({phase1.prepared_dir}), then {meta['max_seq_length']}-token examples")
     meter = _TrainMeter()
     guard = _NonfiniteGuard(int(state.nonfinite_run), train_cfg.max_consecutive_nonfinite, ckpt)
     stop_after = train_cfg.stop_after

@@ -19,7 +19,7 @@ Array = jax.Array
 Batch = Mapping[str, Array]
 
 
-def _forward(model: nn.Module, params: Any, batch: Batch, deterministic: bool,
+def forward_sums(model: nn.Module, params: Any, batch: Batch, deterministic: bool,
              dropout_rng: Array | None) -> dict[str, Array]:
     """Loss and accuracy sums of one batch (see losses.pretraining_metrics)."""
     mlm_logits, nsp_logits = model.apply(
@@ -52,7 +52,7 @@ def train_step(state: TrainState, batch: Batch, rng: Array, *, model: nn.Module,
     nsp_total = jnp.float32(batch["next_sentence_label"].shape[0])
 
     def loss_fn(params: Any, micro: Batch, key: Array) -> tuple[Array, dict[str, Array]]:
-        sums = _forward(model, params, micro, deterministic=False, dropout_rng=key)
+        sums = forward_sums(model, params, micro, deterministic=False, dropout_rng=key)
         return sums["mlm_loss_sum"] / mlm_total + sums["nsp_loss_sum"] / nsp_total, sums
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -90,7 +90,7 @@ def train_step(state: TrainState, batch: Batch, rng: Array, *, model: nn.Module,
 
 def eval_step(params: Any, batch: Batch, *, model: nn.Module) -> dict[str, Array]:
     """Loss and accuracy sums on `batch`, no dropout."""
-    return _forward(model, params, batch, deterministic=True, dropout_rng=None)
+    return forward_sums(model, params, batch, deterministic=True, dropout_rng=None)
 
 
 def _with_mesh(fn: Callable, mesh: Mesh) -> Callable:
