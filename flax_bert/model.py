@@ -36,10 +36,16 @@ REMAT_POLICIES = {
 }
 
 
+def _gelu_erf(x: Array) -> Array:
+    """Exact GELU, x * Phi(x), written with erf as PyTorch computes it. (jax.nn.gelu's
+    exact form uses erfc, which XLA:CPU evaluates ~1.4x slower; outputs agree to 1e-6.)"""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(2.0 ** -0.5, x.dtype)))
+
+
 def activation_fn(name: str) -> Callable[[Array], Array]:
     """HF `hidden_act` name -> function ("gelu" is the exact erf form, as in HF)."""
     return {
-        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu": _gelu_erf,
         "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
         "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
         "relu": jax.nn.relu,
@@ -355,6 +361,35 @@ class BertModel(nn.Module):
         return x, self.pooler(x)
 
 
+@jax.custom_vjp
+def tied_decoder(x: Array, embedding: Array, bias: Array) -> Array:
+    """float32 logits x @ embedding.T + bias: x [B, P, H], embedding [V, H], bias [V].
+
+    Autodiff's backward of this runs slowly on XLA:CPU: the weight gradient first copies
+    the [B, P, V] logits gradient into [V, B*P] and the bias gradient is a separate
+    column sum. Here the weight gradient contracts B*P directly and the bias gradient is
+    a matrix-vector product.
+    """
+    logits = jnp.einsum("bph,vh->bpv", x, embedding)  # [B, P, V]
+    return logits.astype(jnp.float32) + bias
+
+
+def _tied_decoder_fwd(x: Array, embedding: Array, bias: Array):
+    return tied_decoder(x, embedding, bias), (x, embedding)
+
+
+def _tied_decoder_bwd(residuals, d_logits: Array):
+    x, embedding = residuals  # [B, P, H], [V, H]
+    d_logits = d_logits.astype(x.dtype)  # [B, P, V]
+    d_x = jnp.einsum("bpv,vh->bph", d_logits, embedding)  # [B, P, H]
+    d_embedding = jnp.einsum("bpv,bph->vh", d_logits, x)  # [V, H]
+    d_bias = jnp.einsum("bpv,bp->v", d_logits, jnp.ones(x.shape[:2], x.dtype))  # [V]
+    return d_x, d_embedding, d_bias.astype(jnp.float32)
+
+
+tied_decoder.defvjp(_tied_decoder_fwd, _tied_decoder_bwd)
+
+
 class BertPredictionHeadTransform(nn.Module):
     """HF's `cls/predictions/transform`: dense, activation, LayerNorm."""
 
@@ -381,8 +416,7 @@ class BertLMPredictionHead(nn.Module):
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                                ("vocab",)),
                           (self.config.vocab_size,))  # [V]
-        logits = jnp.einsum("bph,vh->bpv", x, word_embeddings.astype(self.dtype))  # [B, P, V]
-        logits = logits.astype(jnp.float32) + bias
+        logits = tied_decoder(x, word_embeddings.astype(self.dtype), bias)  # [B, P, V]
         return nn.with_logical_constraint(logits, BATCH_LENGTH_VOCAB)
 
 
