@@ -109,11 +109,33 @@ def _dense(config: BertConfig, features: int, axes: tuple[str | None, str | None
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
 
 
-def _layer_norm(config: BertConfig, dtype: Dtype, name: str = "LayerNorm") -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=config.layer_norm_eps, dtype=dtype, name=name,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)))
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis with `scale` and `bias` (flax's parameter names).
+
+    Statistics in float32 with the two-pass variance mean((x - mean)^2), as PyTorch
+    computes it. (flax's nn.LayerNorm uses E[x^2] - E[x]^2; its forward + backward ran
+    3x slower on XLA:CPU: 14.4 vs 4.7 ms for [32, 128, 512].)
+    """
+
+    epsilon: float
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        features = (x.shape[-1],)
+        scale = self.param("scale", nn.with_logical_partitioning(
+            nn.initializers.ones_init(), ("embed",)), features)  # [H]
+        bias = self.param("bias", nn.with_logical_partitioning(
+            nn.initializers.zeros_init(), ("embed",)), features)  # [H]
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # [..., H]
+        centred = x - jnp.mean(x, axis=-1, keepdims=True)  # [..., H]
+        variance = jnp.mean(centred * centred, axis=-1, keepdims=True)  # [..., 1]
+        y = centred * jax.lax.rsqrt(variance + self.epsilon) * scale + bias  # [..., H]
+        return y.astype(self.dtype)
+
+
+def _layer_norm(config: BertConfig, dtype: Dtype, name: str = "LayerNorm") -> LayerNorm:
+    return LayerNorm(config.layer_norm_eps, dtype, name=name)
 
 
 class BertEmbeddings(nn.Module):
@@ -189,8 +211,9 @@ class BertSelfAttention(nn.Module):
         bias = jnp.concatenate(biases).astype(self.dtype)  # [3H]
         qkv = jnp.dot(x.astype(self.dtype), kernel) + bias  # [B, S, 3H]
         qkv = qkv.reshape(batch, seq_len, 3, heads, head_dim)  # [B, S, 3, N, D]
-        q, k, v = (nn.with_logical_constraint(qkv[:, :, i], BATCH_LENGTH_HEADS_KV)
-                   for i in range(3))  # [B, S, N, D] each
+        # lax.split (not three slices): its gradient is one concatenate, not three pads + adds.
+        q, k, v = (nn.with_logical_constraint(part[:, :, 0], BATCH_LENGTH_HEADS_KV)
+                   for part in jax.lax.split(qkv, (1, 1, 1), axis=2))  # [B, S, N, D] each
         mask = key_mask[:, None, None, :].astype(bool)  # [B, 1, 1, S]: query x key
 
         rate = cfg.attention_probs_dropout_prob

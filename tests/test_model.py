@@ -113,6 +113,24 @@ def test_tied_decoder_gradients_match_autodiff():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_layer_norm_matches_numpy_and_flax_names():
+    from flax_bert.model import LayerNorm
+
+    rng = np.random.default_rng(6)
+    x = (rng.normal(size=(2, 5, 16)) * 3 + 7).astype(np.float32)  # large mean: two-pass var
+    ln = LayerNorm(epsilon=1e-12)
+    variables = ln.init(jax.random.key(0), x)
+    assert set(variables["params"]) == {"scale", "bias"}  # flax's nn.LayerNorm names
+    params = {"scale": jnp.asarray(rng.normal(size=16), jnp.float32),
+              "bias": jnp.asarray(rng.normal(size=16), jnp.float32)}
+    x64 = x.astype(np.float64)
+    ref = ((x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-12)
+           * np.asarray(params["scale"]) + np.asarray(params["bias"]))
+    np.testing.assert_allclose(ln.apply({"params": params}, x), ref, atol=2e-5)
+    out_bf16 = LayerNorm(1e-12, jnp.bfloat16).apply({"params": params}, x.astype(jnp.bfloat16))
+    assert out_bf16.dtype == jnp.bfloat16
+
+
 def test_masked_positions_equal_gathered_logits(params):
     ids, types, mask = _batch(np.random.default_rng(3))
     model = BertForPreTraining(SMALL)
