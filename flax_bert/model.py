@@ -109,6 +109,17 @@ def _dense(config: BertConfig, features: int, axes: tuple[str | None, str | None
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
 
 
+def _per_token(layer: Callable[[Array], Array], x: Array) -> Array:
+    """Applies a Dense layer to x [..., in] as one [tokens, in] matrix -> [..., out].
+
+    With a [B, S, in] input the weight gradient contracts two axes, which XLA:CPU lowers
+    to a transpose copy and a slower kernel (512 -> 2048, forward + backward: 113 ms for
+    [32, 128, 512] vs 67 ms for [4096, 512]).
+    """
+    y = layer(x.reshape(-1, x.shape[-1]))  # [tokens, out]
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 class LayerNorm(nn.Module):
     """LayerNorm over the last axis with `scale` and `bias` (flax's parameter names).
 
@@ -209,7 +220,7 @@ class BertSelfAttention(nn.Module):
             for name in ("query", "key", "value")))
         kernel = jnp.concatenate(kernels, axis=1).astype(self.dtype)  # [H, 3H]
         bias = jnp.concatenate(biases).astype(self.dtype)  # [3H]
-        qkv = jnp.dot(x.astype(self.dtype), kernel) + bias  # [B, S, 3H]
+        qkv = _per_token(lambda t: jnp.dot(t.astype(self.dtype), kernel) + bias, x)  # [B, S, 3H]
         qkv = qkv.reshape(batch, seq_len, 3, heads, head_dim)  # [B, S, 3, N, D]
         # lax.split (not three slices): its gradient is one concatenate, not three pads + adds.
         q, k, v = (nn.with_logical_constraint(part[:, :, 0], BATCH_LENGTH_HEADS_KV)
@@ -246,7 +257,8 @@ class BertOutput(nn.Module):
     def __call__(self, x: Array, residual: Array, deterministic: bool,
                  dropout_rng: Array | None = None) -> Array:
         cfg = self.config
-        y = _dense(cfg, cfg.hidden_size, (self.in_axis, "embed"), self.dtype, "dense")(x)
+        y = _per_token(_dense(cfg, cfg.hidden_size, (self.in_axis, "embed"), self.dtype,
+                              "dense"), x)  # [B, S, H]
         y = Dropout(cfg.hidden_dropout_prob, self.dropout_impl)(
             y, deterministic, dropout_rng)  # [B, S, H]
         y = _layer_norm(cfg, self.dtype)(y + residual)  # [B, S, H]
@@ -275,7 +287,8 @@ class BertIntermediate(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        y = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), self.dtype, "dense")(x)
+        y = _per_token(_dense(cfg, cfg.intermediate_size, ("embed", "mlp"), self.dtype,
+                              "dense"), x)  # [B, S, I]
         y = activation_fn(cfg.hidden_act)(y)  # [B, S, I]
         return nn.with_logical_constraint(y, BATCH_LENGTH_MLP)
 
@@ -388,10 +401,9 @@ class BertModel(nn.Module):
 def tied_decoder(x: Array, embedding: Array, bias: Array) -> Array:
     """float32 logits x @ embedding.T + bias: x [B, P, H], embedding [V, H], bias [V].
 
-    Autodiff's backward of this runs slowly on XLA:CPU: the weight gradient first copies
-    the [B, P, V] logits gradient into [V, B*P] and the bias gradient is a separate
-    column sum. Here the weight gradient contracts B*P directly and the bias gradient is
-    a matrix-vector product.
+    Autodiff's backward of this runs slowly on XLA:CPU: its weight gradient contracts two
+    axes (B, P) and its bias gradient is a separate column sum. Here both contract one
+    [B*P] token axis, and the bias gradient is a vector-matrix product.
     """
     logits = jnp.einsum("bph,vh->bpv", x, embedding)  # [B, P, V]
     return logits.astype(jnp.float32) + bias
@@ -403,11 +415,12 @@ def _tied_decoder_fwd(x: Array, embedding: Array, bias: Array):
 
 def _tied_decoder_bwd(residuals, d_logits: Array):
     x, embedding = residuals  # [B, P, H], [V, H]
-    d_logits = d_logits.astype(x.dtype)  # [B, P, V]
-    d_x = jnp.einsum("bpv,vh->bph", d_logits, embedding)  # [B, P, H]
-    d_embedding = jnp.einsum("bpv,bph->vh", d_logits, x)  # [V, H]
-    d_bias = jnp.einsum("bpv,bp->v", d_logits, jnp.ones(x.shape[:2], x.dtype))  # [V]
-    return d_x, d_embedding, d_bias.astype(jnp.float32)
+    d_logits = d_logits.astype(x.dtype).reshape(-1, embedding.shape[0])  # [B*P, V]
+    tokens = x.reshape(-1, x.shape[-1])  # [B*P, H]
+    d_x = (d_logits @ embedding).reshape(x.shape)  # [B, P, H]
+    d_embedding = jnp.einsum("tv,th->vh", d_logits, tokens)  # [V, H]
+    d_bias = jnp.ones((1, tokens.shape[0]), x.dtype) @ d_logits  # [1, V]
+    return d_x, d_embedding, d_bias[0].astype(jnp.float32)
 
 
 tied_decoder.defvjp(_tied_decoder_fwd, _tied_decoder_bwd)
@@ -422,7 +435,8 @@ class BertPredictionHeadTransform(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        x = _dense(cfg, cfg.hidden_size, ("embed", "mlp"), self.dtype, "dense")(x)
+        x = _per_token(_dense(cfg, cfg.hidden_size, ("embed", "mlp"), self.dtype, "dense"),
+                       x)  # [B, P, H]
         x = activation_fn(cfg.hidden_act)(x)
         return _layer_norm(cfg, self.dtype)(x)  # [B, P, H]
 
