@@ -415,12 +415,13 @@ def _tied_decoder_fwd(x: Array, embedding: Array, bias: Array):
 
 def _tied_decoder_bwd(residuals, d_logits: Array):
     x, embedding = residuals  # [B, P, H], [V, H]
-    d_logits = d_logits.astype(x.dtype).reshape(-1, embedding.shape[0])  # [B*P, V]
+    d_logits = d_logits.reshape(-1, embedding.shape[0])  # [B*P, V], float32
+    d_bias = jnp.ones((1, d_logits.shape[0]), d_logits.dtype) @ d_logits  # [1, V]
+    d_logits = d_logits.astype(x.dtype)  # the compute dtype, for the two GEMMs
     tokens = x.reshape(-1, x.shape[-1])  # [B*P, H]
     d_x = (d_logits @ embedding).reshape(x.shape)  # [B, P, H]
     d_embedding = jnp.einsum("tv,th->vh", d_logits, tokens)  # [V, H]
-    d_bias = jnp.ones((1, tokens.shape[0]), x.dtype) @ d_logits  # [1, V]
-    return d_x, d_embedding, d_bias[0].astype(jnp.float32)
+    return d_x, d_embedding, d_bias[0]
 
 
 tied_decoder.defvjp(_tied_decoder_fwd, _tied_decoder_bwd)

@@ -111,6 +111,11 @@ def test_tied_decoder_gradients_match_autodiff():
     np.testing.assert_allclose(out, ref_out, rtol=1e-6)
     for got, want in zip(vjp(cot), ref_vjp(cot)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # bfloat16 compute: cotangents in the primals' dtypes, the bias gradient in float32.
+    vjp_bf16 = jax.vjp(tied_decoder, x.astype(jnp.bfloat16), emb.astype(jnp.bfloat16),
+                               bias)[1](cot)
+    assert [g.dtype for g in vjp_bf16] == [jnp.bfloat16, jnp.bfloat16, jnp.float32]
+    np.testing.assert_allclose(vjp_bf16[2], cot.sum((0, 1)), rtol=1e-5)
 
 
 def test_layer_norm_matches_numpy_and_flax_names():
