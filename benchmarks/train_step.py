@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import glob
 import gzip
 import json
@@ -241,40 +242,31 @@ def hf_runner(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray]
     return run, lambda: loss_value[0]
 
 
-def main(args: argparse.Namespace) -> None:
-    config = load_config(args.config, args.override)
-    config.train.dtype = args.dtype
-    cfg = BertConfig(**config.model.to_dict())
-    preds = max(1, round(args.masked_fraction * args.seq))
-    batch_np = make_batch(cfg, args.batch, args.seq, preds, np.random.default_rng(0))
-    tokens = args.batch * args.seq
-    print(f"config {args.config} (L{cfg.num_hidden_layers}/H{cfg.hidden_size}/"
-          f"A{cfg.num_attention_heads}), seq {args.seq}, batch {args.batch}, "
-          f"masked {preds}/{args.seq}, dtype {args.dtype}, threads {THREADS}, "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}")
-
-    # Repeats are interleaved (matmul, ours, HF, matmul, ours, HF, ...), so load from other
-    # processes on a shared machine hits all three alike; each figure is a median.
-    runners = {"matmul": (matmul_runner(args.matmul_size), None)}
-    ours_run, ours_loss, ours_hlo = ours_runner(config, batch_np, args)
-    runners["ours"] = (ours_run, ours_loss)
-    if args.breakdown:
-        runners.update({name: (run, None) for name, run in
-                        part_runners(config, batch_np, args).items()})
-    if not args.skip_hf:
-        runners["hf"] = hf_runner(config, batch_np, args)
+def interleaved_medians(runners: dict[str, Callable[[int], None]], repeats: int,
+                        steps: int) -> dict[str, float]:
+    """Median seconds per step (per call for "matmul") of each runner; the repeats are
+    interleaved (a, b, c, a, b, c, ...), so that load from other processes hits all alike."""
     times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.repeats):
-        for name, (run, _) in runners.items():
-            n = MATMUL_CALLS if name == "matmul" else args.steps
-            times[name] += time_repeats(run, n, 1)
-    s_per = {name: float(np.median(t)) for name, t in times.items()}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            times[name] += time_repeats(run, MATMUL_CALLS if name == "matmul" else steps, 1)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def measure_ours(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
+                 args: argparse.Namespace, matmul: Callable[[int], None],
+                 flops: float, tokens: int) -> tuple[float, float]:
+    """Times (and prints) our step, and its parts and top ops if asked; returns (s/step,
+    matmul peak FLOP/s). Everything it builds is garbage once it returns."""
+    ours_run, ours_loss, ours_hlo = ours_runner(config, batch_np, args)
+    runners = {"matmul": matmul, "ours": ours_run}
+    if args.breakdown:
+        runners.update(part_runners(config, batch_np, args))
+    s_per = interleaved_medians(runners, args.repeats, args.steps)
     peak = 2.0 * args.matmul_size ** 3 / s_per["matmul"]
     print(f"matmul peak ({args.matmul_size}^3 fp32, jit): {peak / 1e9:.1f} GFLOP/s")
-
-    ours_s, ours_loss = s_per["ours"], runners["ours"][1]()
-    flops = model_flops(cfg, args.batch, args.seq, preds)
-    print(f"ours: {ours_s:.3f} s/step, {tokens / ours_s:,.0f} tokens/s, loss {ours_loss:.3f}, "
+    ours_s = s_per["ours"]
+    print(f"ours: {ours_s:.3f} s/step, {tokens / ours_s:,.0f} tokens/s, loss {ours_loss():.3f}, "
           f"{flops / 1e9:.1f} GFLOP/step, {flops / ours_s / 1e9:.1f} GFLOP/s = "
           f"{flops / ours_s / peak:.0%} of matmul peak")
     if args.breakdown:
@@ -290,11 +282,35 @@ def main(args: argparse.Namespace) -> None:
               f"({backward / s_per['forward']:.2f}x the forward)")
     if args.top_ops:
         print_top_ops(ours_run, args.top_ops, ours_hlo())
+    return ours_s, peak
+
+
+def main(args: argparse.Namespace) -> None:
+    config = load_config(args.config, args.override)
+    config.train.dtype = args.dtype
+    cfg = BertConfig(**config.model.to_dict())
+    preds = max(1, round(args.masked_fraction * args.seq))
+    batch_np = make_batch(cfg, args.batch, args.seq, preds, np.random.default_rng(0))
+    tokens = args.batch * args.seq
+    print(f"config {args.config} (L{cfg.num_hidden_layers}/H{cfg.hidden_size}/"
+          f"A{cfg.num_attention_heads}), seq {args.seq}, batch {args.batch}, "
+          f"masked {preds}/{args.seq}, dtype {args.dtype}, threads {THREADS}, "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}")
+    matmul = matmul_runner(args.matmul_size)
+    flops = model_flops(cfg, args.batch, args.seq, preds)
+    ours_s, peak = measure_ours(config, batch_np, args, matmul, flops, tokens)
     if args.skip_hf:
         return
-    hf_s, hf_loss = s_per["hf"], runners["hf"][1]()
+    # HF runs alone, after our step, its state and compiled programs are released. HF
+    # allocates and frees ~2.6 GB of fresh pages per step; with 1.6 GB of JAX buffers
+    # held its page faults took 2x the system time (5.3 vs 3.8 s/step), and interleaved
+    # with our step or the matmul it read 4.5-5.2 s/step against 3.8-4.0 alone.
+    gc.collect()
+    jax.clear_caches()
+    hf_run, hf_loss = hf_runner(config, batch_np, args)
+    hf_s = float(np.median(time_repeats(hf_run, args.steps, args.repeats)))
     hf_flops = model_flops(cfg, args.batch, args.seq, preds, decoder_positions=args.seq)
-    print(f"hf:   {hf_s:.3f} s/step, {tokens / hf_s:,.0f} tokens/s, loss {hf_loss:.3f}, "
+    print(f"hf:   {hf_s:.3f} s/step, {tokens / hf_s:,.0f} tokens/s, loss {hf_loss():.3f}, "
           f"{hf_flops / 1e9:.1f} GFLOP/step (full-vocab decoder at all {args.seq} positions), "
           f"{hf_flops / hf_s / 1e9:.1f} GFLOP/s = {hf_flops / hf_s / peak:.0%} of matmul peak")
     print(f"ratio ours/hf: {hf_s / ours_s:.2f}x")
