@@ -32,7 +32,7 @@ def test_train_step_benchmark_prints_ratio():
                "--steps", "1", "--repeats", "1", "--warmup", "1", "--matmul-size", "64",
                "--breakdown")
     assert re.search(r"^ratio ours/hf: \d+\.\d\dx$", out, re.M), out
-    for part in ("forward", "forward\+backward", "optimizer", "backward"):
+    for part in ("forward", r"forward\+backward", "optimizer", "backward"):
         assert re.search(rf"^  part {part} +\d+\.\d+ s = +\d+% of the step", out, re.M), out
     assert re.search(r"of matmul peak", out), out
 
