@@ -177,13 +177,6 @@ def part_runners(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarr
 def print_top_ops(run: Callable[[int], None], top: int, hlo_text: str) -> None:
     """Traces one step with jax.profiler and prints the `top` XLA ops by total time, each
     with the JAX operation it came from (HLO metadata)."""
-    import collections
-    import re
-    import glob
-    import gzip
-    import json
-    import tempfile
-
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
             run(1)

@@ -20,7 +20,7 @@ Batch = Mapping[str, Array]
 
 
 def forward_sums(model: nn.Module, params: Any, batch: Batch, deterministic: bool,
-             dropout_rng: Array | None) -> dict[str, Array]:
+                 dropout_rng: Array | None) -> dict[str, Array]:
     """Loss and accuracy sums of one batch (see losses.pretraining_metrics)."""
     mlm_logits, nsp_logits = model.apply(
         {"params": params}, batch["input_ids"], batch["token_type_ids"],
