@@ -76,8 +76,11 @@ def build_parts(config: ml_collections.ConfigDict, seq: int) -> Parts:
 
 def build_step(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
                seq: int) -> tuple[Callable, Any, dict[str, jax.Array]]:
-    """(jit'd train step, fresh TrainState, device batch), see `build_parts`."""
+    """(jit'd train call, fresh TrainState, device batches), see `build_parts`. A call
+    runs config.train.steps_per_call steps, all on `batch_np` (stacked that many times)."""
     parts = build_parts(config, seq)
     step = steps.jit_train_step(parts.mesh, parts.shardings, model=parts.model, tx=parts.tx,
                                 schedule=parts.schedule)
-    return step, parts.state, jax.device_put(batch_np, sharding.batch_sharding(parts.mesh))
+    stacked = {k: np.stack([v] * config.train.steps_per_call) for k, v in batch_np.items()}
+    return step, parts.state, jax.device_put(
+        stacked, sharding.batch_sharding(parts.mesh, stacked=True))

@@ -46,6 +46,7 @@ def measure(args: argparse.Namespace, policy: str) -> tuple[float, float, float]
     config = load_config(args.config, [])
     config.train.dtype = args.dtype
     config.train.remat_policy = policy
+    config.train.steps_per_call = 1  # one step (more per call add only their batches)
     cfg = BertConfig(**config.model.to_dict())
     preds = max(1, round(args.masked_fraction * args.seq))
     batch_np = make_batch(cfg, args.batch, args.seq, preds, np.random.default_rng(0))
@@ -54,7 +55,7 @@ def measure(args: argparse.Namespace, policy: str) -> tuple[float, float, float]
     stats = step.lower(state, batch, rng).compile().memory_analysis()
     _, metrics = step(state, batch, rng)
     return (stats.argument_size_in_bytes / MIB, stats.temp_size_in_bytes / MIB,
-            float(metrics["loss"]))
+            float(metrics["loss"][0]))
 
 
 def main(args: argparse.Namespace) -> None:

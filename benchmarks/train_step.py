@@ -4,6 +4,8 @@ Both run the same model size, batch, sequence length and number of masked positi
 the same number of threads, after warm-up; each is timed over several repeats of a few
 steps and the median is reported. Prints tokens/s for each, `ratio ours/hf: X.XXx`, and
 our model FLOP/s as a fraction of a jit'd fp32 matmul's FLOP/s measured in this run.
+Our steps run as training runs them: config.train.steps_per_call optimizer steps per jit'd
+call (`--override train.steps_per_call=1` times one step per call).
 
 FLOPs counted (what our step computes; forward + backward = 3 x forward, 2 per MAC):
   encoder   6 * (4 H^2 + 2 H I) * L * B * S            (Q, K, V, output, FFN matmuls)
@@ -100,52 +102,59 @@ def model_flops(cfg: BertConfig, batch: int, seq: int, preds: int,
     return float(encoder + attention + mlm + nsp)
 
 
-def time_repeats(run_steps, steps_per_repeat: int, repeats: int) -> list[float]:
-    """Seconds per step for each repeat; `run_steps(n)` must block until n steps are done."""
+def time_repeats(run_steps: Callable[[int], int], steps_per_repeat: int,
+                 repeats: int) -> list[float]:
+    """Seconds per step for each repeat; `run_steps(n)` runs at least n steps, blocks until
+    they are done and returns how many it ran."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        run_steps(steps_per_repeat)
-        times.append((time.perf_counter() - start) / steps_per_repeat)
+        ran = run_steps(steps_per_repeat)
+        times.append((time.perf_counter() - start) / ran)
     return times
 
 
-def matmul_runner(n: int) -> Callable[[int], None]:
+def matmul_runner(n: int) -> Callable[[int], int]:
     """Runs a jit'd fp32 n x n x n matmul k times (2 n^3 FLOPs each), warmed up."""
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
     f = jax.jit(lambda x, y: x @ y)
     f(a, a).block_until_ready()
 
-    def run(k: int) -> None:
+    def run(k: int) -> int:
         out = None
         for _ in range(k):
             out = f(a, a)
         out.block_until_ready()
+        return k
 
     return run
 
 
 def ours_runner(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
                 args: argparse.Namespace
-                ) -> tuple[Callable[[int], None], Callable[[], float], Callable[[], str]]:
+                ) -> tuple[Callable[[int], int], Callable[[], float], Callable[[], str]]:
     """(run n steps, last loss, compiled HLO text) of steps.jit_train_step on a 1-device
-    mesh, warmed up."""
-    step, state, batch = build_step(config, batch_np, args.seq)
+    mesh, warmed up. Steps run in calls of config.train.steps_per_call, as training runs
+    them; n is rounded up to whole calls."""
+    step, state, batches = build_step(config, batch_np, args.seq)
+    per_call = config.train.steps_per_call
     rng = jax.random.PRNGKey(1)
     holder = {"state": state, "metrics": None}
 
-    def run(n: int) -> None:
-        for _ in range(n):  # dispatch is asynchronous: no host sync inside the loop
-            holder["state"], holder["metrics"] = step(holder["state"], batch, rng)
+    def run(n: int) -> int:
+        calls = -(-n // per_call)
+        for _ in range(calls):  # dispatch is asynchronous: no host sync inside the loop
+            holder["state"], holder["metrics"] = step(holder["state"], batches, rng)
         jax.block_until_ready(holder["state"])
+        return calls * per_call
 
     run(args.warmup)
-    hlo = lambda: step.lower(holder["state"], batch, rng).compile().as_text()  # noqa: E731
-    return run, lambda: float(holder["metrics"]["loss"]), hlo
+    hlo = lambda: step.lower(holder["state"], batches, rng).compile().as_text()  # noqa: E731
+    return run, lambda: float(holder["metrics"]["loss"][-1]), hlo
 
 
 def part_runners(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
-                 args: argparse.Namespace) -> dict[str, Callable[[int], None]]:
+                 args: argparse.Namespace) -> dict[str, Callable[[int], int]]:
     """Runners for the parts of our step, each jit'd alone: forward (loss), forward +
     backward (value_and_grad), and the optimizer (clip + AdamW + apply) on given grads."""
     parts = build_parts(config, args.seq)
@@ -166,20 +175,21 @@ def part_runners(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarr
     fns["optimizer"] = (jax.jit(update), (grads, opt_state, params))
 
     def runner(fn, fn_args):
-        def run(n: int) -> None:
+        def run(n: int) -> int:
             jax.block_until_ready([fn(*fn_args) for _ in range(n)])
+            return n
         run(args.warmup)
         return run
 
     return {name: runner(fn, fn_args) for name, (fn, fn_args) in fns.items()}
 
 
-def print_top_ops(run: Callable[[int], None], top: int, hlo_text: str) -> None:
-    """Traces one step with jax.profiler and prints the `top` XLA ops by total time, each
-    with the JAX operation it came from (HLO metadata)."""
+def print_top_ops(run: Callable[[int], int], top: int, hlo_text: str) -> None:
+    """Traces one call with jax.profiler and prints the `top` XLA ops by total time per
+    step, each with the JAX operation it came from (HLO metadata)."""
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-            run(1)
+            ran = run(1)
         path, = glob.glob(os.path.join(trace_dir, "**", "*perfetto_trace.json.gz"),
                           recursive=True)
         with gzip.open(path) as f:
@@ -190,15 +200,15 @@ def print_top_ops(run: Callable[[int], None], top: int, hlo_text: str) -> None:
         name = e.get("name", "")
         if e.get("ph") == "X" and "dur" in e and re.fullmatch(r"[\w.-]+", name):
             total_us[name] += e["dur"]
-    print(f"top {top} XLA ops of one step (ms, thunk time):")
+    print(f"top {top} XLA ops (ms of thunk time per step, over a call of {ran}):")
     for name, us in total_us.most_common(top):
         m = re.search(rf"%{re.escape(name)} = (\S+) .*?op_name=\"([^\"]*)\"", hlo_text)
         shape, origin = (m.group(1), m.group(2).split(")/", 1)[-1]) if m else ("", "")
-        print(f"  {us / 1e3:8.1f}  {name:<26} {shape:<22} {origin[-90:]}")
+        print(f"  {us / 1e3 / ran:8.1f}  {name:<26} {shape:<22} {origin[-90:]}")
 
 
 def hf_runner(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
-              args: argparse.Namespace) -> tuple[Callable[[int], None], Callable[[], float]]:
+              args: argparse.Namespace) -> tuple[Callable[[int], int], Callable[[], float]]:
     """(run n steps, last loss) of HF BertForPreTraining + AdamW + clip_grad_norm_, warmed
     up."""
     import torch
@@ -222,7 +232,7 @@ def hf_runner(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray]
     }
     loss_value = [0.0]
 
-    def run(n: int) -> None:
+    def run(n: int) -> int:
         for _ in range(n):
             adamw.zero_grad(set_to_none=True)
             loss = model(**inputs).loss
@@ -230,12 +240,13 @@ def hf_runner(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray]
             torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip_norm)
             adamw.step()
             loss_value[0] = float(loss.detach())
+        return n
 
     run(args.warmup)
     return run, lambda: loss_value[0]
 
 
-def interleaved_medians(runners: dict[str, Callable[[int], None]], repeats: int,
+def interleaved_medians(runners: dict[str, Callable[[int], int]], repeats: int,
                         steps: int) -> dict[str, float]:
     """Median seconds per step (per call for "matmul") of each runner; the repeats are
     interleaved (a, b, c, a, b, c, ...), so that load from other processes hits all alike."""
@@ -247,7 +258,7 @@ def interleaved_medians(runners: dict[str, Callable[[int], None]], repeats: int,
 
 
 def measure_ours(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
-                 args: argparse.Namespace, matmul: Callable[[int], None],
+                 args: argparse.Namespace, matmul: Callable[[int], int],
                  flops: float, tokens: int) -> tuple[float, float]:
     """Times (and prints) our step, and its parts and top ops if asked; returns (s/step,
     matmul peak FLOP/s). Everything it builds is garbage once it returns."""
@@ -288,6 +299,7 @@ def main(args: argparse.Namespace) -> None:
     print(f"config {args.config} (L{cfg.num_hidden_layers}/H{cfg.hidden_size}/"
           f"A{cfg.num_attention_heads}), seq {args.seq}, batch {args.batch}, "
           f"masked {preds}/{args.seq}, dtype {args.dtype}, threads {THREADS}, "
+          f"{config.train.steps_per_call} steps per call (ours), "
           f"jax {jax.__version__} on {jax.devices()[0].platform}")
     matmul = matmul_runner(args.matmul_size)
     flops = model_flops(cfg, args.batch, args.seq, preds)

@@ -70,6 +70,11 @@ def get_config() -> ml_collections.ConfigDict:
     t.phase1_seq_length = 32
     t.phase1_batch_size = 64
     t.grad_accum_steps = 1  # Micro-batches per optimizer step (global batch split this way).
+    # Optimizer steps per jit'd call, a lax.scan over that many batches (BERT's
+    # iterations_per_loop). Logs, evals, checkpoints, the phase switch and preemption act
+    # between calls (a call is cut short to end on each of their steps). Fewer calls: less
+    # dispatch, and XLA:CPU faults a step's temporary buffers in once per call, not per step.
+    t.steps_per_call = 4
     t.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
     t.remat_policy = "none"  # none | nothing_saveable | dots_saveable (per encoder layer).
     # Dropout keep-mask bits: "hash" (an integer hash of the element index and a key drawn

@@ -14,7 +14,7 @@ import numpy as np
 
 from flax_bert import BertForPreTraining
 from flax_bert.training import optimizer, sharding, state as state_lib, steps
-from tests.test_train_step import CFG, SEQ, make_batch, opt_config
+from tests.test_train_step import CFG, SEQ, make_batch, opt_config, place
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,12 +51,13 @@ def test_second_train_step_does_not_recompile(caplog):
     state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(0), SEQ)
     step = steps.jit_train_step(mesh, shardings, model=model, tx=tx, schedule=schedule)
     rng = np.random.default_rng(0)
-    state, _ = step(state, make_batch(rng, 8), jax.random.PRNGKey(1))  # compiles
+    key = jax.random.PRNGKey(1)
+    state, _ = step(state, place([make_batch(rng, 8)], mesh), key)  # compiles
     caplog.set_level(logging.WARNING)
     with jax.log_compiles(True):
         caplog.clear()
         for _ in range(2):
-            state, metrics = step(state, make_batch(rng, 8), jax.random.PRNGKey(1))
+            state, metrics = step(state, place([make_batch(rng, 8)], mesh), key)
         jax.block_until_ready(state)
     compiles = [r.getMessage() for r in caplog.records if "ompil" in r.getMessage()]
     assert compiles == [], compiles

@@ -48,6 +48,20 @@ def test_exact_resume(setup, reference, stopped):
         assert rows[step] == ref_rows[step], step
 
 
+def test_steps_per_call_match_single_steps_and_resume(setup, reference):
+    """4 steps per call, stopped at step 5 and resumed (calls of 4, 1 | 3, 4 steps: each
+    is cut to end on the stop and checkpoint steps), ends in the same state, bit for bit,
+    as the reference's one step per call."""
+    workdir = str(setup["root"] / "per_call")
+    args = setup["args"] + ["--config.train.steps_per_call=4", "--config.train.log_every=4"]
+    h.run(workdir, args + [f"--config.train.stop_after={K}"], setup["cache"])
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", str(K)]
+    p = h.run(workdir, args, setup["cache"])
+    assert f"resumed from {workdir}/checkpoints/{K} at step {K}" in p.stdout
+    _assert_same_final_state(workdir, reference)
+    assert sorted(h.train_rows(workdir)) == [4, 8, 12]
+
+
 def _wait(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
     """Polls `ready()` every ms until true (-> True) or the process exits (-> False)."""
     end = time.time() + timeout
@@ -181,25 +195,27 @@ class _FakeCheckpointer:
         self.closed = True
 
 
-@pytest.mark.parametrize("limit", [1, 3])
-def test_nonfinite_guard_stops_at_the_configured_count(limit):
-    """The loop reads step t's skip flag after dispatching step t+1; the stop comes exactly
-    when the run of skipped steps reaches the limit (a finite step resets the count)."""
+@pytest.mark.parametrize("limit,per_call", [(1, 1), (3, 1), (3, 2), (3, 4)])
+def test_nonfinite_guard_stops_at_the_configured_count(limit, per_call):
+    """The loop reads a call's skip flags after dispatching the next call; the stop comes
+    exactly when the run of skipped steps reaches the limit (a finite step resets the
+    count), also when the run spans calls of several steps."""
     from flax_bert.errors import UserError
     from flax_bert.training.loop import _NonfiniteGuard
 
     # A run of limit-1 skips (reset by a finite step), then a run of `limit` skips.
-    flags = [0, 0] + [1] * (limit - 1) + [0] + [1] * limit + [0, 0]
+    flags = [0, 0] + [1] * (limit - 1) + [0] + [1] * limit + [0] * (2 * per_call)
     first_bad = limit + 3
     last = first_bad + limit - 1
     ckpt = _FakeCheckpointer()
     guard = _NonfiniteGuard(0, limit, ckpt)
     with pytest.raises(UserError) as e:
-        for step, skipped in enumerate(flags, start=1):
-            dispatched = step
+        for first in range(1, len(flags) + 1, per_call):
+            dispatched = first + per_call - 1  # the call of steps first..dispatched
             guard.check_previous()
-            guard.push(step, np.float32(skipped))
+            guard.push(first, np.float32(flags[first - 1:dispatched]))
         guard.check_previous()
-    assert dispatched == last + 1  # raised while step last+1 ran: no extra host sync
+    # Raised while the call after the one holding step `last` ran: no extra host sync.
+    assert (dispatched - 1) // per_call == (last - 1) // per_call + 1
     assert f"for {limit} consecutive steps (steps {first_bad}-{last} skipped" in str(e.value)
     assert ckpt.closed and "\n" not in str(e.value)

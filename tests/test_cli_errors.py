@@ -32,6 +32,8 @@ CASES = {
     "phase1_not_shorter": (["--config.train.phase1_fraction=0.4"],
                            "config.train.phase1_seq_length (32) must be shorter than "
                            "config.data.max_seq_length (32)"),
+    "steps_per_call": (["--config.train.steps_per_call=0"],
+                       "config.train.steps_per_call (0) must be >= 1"),
     "workdir_is_file": ([], "is a file; pass a directory"),
     "workdir_not_creatable": ([], "cannot be created"),
 }

@@ -38,15 +38,17 @@ def opt_config(**overrides) -> ml_collections.ConfigDict:
     return opt
 
 
-def place(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-    """The global batch as arrays split over the mesh (works with several processes:
-    each process fills only the shards of its own devices)."""
-    spec = sharding.batch_sharding(mesh)
+def place(batches: list[dict[str, np.ndarray]], mesh) -> dict[str, jax.Array]:
+    """Global batches as [K, B, ...] arrays split over the mesh (works with several
+    processes: each process fills only the shards of its own devices)."""
+    spec = sharding.batch_sharding(mesh, stacked=True)
+    stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
     return {k: jax.make_array_from_callback(v.shape, spec, lambda idx, v=v: v[idx])
-            for k, v in batch.items()}
+            for k, v in stacked.items()}
 
 
-def run_steps(mesh_shape, batches, *, accum=1, cfg=CFG, opt=None, n_devices=None):
+def run_steps(mesh_shape, batches, *, accum=1, cfg=CFG, opt=None, n_devices=None,
+              per_call=1):
     devices = jax.devices()[:n_devices] if n_devices else jax.devices()
     mesh = sharding.make_mesh(ml_collections.ConfigDict(mesh_shape), devices)
     model = BertForPreTraining(cfg)
@@ -55,9 +57,10 @@ def run_steps(mesh_shape, batches, *, accum=1, cfg=CFG, opt=None, n_devices=None
     step = steps.jit_train_step(mesh, shardings, model=model, tx=tx, schedule=schedule,
                                 grad_accum_steps=accum)
     losses = []
-    for batch in batches:
-        state, metrics = step(state, place(batch, mesh), jax.random.PRNGKey(1))
-        losses.append(float(metrics["loss"]))
+    for i in range(0, len(batches), per_call):
+        state, metrics = step(state, place(batches[i:i + per_call], mesh),
+                              jax.random.PRNGKey(1))
+        losses += [float(x) for x in metrics["loss"]]
     return state, losses
 
 
@@ -88,6 +91,18 @@ def test_mesh_layouts_match_one_device(batches, single_device, mesh_shape):
     diff = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
                         state.params, ref_state.params)
     assert max(jax.tree.leaves(diff)) <= 1e-5
+
+
+def test_steps_per_call_equal_single_steps(batches, single_device):
+    """Three steps in one call (a lax.scan, dropout on) = three calls of one step."""
+    ref_state, ref_losses = single_device
+    state, losses = run_steps({"data": 1, "fsdp": 1, "tensor": 1}, batches, n_devices=1,
+                              per_call=3)
+    np.testing.assert_allclose(losses, ref_losses, atol=1e-6, rtol=0)
+    assert int(state.step) == 3
+    diff = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                        (state.params, state.opt_state), (ref_state.params, ref_state.opt_state))
+    assert max(jax.tree.leaves(diff)) <= 1e-6
 
 
 def test_fsdp_shards_every_large_parameter(batches):
@@ -152,3 +167,13 @@ def test_weight_decay_skips_layernorm_and_biases():
     for path, u in jax.tree_util.tree_leaves_with_path(updates):
         moved = bool(np.any(np.asarray(u) != 0))
         assert moved == flat[jax.tree_util.keystr(path)], jax.tree_util.keystr(path)
+
+
+def test_call_sizes_end_on_every_log_eval_checkpoint_and_stop_step():
+    from flax_bert.training.loop import call_sizes
+
+    # From step 3 to 30, 4 per call; intervals 10 and 8 (0 = off), a stop at 12.
+    sizes = list(call_sizes(3, 30, 4, every=(10, 0, 8), at=(12, 0)))
+    assert sizes == [4, 1, 2, 2, 4, 4, 4, 4, 2]  # ends 7, 8, 10, 12, 16, 20, 24, 28, 30
+    assert list(call_sizes(0, 12, 4, every=(4,), at=())) == [4, 4, 4]
+    assert list(call_sizes(5, 5, 4, every=(4,), at=())) == []

@@ -116,10 +116,33 @@ def check_phase1(config: ml_collections.ConfigDict) -> int:
     return steps
 
 
-def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """This process's rows -> global arrays split over the mesh's data x fsdp axes."""
-    spec = sharding.batch_sharding(mesh)
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh,
+                 stacked: bool = False) -> dict[str, jax.Array]:
+    """This process's rows -> global arrays split over the mesh's data x fsdp axes.
+    `stacked`: the arrays are [steps, rows, ...] (see steps.train_steps)."""
+    spec = sharding.batch_sharding(mesh, stacked)
     return {k: jax.make_array_from_process_local_data(spec, v) for k, v in local.items()}
+
+
+def stack_batches(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """K batches -> one of [K, rows, ...] arrays."""
+    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+def call_sizes(start: int, total: int, steps_per_call: int, every: Iterable[int],
+               at: Iterable[int]) -> Iterator[int]:
+    """Steps per train call from step `start` to `total`: `steps_per_call`, cut short so
+    that a call ends at each multiple of the intervals in `every` (logs, evals,
+    checkpoints) and at each step in `at` (phase switch, stop): the loop acts only between
+    calls. Intervals that are multiples of `steps_per_call` need no shorter call (each
+    distinct call size compiles once)."""
+    done = start
+    while done < total:
+        ends = [total] + [(done // n + 1) * n for n in every if n > 0]
+        ends += [step for step in at if step > done]
+        size = min(steps_per_call, min(ends) - done)
+        yield size
+        done += size
 
 
 def evaluate(eval_step: Any, params: Any, batches: Iterable[dict[str, np.ndarray]],
@@ -135,6 +158,13 @@ def evaluate(eval_step: Any, params: Any, batches: Iterable[dict[str, np.ndarray
     return losses.summarize(jax.device_get(totals))
 
 
+@jax.jit
+def _sum_steps(totals: dict[str, jax.Array], metrics: dict[str, jax.Array]
+               ) -> dict[str, jax.Array]:
+    """totals + the sum over the steps of one call's metrics ([K] each)."""
+    return jax.tree.map(lambda total, m: total + jnp.sum(m, axis=0), totals, metrics)
+
+
 class _TrainMeter:
     """Sums step metrics on device between log points; one host sync per log row."""
 
@@ -143,11 +173,13 @@ class _TrainMeter:
         self.steps = self.tokens = 0
         self.start = time.perf_counter()
 
-    def add(self, metrics: dict[str, jax.Array], tokens: int) -> None:
-        """`tokens`: the step's global batch size x sequence length (padding included)."""
-        self.totals = metrics if self.totals is None else jax.tree.map(
-            jnp.add, self.totals, metrics)
-        self.steps += 1
+    def add(self, metrics: dict[str, jax.Array], steps: int, tokens: int) -> None:
+        """One call's metrics ([steps] each); `tokens`: its batches' total size (padding
+        included)."""
+        if self.totals is None:
+            self.totals = jax.tree.map(lambda m: jnp.zeros(m.shape[1:], m.dtype), metrics)
+        self.totals = _sum_steps(self.totals, metrics)
+        self.steps += steps
         self.tokens += tokens
 
     def summary(self) -> dict[str, float]:
@@ -164,40 +196,43 @@ class _TrainMeter:
 
 
 class _NonfiniteGuard:
-    """Counts consecutive skipped (non-finite) steps on the host, one step behind.
+    """Counts consecutive skipped (non-finite) steps on the host, one call behind.
 
-    The skip flag of step t is read after step t+1 has been dispatched, so the host waits
-    only for a step that is already finished: no stall of the device pipeline.
+    The skip flags of a call are read after the next call has been dispatched, so the
+    host waits only for a call that is already finished: no stall of the device pipeline.
     """
 
     def __init__(self, run: int, limit: int, ckpt: checkpoint.TrainCheckpointer):
         self.run, self.limit, self.ckpt = run, limit, ckpt
         self.pending: tuple[int, jax.Array] | None = None
 
-    def push(self, step: int, skipped: jax.Array) -> None:
-        self.pending = (step, skipped)
+    def push(self, first_step: int, skipped: jax.Array) -> None:
+        """`skipped`: [K] flags of steps first_step, first_step + 1, ..."""
+        self.pending = (first_step, skipped)
 
     def check_previous(self) -> None:
         if self.pending is None:
             return
-        step, skipped = self.pending
+        first_step, flags = self.pending
         self.pending = None
-        self.run = self.run + 1 if float(skipped) else 0
-        if self.limit and self.run >= self.limit:
-            self.ckpt.close()
-            raise UserError(
-                f"loss or gradients were not finite for {self.run} consecutive steps (steps "
-                f"{step - self.run + 1}-{step} skipped, config.train.max_consecutive_nonfinite="
-                f"{self.limit}); the last good checkpoint is kept in {self.ckpt.directory}; "
-                f"lower config.optimizer.learning_rate or check the data")
+        for step, skipped in enumerate(np.asarray(flags), start=first_step):
+            self.run = self.run + 1 if skipped else 0
+            if self.limit and self.run >= self.limit:
+                self._stop(step)
+
+    def _stop(self, step: int) -> None:
+        self.ckpt.close()
+        raise UserError(
+            f"loss or gradients were not finite for {self.run} consecutive steps (steps "
+            f"{step - self.run + 1}-{step} skipped, config.train.max_consecutive_nonfinite="
+            f"{self.limit}); the last good checkpoint is kept in {self.ckpt.directory}; "
+            f"lower config.optimizer.learning_rate or check the data")
 
 
-def _progress(start: int, total: int, enabled: bool) -> Iterator[int]:
-    if not enabled:
-        return iter(range(start, total))
+def _progress_bar(start: int, total: int, enabled: bool) -> Any:
     from tqdm import tqdm
-    return iter(tqdm(range(start, total), initial=start, total=total, desc="train",
-                     dynamic_ncols=True, mininterval=1.0))
+    return tqdm(initial=start, total=total, desc="train", unit="step", disable=not enabled,
+                dynamic_ncols=True, mininterval=1.0)
 
 
 def _say(message: str) -> None:
@@ -213,6 +248,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer_process = jax.process_index() == 0
     train_cfg = config.train
     precheck_model(config, workdir)  # before prepare writes anything
+    if train_cfg.steps_per_call < 1:
+        raise UserError(f"config.train.steps_per_call ({train_cfg.steps_per_call}) must be "
+                        f">= 1; 1 runs one optimizer step per call")
 
     # Data: prepared once (cached in the workdir unless data.prepared_dir is given).
     # Continued pretraining of an imported model tokenizes with that model's vocab.
@@ -294,17 +332,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     meter = _TrainMeter()
     guard = _NonfiniteGuard(int(state.nonfinite_run), train_cfg.max_consecutive_nonfinite, ckpt)
     stop_after = train_cfg.stop_after
-    with preemption.PreemptionWatch() as watch:
-        for step in _progress(start, train_cfg.steps, writer_process):
-            batch = global_batch(next(train_iter), mesh)
-            state, step_metrics = train_step(state, batch, dropout_rng)
-            done = step + 1
-            guard.check_previous()  # the previous step's skip flag: it is done by now
-            guard.push(done, step_metrics["skipped"])
-            meter.add(step_metrics, batch["input_ids"].size)
+    sizes = call_sizes(start, train_cfg.steps, train_cfg.steps_per_call,
+                       every=(train_cfg.log_every, train_cfg.eval_every, ckpt.every),
+                       at=(phase1.steps if phase1 else 0, stop_after))
+    done = start
+    with preemption.PreemptionWatch() as watch, _progress_bar(
+            start, train_cfg.steps, writer_process) as bar:
+        for size in sizes:
+            batches = global_batch(stack_batches([next(train_iter) for _ in range(size)]),
+                                   mesh, stacked=True)
+            state, call_metrics = train_step(state, batches, dropout_rng)
+            first, done = done + 1, done + size
+            guard.check_previous()  # the previous call's skip flags: it is done by now
+            guard.push(first, call_metrics["skipped"])
+            meter.add(call_metrics, size, batches["input_ids"].size)
+            bar.update(size)
             if done % train_cfg.log_every == 0 or done == train_cfg.steps:
                 row = meter.summary()
-                row["learning_rate"] = float(schedule(step))
+                row["learning_rate"] = float(schedule(done - 1))
                 writer.write(done, row)
             if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done < train_cfg.steps:
                 run_eval(done)

@@ -65,9 +65,11 @@ def logical_shardings(logical_specs: Any, mesh: Mesh) -> Any:
     return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_AXIS_RULES)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Examples split over data x fsdp; everything else in a batch array is replicated."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+    """Examples split over data x fsdp; everything else in a batch array is replicated.
+    `stacked`: the arrays are [steps, batch, ...] (several steps' batches, see
+    steps.train_steps)."""
+    return NamedSharding(mesh, PartitionSpec(*((None,) if stacked else ()), BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

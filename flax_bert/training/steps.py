@@ -88,6 +88,19 @@ def train_step(state: TrainState, batch: Batch, rng: Array, *, model: nn.Module,
     return new_state, metrics
 
 
+def train_steps(state: TrainState, batches: Batch, rng: Array, **step_kwargs: Any
+                ) -> tuple[TrainState, dict[str, Array]]:
+    """`train_step` on each of `batches` in turn: leaves [K, B, ...] are K optimizer steps
+    in one `lax.scan` (BERT's `iterations_per_loop`). Metrics come back stacked, [K].
+
+    One call of K steps costs less than K calls: XLA:CPU allocates a step's temporary
+    buffers (1.35 GB at BERT-Small, seq 128, batch 32) fresh for every call and
+    page-faults them in again, and the host dispatches once per K steps.
+    """
+    step = functools.partial(train_step, rng=rng, **step_kwargs)
+    return jax.lax.scan(step, state, batches)
+
+
 def eval_step(params: Any, batch: Batch, *, model: nn.Module) -> dict[str, Array]:
     """Loss and accuracy sums on `batch`, no dropout."""
     return forward_sums(model, params, batch, deterministic=True, dropout_rng=None)
@@ -107,11 +120,12 @@ def _with_mesh(fn: Callable, mesh: Mesh) -> Callable:
 def jit_train_step(mesh: Mesh, state_shardings: Any, *, model: nn.Module,
                    tx: optax.GradientTransformation, schedule: optax.Schedule,
                    grad_accum_steps: int = 1) -> Callable:
-    """`train_step` compiled for `mesh`: state donated, batch split over data x fsdp."""
-    step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+    """`train_steps` compiled for `mesh`: state donated; batches [K, B, ...] with the
+    examples split over data x fsdp. Each K compiles once."""
+    step = functools.partial(train_steps, model=model, tx=tx, schedule=schedule,
                              grad_accum_steps=grad_accum_steps)
     return jax.jit(_with_mesh(step, mesh),
-                   in_shardings=(state_shardings, sharding.batch_sharding(mesh),
+                   in_shardings=(state_shardings, sharding.batch_sharding(mesh, stacked=True),
                                  sharding.replicated(mesh)),
                    out_shardings=(state_shardings, sharding.replicated(mesh)),
                    donate_argnums=(0,))
