@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import Mesh
 
 from flax_bert import checkpoint, losses
@@ -165,6 +166,13 @@ def _sum_steps(totals: dict[str, jax.Array], metrics: dict[str, jax.Array]
     return jax.tree.map(lambda total, m: total + jnp.sum(m, axis=0), totals, metrics)
 
 
+# The parameters' norm is logged from the state at log steps, not summed over steps:
+# with the update's norm, computing it in every step cost ~70 ms of a ~2 s BERT-Small CPU
+# step (passes over parameters and updates that also split the AdamW update into more
+# fusions).
+_global_norm = jax.jit(optax.tree.norm)
+
+
 class _TrainMeter:
     """Sums step metrics on device between log points; one host sync per log row."""
 
@@ -186,8 +194,7 @@ class _TrainMeter:
         totals = jax.device_get(self.totals)
         elapsed = time.perf_counter() - self.start
         row = losses.summarize({k: totals[k] for k in SUM_KEYS})
-        for key in ("grad_norm", "param_norm", "update_norm"):
-            row[key] = float(totals[key]) / self.steps
+        row["grad_norm"] = float(totals["grad_norm"]) / self.steps
         row["skipped"] = float(totals["skipped"])
         row["tokens_per_sec"] = self.tokens / elapsed
         row["steps_per_sec"] = self.steps / elapsed
@@ -349,6 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             bar.update(size)
             if done % train_cfg.log_every == 0 or done == train_cfg.steps:
                 row = meter.summary()
+                row["param_norm"] = float(_global_norm(state.params))  # after step `done`
                 row["learning_rate"] = float(schedule(done - 1))
                 writer.write(done, row)
             if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done < train_cfg.steps:
