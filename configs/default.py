@@ -1,6 +1,6 @@
 """The default run (`python train.py`): every knob of a pretraining run, commented.
 
-It pretrains a BERT-Tiny-sized model (L2/H128/A2) on the bundled corpus in ~12 minutes on
+It pretrains a BERT-Tiny-sized model (L2/H128/A2) on the bundled corpus in ~11-12 minutes on
 a 2-core CPU, to held-out MLM accuracy ~0.31 and NSP ~0.75: no dropout (the corpus
 is seen only a few times), small batches and a high learning rate to get the most optimizer steps
 out of the budget, and a short-sequence first phase. The size files (tiny.py, mini.py,
