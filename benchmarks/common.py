@@ -13,7 +13,7 @@ import optax
 from jax.sharding import Mesh
 
 from flax_bert import BertConfig, BertForPreTraining
-from flax_bert.training import optimizer, sharding, state as state_lib, steps
+from flax_bert.training import loop, optimizer, sharding, state as state_lib, steps
 
 
 BERT_VOCAB_SIZE = 30522  # Without prepared data, the size files' vocab is BERT's own.
@@ -81,6 +81,6 @@ def build_step(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray
     parts = build_parts(config, seq)
     step = steps.jit_train_step(parts.mesh, parts.shardings, model=parts.model, tx=parts.tx,
                                 schedule=parts.schedule)
-    stacked = {k: np.stack([v] * config.train.steps_per_call) for k, v in batch_np.items()}
+    stacked = loop.stack_batches([batch_np] * config.train.steps_per_call)
     return step, parts.state, jax.device_put(
         stacked, sharding.batch_sharding(parts.mesh, stacked=True))

@@ -98,10 +98,7 @@ def train_steps(state: TrainState, batches: Batch, rng: Array, **step_kwargs: An
     page-faults them in again, and the host dispatches once per K steps.
     """
     step = functools.partial(train_step, rng=rng, **step_kwargs)
-    if jax.tree.leaves(batches)[0].shape[0] == 1:  # no loop: its carry copies the state
-        state, metrics = step(state, jax.tree.map(lambda x: x[0], batches))
-        return state, jax.tree.map(lambda m: m[None], metrics)
-    return jax.lax.scan(step, state, batches)
+    return jax.lax.scan(step, state, batches)  # XLA drops the loop when K is 1
 
 
 def eval_step(params: Any, batch: Batch, *, model: nn.Module) -> dict[str, Array]:
