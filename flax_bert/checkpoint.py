@@ -10,6 +10,7 @@ A workdir holds:
         data/                the grain train-iterator state (its next batch index)
     checkpoints_broken/      checkpoints that failed to restore, moved aside (never deleted)
     pretrained/              optional export dir: initial weights (see flax_bert.hf import)
+    run.lock                 names the process writing here (see flax_bert.workdir)
 
 An export directory holds:
     config.json              BertConfig in HF field names

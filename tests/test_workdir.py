@@ -70,6 +70,48 @@ def test_lock_names_holder_and_is_dropped_by_kill9(tmp_path):
         pass
 
 
+MULTIHOST = """
+import sys
+import jax
+from flax_bert import workdir
+jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", num_processes=2, process_id=int(sys.argv[2]))
+try:
+    with workdir.locked_for_run(sys.argv[3]):
+        print("locked")
+except workdir.WorkdirInUse as e:
+    print(e)
+"""
+
+
+def test_multihost_all_processes_stop_when_process_0_finds_the_lock_held(tmp_path):
+    """Only process 0 locks; the others learn from it (none is left waiting)."""
+    workdir = str(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+
+    def run_both() -> list[str]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        procs = [subprocess.Popen([sys.executable, "-c", MULTIHOST, str(port), str(i), workdir],
+                                  cwd=h.ROOT, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        return [out.strip().splitlines()[-1] for out, _ in outs]
+
+    holder = _hold(workdir)
+    try:
+        first, second = run_both()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"pid {holder.pid} since" in first
+    assert second.endswith("is in use by another run (process 0 names it); wait for it or "
+                           "pass another --workdir")
+    assert run_both() == ["locked", "locked"]
+
+
 def test_train_and_import_refused_on_a_locked_workdir(setup, reference, tmp_path):
     """train.py and `flax_bert.hf import` on a workdir in use: exit 2, one line naming the
     holder, and no file or folder of the workdir touched (contents and mtimes)."""
