@@ -233,8 +233,10 @@ class TrainCheckpointer:
             yield
         except Exception as e:
             step, self._saving = self._saving, None
-            cause = ("the disk is full" if workdir_lib.is_disk_full(e)
-                     else f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
+            full = workdir_lib.is_disk_full(e)
+            if not (full or isinstance(e, OSError)):
+                raise  # not the storage: a bug, keep its traceback
+            cause = "the disk is full" if full else f"{type(e).__name__}: {e}"
             self.manager.reload()  # forget the failed step
             last = self.manager.latest_step()
             kept = (f"the last good checkpoint is {self.directory}/{last}" if last is not None
