@@ -60,13 +60,21 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}; flags look like --config.train.steps=10")
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
+    from flax_bert import workdir
     from flax_bert.errors import UserError
     from flax_bert.training import loop, preemption
+
+    logging.get_absl_handler().addFilter(workdir.HideDiskFullTracebacks())
 
     try:
         loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except UserError as e:
         fail(str(e))
+    except OSError as e:
+        if not workdir.is_disk_full(e):
+            raise
+        fail(f"{e} ({workdir.free_space(e.filename or FLAGS.workdir)}); free space, then "
+             f"rerun the same command to resume")
     except preemption.Interrupted as e:
         print(str(e), file=sys.stderr)
         sys.exit(e.exit_code)

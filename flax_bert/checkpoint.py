@@ -10,6 +10,7 @@ A workdir holds:
         data/                the grain train-iterator state (its next batch index)
     checkpoints_broken/      checkpoints that failed to restore, moved aside (never deleted)
     pretrained/              optional export dir: initial weights (see flax_bert.hf import)
+    run.lock                 names the process writing here (see flax_bert.workdir)
 
 An export directory holds:
     config.json              BertConfig in HF field names
@@ -23,11 +24,12 @@ read is moved to `checkpoints_broken/` with a warning and the next older one is 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import grain
 import jax
@@ -35,6 +37,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from flax_bert import workdir as workdir_lib
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
 
@@ -46,6 +49,10 @@ PRETRAINED_DIR = "pretrained"
 VOCAB_FILE = "vocab.txt"  # In a workdir, an export dir and an HF dir alike.
 ARRAY_ITEMS = ("params", "opt_state", "train")  # orbax Standard items of a train checkpoint
 DATA_ITEM = "data"
+
+
+class SaveFailed(UserError):
+    """A checkpoint could not be written (e.g. the disk is full); older ones are intact."""
 
 
 def warn(message: str) -> None:
@@ -123,6 +130,7 @@ class TrainCheckpointer:
             cleanup_tmp_directories=True)  # leftovers of a save cut short by a crash
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_handlers=_handlers())
+        self._saving: int | None = None  # the step of the save in flight
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -201,18 +209,49 @@ class TrainCheckpointer:
 
     def save(self, step: int, state: Any, rng: jax.Array, data_iter: Any,
              force: bool = False) -> bool:
-        """Starts an (async) save if `step` is due (or `force`); returns whether it did."""
-        if not (force or step % self.every == 0) or step in self.manager.all_steps():
+        """Starts an (async) save if `step` is due (or `force`); returns whether it did.
+        Called every step: raises SaveFailed as soon as an earlier async save has failed."""
+        due = (force or step % self.every == 0) and step not in self.manager.all_steps()
+        if due or not self.manager.is_saving_in_progress():
+            self.wait()  # raises if the last save failed (orbax's save would wait too)
+        if not due:
             return False
         items = self._split(state, rng)
-        return self.manager.save(step, force=True, args=ocp.args.Composite(
-            **{k: ocp.args.StandardSave(v) for k, v in items.items()},
-            **{DATA_ITEM: grain.checkpoint.CheckpointSave(data_iter)}))
+        self._saving = step
+        with self._stop_if_failed():
+            return self.manager.save(step, force=True, args=ocp.args.Composite(
+                **{k: ocp.args.StandardSave(v) for k, v in items.items()},
+                **{DATA_ITEM: grain.checkpoint.CheckpointSave(data_iter)}))
+
+    @contextlib.contextmanager
+    def _stop_if_failed(self) -> Iterator[None]:
+        """A failed save of step `self._saving` -> SaveFailed (one line). orbax never
+        deletes an older checkpoint before the newer one is committed, and leaves the
+        partial one as `<step>.orbax-checkpoint-tmp*`, which `all_steps` skips and the
+        next run's manager deletes."""
+        try:
+            yield
+        except Exception as e:
+            step, self._saving = self._saving, None
+            full = workdir_lib.is_disk_full(e)
+            if not (full or isinstance(e, OSError)):
+                raise  # not the storage: a bug, keep its traceback
+            cause = "the disk is full" if full else f"{type(e).__name__}: {e}"
+            self.manager.reload()  # forget the failed step
+            last = self.manager.latest_step()
+            kept = (f"the last good checkpoint is {self.directory}/{last}" if last is not None
+                    else "no checkpoint was saved yet")
+            raise SaveFailed(
+                f"saving checkpoint step {step} in {self.directory} failed: {cause} "
+                f"({workdir_lib.free_space(self.directory)}); {kept}; free space, then rerun "
+                f"the same command to resume") from e
 
     def wait(self) -> None:
-        """Blocks until the in-flight save (if any) is committed."""
-        self.manager.wait_until_finished()
+        """Blocks until the in-flight save (if any) is committed; SaveFailed if it failed."""
+        with self._stop_if_failed():
+            self.manager.wait_until_finished()
+        self._saving = None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()

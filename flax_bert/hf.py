@@ -32,6 +32,7 @@ from flax_bert import checkpoint
 from flax_bert.checkpoint import CHECKPOINTS_DIR, PRETRAINED_DIR, VOCAB_FILE
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
+from flax_bert.workdir import WorkdirLock
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -412,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "import":
-            target = import_to_workdir(args.hf_dir, args.workdir)
+            os.makedirs(args.workdir, exist_ok=True)
+            with WorkdirLock(args.workdir):  # no import into a workdir a run writes into
+                target = import_to_workdir(args.hf_dir, args.workdir)
             print(f"imported {args.hf_dir} -> {target}")
         else:
             export_from_workdir(args.workdir, args.out_dir, args.vocab)

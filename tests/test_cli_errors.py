@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from flax_bert.workdir import LOCK_FILE
 from tests import ckpt_helpers as h
 from tests.ckpt_helpers import reference, setup  # noqa: F401  (session fixtures)
 
@@ -39,6 +40,11 @@ CASES = {
 }
 
 
+def _files(path: str) -> dict[str, str]:
+    """Hashes of the files under `path`, but the lock file (it names the last holder)."""
+    return {k: v for k, v in h.tree_hash(path).items() if os.path.basename(k) != LOCK_FILE}
+
+
 @pytest.fixture(scope="module")
 def results(setup, reference) -> dict:
     """Runs every case at once (they are independent); returns name -> (proc, out, err,
@@ -58,7 +64,7 @@ def results(setup, reference) -> dict:
             shutil.copytree(reference, workdir)
             if name.endswith("_no_config_json"):
                 os.remove(os.path.join(workdir, "config.json"))
-        before = h.tree_hash(watched)
+        before = _files(watched)
         args = setup["args"] + extra
         proc = subprocess.Popen(h.command(workdir, args), cwd=h.ROOT,
                                 env=h.env(8, setup["cache"]), stdout=subprocess.PIPE,
@@ -67,7 +73,7 @@ def results(setup, reference) -> dict:
     out = {}
     for name, (proc, before, watched) in procs.items():
         stdout, stderr = proc.communicate(timeout=300)
-        out[name] = (proc.returncode, stderr, before, h.tree_hash(watched))
+        out[name] = (proc.returncode, stderr, before, _files(watched))
     return out
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from flax_bert import checkpoint, losses
+from flax_bert import checkpoint, losses, workdir as workdir_lib
 from flax_bert.config import BertConfig
 from flax_bert.data import examples, pipeline, prepare
 from flax_bert.errors import UserError
@@ -252,6 +252,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Runs (or resumes) pretraining in `workdir`; returns the final eval metrics."""
     distributed.maybe_initialize(config.distributed)
     workdir = check_workdir(workdir)
+    with workdir_lib.locked_for_run(workdir):  # before anything is written
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     writer_process = jax.process_index() == 0
     train_cfg = config.train
     precheck_model(config, workdir)  # before prepare writes anything

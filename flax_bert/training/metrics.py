@@ -10,6 +10,9 @@ import json
 import os
 from typing import Mapping
 
+from flax_bert import workdir as workdir_lib
+from flax_bert.errors import UserError
+
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 ACCURACY_PLOT = "accuracy.png"
@@ -31,21 +34,45 @@ class MetricWriter:
         if not self.enabled:
             return
         row = {"step": int(step), "split": split, **{k: float(v) for k, v in scalars.items()}}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        for name, value in scalars.items():
-            self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
-        self._tb.flush()
+        data = (json.dumps(row) + "\n").encode()
+        with open(self.path, "ab", buffering=0) as f:  # unbuffered: a failed write is seen
+            end = f.seek(0, os.SEEK_END)
+            try:
+                while data:
+                    data = data[f.write(data):]
+            except OSError as e:
+                f.truncate(end)  # no partial row left behind (truncating needs no space)
+                raise self._failed(step, self.path, e) from e
+        try:
+            for name, value in scalars.items():
+                self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+            self._tb.flush()
+        except OSError as e:
+            raise self._failed(step, self._tb.logdir, e) from e
+
+    def _failed(self, step: int, path: str, error: OSError) -> UserError:
+        cause = "the disk is full" if workdir_lib.is_disk_full(error) else error.strerror
+        return UserError(
+            f"writing step {step} to {path} failed: {cause} ({workdir_lib.free_space(path)}); "
+            f"the rows and checkpoints before are kept; free space, then rerun the same "
+            f"command to resume")
 
     def truncate_after(self, step: int) -> None:
-        """Drops rows past `step` (a resumed run rewrites the steps after its checkpoint)."""
+        """Drops rows past `step` (a resumed run rewrites the steps after its checkpoint),
+        and a partial last row (a write cut short). Rows are in step order: the file is cut
+        at the first row to drop, in place (no space needed, nothing rewritten)."""
         if not self.enabled or not os.path.exists(self.path):
             return
-        rows = read_metrics(self.path)
-        with open(self.path, "w", encoding="utf-8") as f:
-            for row in rows:
-                if row["step"] <= step:
-                    f.write(json.dumps(row) + "\n")
+        with open(self.path, "r+b") as f:
+            keep = 0
+            for line in f:
+                try:
+                    if not line.endswith(b"\n") or json.loads(line)["step"] > step:
+                        break
+                except ValueError:
+                    break
+                keep += len(line)
+            f.truncate(keep)
 
     def close(self) -> None:
         if self._tb is not None:

@@ -1,0 +1,135 @@
+"""Guards of a workdir: one writer at a time (a lock), and clear stops when its disk fills.
+
+The lock is an exclusive `fcntl.flock` on `WORKDIR/run.lock`, held by the writing process
+(process 0) for the whole run; the file names the holder (host, PID, start time). The
+kernel drops the lock when the process ends, however it ends (`kill -9` included), so a
+lock is never stale; the file itself stays (it only names the last holder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import socket
+import time
+from typing import IO, Iterator
+
+from flax_bert.errors import UserError
+
+LOCK_FILE = "run.lock"
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# How tensorstore (orbax's array writer) reports ENOSPC: a ValueError with this text.
+NO_SPACE_TEXTS = ("No space left on device", "Disk quota exceeded")
+
+
+class WorkdirInUse(UserError):
+    """Another live process holds the workdir's lock."""
+
+
+class WorkdirLock:
+    """An exclusive lock on a workdir; a context manager, reusable by every CLI that writes
+    into a workdir (train.py, `flax_bert.hf import`, fine-tuning).
+
+    `enabled=False` (processes other than 0 of a multi-host run) makes it a no-op.
+    Acquiring writes nothing when the lock is held elsewhere: the lock file is opened
+    without truncation and rewritten only once the lock is ours.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+        self.enabled = enabled
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        if not self.enabled:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # O_CLOEXEC: Python's default
+        f = os.fdopen(fd, "r+", encoding="utf-8")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = " ".join(f.read().split()) or "a process that has not written its name yet"
+            f.close()
+            workdir = os.path.dirname(self.path)
+            raise WorkdirInUse(
+                f"--workdir {workdir} is in use by another run ({holder}; lock {self.path}); "
+                f"wait for that run to end or stop it, or pass another --workdir") from None
+        f.truncate(0)
+        f.write(f"host {socket.gethostname()} pid {os.getpid()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the only descriptor drops the flock
+            self._file = None
+
+    def __enter__(self) -> WorkdirLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def locked_for_run(workdir: str) -> Iterator[None]:
+    """The lock for a (possibly multi-host) jax run: process 0 takes it; all processes
+    stop with WorkdirInUse when it is held elsewhere (none waits for the others)."""
+    import jax
+    import numpy as np
+
+    lock = WorkdirLock(workdir, enabled=jax.process_index() == 0)
+    error: WorkdirInUse | None = None
+    try:
+        lock.acquire()
+    except WorkdirInUse as e:
+        error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        busy = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+        if busy and error is None:
+            error = WorkdirInUse(f"--workdir {os.path.abspath(workdir)} is in use by another "
+                                 f"run (process 0 names it); wait for it or pass another "
+                                 f"--workdir")
+    if error is not None:
+        raise error
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` (or an exception it was raised from) says the disk or quota is full."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
+            return True
+        if any(text in str(error) for text in NO_SPACE_TEXTS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class HideDiskFullTracebacks(logging.Filter):
+    """Drops log records about a full disk (orbax logs each failed write of a save with
+    its traceback); the CLI reports the failure itself, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not ((error is not None and is_disk_full(error))
+                    or any(text in record.getMessage() for text in NO_SPACE_TEXTS))
+
+
+def free_space(path: str) -> str:
+    """'N.N MiB free' on the filesystem of `path` (or of its nearest existing parent)."""
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB free"

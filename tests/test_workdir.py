@@ -1,0 +1,254 @@
+"""Workdir guards: one writer at a time (the lock), and a full disk stopping a run cleanly
+(one `error:` line, the last good checkpoint kept, a bitwise-equal resume once space is
+freed). The full disk is a real one: a small tmpfs, mounted as root (skipped otherwise)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from flax_bert import workdir as workdir_lib
+from flax_bert.errors import UserError
+from flax_bert.training import metrics as metrics_lib
+from tests import ckpt_helpers as h
+from tests.ckpt_helpers import reference, setup  # noqa: F401  (session fixtures)
+from tests.test_checkpoint import _assert_same_final_state, _wait
+
+HOLD = ("import sys, time; from flax_bert.workdir import WorkdirLock; "
+        "lock = WorkdirLock(sys.argv[1]); lock.acquire(); print('locked', flush=True); time.sleep(600)")
+FREE_AT_SAVE = 64 * 1024  # bytes left on the tmpfs: metrics rows fit, a checkpoint does not
+
+
+def _hold(workdir: str) -> subprocess.Popen:
+    """Another process that holds the workdir's lock (until killed)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, workdir], cwd=h.ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def _snapshot(path: str) -> dict[str, tuple]:
+    """Every file's sha256 and mtime, every folder's mtime, under `path`."""
+    hashes = h.tree_hash(path)
+    out = {}
+    for dirpath, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, path)
+            out[rel] = (hashes.get(rel), os.stat(full).st_mtime_ns)
+    return out
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+def test_lock_names_holder_and_is_dropped_by_kill9(tmp_path):
+    workdir = str(tmp_path)
+    holder = _hold(workdir)
+    with pytest.raises(workdir_lib.WorkdirInUse) as e:
+        workdir_lib.WorkdirLock(workdir).acquire()
+    message = str(e.value)
+    assert f"host {socket.gethostname()} pid {holder.pid} since" in message
+    assert "wait for that run to end or stop it, or pass another --workdir" in message
+    assert "\n" not in message
+    holder.kill()  # SIGKILL: no cleanup runs; the kernel drops the lock
+    holder.wait()
+    with workdir_lib.WorkdirLock(workdir):
+        with pytest.raises(workdir_lib.WorkdirInUse, match=f"pid {os.getpid()} since"):
+            workdir_lib.WorkdirLock(workdir).acquire()  # a second open file: refused too
+    with workdir_lib.WorkdirLock(workdir):  # released at the end of the with-block
+        pass
+
+
+MULTIHOST = """
+import sys
+import jax
+from flax_bert import workdir
+jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", num_processes=2, process_id=int(sys.argv[2]))
+try:
+    with workdir.locked_for_run(sys.argv[3]):
+        print("locked")
+except workdir.WorkdirInUse as e:
+    print(e)
+"""
+
+
+def test_multihost_all_processes_stop_when_process_0_finds_the_lock_held(tmp_path):
+    """Only process 0 locks; the others learn from it (none is left waiting)."""
+    workdir = str(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+
+    def run_both() -> list[str]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        procs = [subprocess.Popen([sys.executable, "-c", MULTIHOST, str(port), str(i), workdir],
+                                  cwd=h.ROOT, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        return [out.strip().splitlines()[-1] for out, _ in outs]
+
+    holder = _hold(workdir)
+    try:
+        first, second = run_both()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"pid {holder.pid} since" in first
+    assert second.endswith("is in use by another run (process 0 names it); wait for it or "
+                           "pass another --workdir")
+    assert run_both() == ["locked", "locked"]
+
+
+def test_train_and_import_refused_on_a_locked_workdir(setup, reference, tmp_path):
+    """train.py and `flax_bert.hf import` on a workdir in use: exit 2, one line naming the
+    holder, and no file or folder of the workdir touched (contents and mtimes)."""
+    workdir = str(tmp_path / "w")
+    shutil.copytree(reference, workdir)
+    holder = _hold(workdir)
+    try:
+        before = _snapshot(workdir)
+        env = h.env(8, setup["cache"])
+        procs = [subprocess.Popen(cmd, cwd=h.ROOT, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+                 for cmd in (h.command(workdir, setup["args"]),
+                             [sys.executable, "-m", "flax_bert.hf", "import",
+                              str(tmp_path / "no_hf_dir"), f"--workdir={workdir}"])]
+        for proc in procs:
+            _, stderr = proc.communicate(timeout=300)
+            assert proc.returncode == 2, stderr[-3000:]
+            assert len(stderr.strip().splitlines()) == 1, stderr[-3000:]
+            line = _one_error_line(stderr)
+            assert f"--workdir {workdir} is in use by another run (host " in line
+            assert f"pid {holder.pid} since" in line
+        assert _snapshot(workdir) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_running_train_holds_the_lock(setup, tmp_path):
+    workdir = str(tmp_path / "w")
+    args = setup["args"] + ["--config.train.steps=400", "--config.checkpoint.every=1000"]
+    proc = subprocess.Popen(h.command(workdir, args), cwd=h.ROOT, env=h.env(8, setup["cache"]),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    assert _wait(proc, lambda: os.path.exists(metrics) and os.path.getsize(metrics) > 0)
+    with pytest.raises(workdir_lib.WorkdirInUse, match=f"pid {proc.pid} since"):
+        workdir_lib.WorkdirLock(workdir).acquire()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    with workdir_lib.WorkdirLock(workdir):  # free once the run has ended
+        pass
+
+
+def test_truncate_after_drops_later_and_partial_rows(tmp_path):
+    writer = metrics_lib.MetricWriter(str(tmp_path))
+    for step in range(1, 6):
+        writer.write(step, {"loss": step / 10})
+    writer.close()
+    path = os.path.join(tmp_path, metrics_lib.METRICS_FILE)
+    with open(path, "a") as f:
+        f.write('{"step": 6, "split": "tr')  # a write cut short (disk full, kill -9)
+    metrics_lib.MetricWriter(str(tmp_path), enabled=False).truncate_after(9)  # disabled: no-op
+    writer = metrics_lib.MetricWriter(str(tmp_path))
+    writer.truncate_after(9)
+    assert [r["step"] for r in metrics_lib.read_metrics(path)] == [1, 2, 3, 4, 5]
+    writer.truncate_after(3)
+    writer.close()
+    assert [r["step"] for r in metrics_lib.read_metrics(path)] == [1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- full disk
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 16 MiB tmpfs (a disk that really fills); unmounted at the end."""
+    mount = str(tmp_path / "tmpfs")
+    os.makedirs(mount)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", mount],
+                       capture_output=True, text=True)
+    if p.returncode:
+        pytest.skip(f"mount -t tmpfs is not permitted here: {p.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "--lazy", mount], check=True)
+
+
+def _fill(mount: str, leave: int) -> str:
+    """Writes a ballast file that leaves `leave` bytes free; returns its path."""
+    path = os.path.join(mount, "ballast")
+    with open(path, "wb") as f:
+        f.write(b"\0" * (shutil.disk_usage(mount).free - leave))
+    return path
+
+
+def test_disk_full_at_checkpoint_save_then_bitwise_resume(setup, reference, tmpfs):
+    """The reference run as of its step-4 checkpoint, on a disk with 64 KiB left: steps 5-8
+    train, the save at 8 fails (one line: step, folder, free space; exit 2), checkpoint 4
+    is untouched and the partial 8 is never restored. With space freed, a rerun resumes
+    from 4 and ends bitwise equal to the uninterrupted reference."""
+    workdir = os.path.join(tmpfs, "w")
+    shutil.copytree(reference, workdir)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    for step in ("8", "12"):
+        shutil.rmtree(os.path.join(ckpt_dir, step))
+    good = h.tree_hash(os.path.join(ckpt_dir, "4"))
+    ballast = _fill(tmpfs, FREE_AT_SAVE)
+
+    p = h.run(workdir, setup["args"], setup["cache"], expect_rc=2)
+    line = _one_error_line(p.stderr)
+    assert line.startswith(f"error: saving checkpoint step 8 in {ckpt_dir} failed: the disk "
+                           f"is full (0.0 MiB free); the last good checkpoint is {ckpt_dir}/4")
+    # orbax's logs of each failed write are hidden (train.py reports them in one line);
+    # tensorstore still prints "Event loop is closed" tracebacks for the writes in flight.
+    assert "orbax" not in p.stderr.replace(line, "")
+    names = sorted(os.listdir(ckpt_dir))
+    assert names[0] == "4" and all(n.startswith("8.orbax-checkpoint-tmp") for n in names[1:])
+    assert h.tree_hash(os.path.join(ckpt_dir, "4")) == good
+    # Whole rows only; the async save's failure is seen a step or two after step 8.
+    rows = sorted(h.train_rows(workdir))
+    assert rows == list(range(1, len(rows) + 1)) and 8 <= len(rows) < h.STEPS
+
+    os.remove(ballast)
+    p = h.run(workdir, setup["args"], setup["cache"])
+    assert f"resumed from {ckpt_dir}/4 at step 4" in p.stdout
+    assert sorted(os.listdir(ckpt_dir), key=int) == ["4", "8", "12"]  # the partial 8 is gone
+    _assert_same_final_state(workdir, reference)
+    ref_rows, rows = h.train_rows(reference), h.train_rows(workdir)
+    assert rows == ref_rows
+
+
+def test_disk_full_while_writing_metrics(tmpfs):
+    """Rows are appended until the disk is full: the failing write is one line naming the
+    step and the file, and it leaves no partial row (the next run can read the file)."""
+    writer = metrics_lib.MetricWriter(tmpfs)
+    writer.write(1, {"loss": 1.0})
+    _fill(tmpfs, 0)
+    with pytest.raises(UserError) as e:
+        for step in range(2, 10_000):
+            writer.write(step, {"loss": 1.0, "mlm_accuracy": 0.5})
+    message = str(e.value)
+    assert f"writing step {step} to " in message and "the disk is full (0.0 MiB free)" in message
+    assert (os.path.join(tmpfs, metrics_lib.METRICS_FILE) in message
+            or os.path.join(tmpfs, "tensorboard") in message)
+    assert "\n" not in message
+    rows = metrics_lib.read_metrics(os.path.join(tmpfs, metrics_lib.METRICS_FILE))
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+    assert rows[-1]["step"] >= step - 1  # at most the failing row is missing
+    with open(os.path.join(tmpfs, metrics_lib.METRICS_FILE)) as f:
+        assert all(json.loads(line) for line in f)
