@@ -5,8 +5,11 @@
     loss, sums = functional.pretraining_loss(params, batch, key, config=config)
 
 `config` is a frozen, hashable `BertConfig`: a static argument of `jax.jit`. Nothing else
-is hidden, so `jax.grad`, `jax.vmap` (e.g. per-example gradients over examples given a
-batch axis of one), `jax.jvp` and `jax.checkpoint` compose with these functions.
+is hidden, so `jax.grad`, `jax.vmap` (per-example gradients: vmap over examples, each given
+a batch axis of one) and `jax.checkpoint` compose with all three, and `jax.jvp` with
+`encode`. `pretraining_loss` is reverse-mode only: its MLM decoder (`model.tied_decoder`)
+and cross-entropy (`losses.cross_entropy_and_hit`) have hand-written VJPs (speed), which
+JAX cannot run forward; Hessian-vector products work as grad of grad.
 
 Keywords choose how the model computes, with the defaults of the Linen modules and of
 configs/default.py: `dtype` (compute dtype; params stay float32), `dropout_impl` ("hash" |

@@ -1,5 +1,5 @@
 """flax_bert.functional: pure functions that compose with jit (static config), grad + vmap
-(per-example gradients), jvp and checkpoint, and agree with the train step."""
+(per-example gradients), jvp, checkpoint and grad-of-grad, and agree with the train step."""
 
 import dataclasses
 
@@ -94,6 +94,29 @@ def test_jvp_and_checkpoint_compose(params, batch):
     remat = jax.jit(jax.grad(jax.checkpoint(
         lambda p: functional.pretraining_loss(p, batch, KEY, config=CFG)[0])))(params)
     _tree_close(remat, loss_and_grad(params, batch, KEY)[1], atol=1e-6)
+
+
+def test_hessian_vector_product(params, batch):
+    """Reverse-over-reverse (the loss's custom VJPs rule out forward mode): <u, H v> equals
+    a central difference of <u, grad> along v."""
+    leaves, tree = jax.tree.flatten(params)
+    u = tree.unflatten([jnp.sin(jnp.arange(x.size) + i).reshape(x.shape)
+                        for i, x in enumerate(leaves)])
+    v = tree.unflatten([1e-2 * jnp.cos(3 * jnp.arange(x.size) + i).reshape(x.shape)
+                        for i, x in enumerate(leaves)])
+
+    def dot(a, b):
+        return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    def u_grad(p):
+        return dot(u, loss_and_grad(p, batch, KEY)[1])
+
+    u_hv = jax.jit(jax.grad(u_grad))(params)  # H u, then <H u, v> = <u, H v>
+    eps = 1e-2
+    shifted = [jax.tree.map(lambda x, t: x + sign * eps * t, params, v) for sign in (1, -1)]
+    difference = (u_grad(shifted[0]) - u_grad(shifted[1])) / (2 * eps)
+    assert abs(float(difference)) > 1e-2
+    np.testing.assert_allclose(dot(u_hv, v), difference, rtol=1e-2)
 
 
 def test_encode_config_is_static_and_vmaps(params, batch):
