@@ -1,6 +1,7 @@
 """flax_bert: BERT pretraining (MLM + NSP) in JAX/Flax."""
 
+from flax_bert import functional
 from flax_bert.config import BertConfig
 from flax_bert.model import BertForPreTraining, BertModel
 
-__all__ = ["BertConfig", "BertModel", "BertForPreTraining"]
+__all__ = ["BertConfig", "BertModel", "BertForPreTraining", "functional"]

@@ -178,7 +178,9 @@ class BertEmbeddings(nn.Module):
              + self.position_embeddings(positions))  # [1, S, H]
         x = self.LayerNorm(x)  # [B, S, H]
         x = self.dropout(x, deterministic=deterministic)
-        return nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
+        x = nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
+        self.sow("intermediates", "hidden_states", x)  # [B, S, H]
+        return x
 
 
 class _DenseParams(nn.Module):
@@ -228,18 +230,20 @@ class BertSelfAttention(nn.Module):
         mask = key_mask[:, None, None, :].astype(bool)  # [B, 1, 1, S]: query x key
 
         rate = cfg.attention_probs_dropout_prob
-        if deterministic or rate == 0.0:
+        dropout = not deterministic and rate > 0.0
+        if not dropout and not self.is_mutable_collection("intermediates"):
             # XLA's fused attention on CPU/TPU; cuDNN flash attention on GPU when eligible.
             ctx = jax.nn.dot_product_attention(q, k, v, mask=mask)  # [B, S, N, D]
         else:
-            # Dropout on the attention probabilities needs them materialised. The 1/sqrt(D)
-            # scale goes on q ([B, S, N, D]), not on the larger scores.
+            # Dropout on the attention probabilities, or a probe recording them, needs them
+            # materialised. The 1/sqrt(D) scale goes on q ([B, S, N, D]), not on the scores.
             q = q * jnp.asarray(head_dim ** -0.5, q.dtype)  # [B, S, N, D]
             scores = jnp.einsum("bqnd,bknd->bnqk", q, k)  # [B, N, S, S]
             scores = jnp.where(mask, scores.astype(jnp.float32),
                                jnp.finfo(jnp.float32).min)  # [B, N, S, S]
             probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)  # [B, N, S, S]
-            probs = Dropout(rate, self.dropout_impl)(probs, False, dropout_rng)
+            self.sow("intermediates", "attention_probs", probs)  # before dropout
+            probs = Dropout(rate, self.dropout_impl)(probs, not dropout, dropout_rng)
             ctx = jnp.einsum("bnqk,bknd->bqnd", probs, v)  # [B, S, N, D]
         ctx = nn.with_logical_constraint(ctx, BATCH_LENGTH_HEADS_KV)
         return ctx.reshape(batch, seq_len, cfg.hidden_size)  # [B, S, H]
@@ -312,8 +316,10 @@ class BertLayer(nn.Module):
         x = BertAttention(self.config, self.dtype, self.dropout_impl, name="attention")(
             x, key_mask, deterministic, (rngs[0], rngs[1]))
         h = BertIntermediate(self.config, self.dtype, name="intermediate")(x)  # [B, S, I]
-        return BertOutput(self.config, "mlp", self.dtype, self.dropout_impl, name="output")(
-            h, x, deterministic, rngs[2])
+        x = BertOutput(self.config, "mlp", self.dtype, self.dropout_impl, name="output")(
+            h, x, deterministic, rngs[2])  # [B, S, H]
+        self.sow("intermediates", "hidden_states", x)
+        return x
 
 
 class BertEncoder(nn.Module):
@@ -349,16 +355,25 @@ class BertEncoder(nn.Module):
             raise ValueError(f"remat_policy {self.remat_policy!r} is unknown; use none or one "
                              f"of {sorted(REMAT_POLICIES)}")
         layer = BertLayer(self.config, self.dtype, self.dropout_impl, parent=None)
-        per_layer = [nn.unbox(self.variables["params"][f"layer_{i}"])
-                     for i in range(self.config.num_hidden_layers)]
+        num_layers = self.config.num_hidden_layers
+        per_layer = [nn.unbox(self.variables["params"][f"layer_{i}"]) for i in range(num_layers)]
         stacked = jax.tree.map(lambda *p: jnp.stack(p), *per_layer)  # [L, ...] each
+        record = self.is_mutable_collection("intermediates")
 
-        def body(h: Array, xs: tuple[Any, Array | None]) -> tuple[Array, None]:
+        def body(h: Array, xs: tuple[Any, Array | None]) -> tuple[Array, Any]:
             params, key = xs
-            return layer.apply({"params": params}, h, key_mask, deterministic, key), None
+            if not record:
+                return layer.apply({"params": params}, h, key_mask, deterministic, key), None
+            h, variables = layer.apply({"params": params}, h, key_mask, deterministic, key,
+                                       mutable="intermediates")
+            return h, variables["intermediates"]
 
         body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
-        x, _ = jax.lax.scan(body, x, (stacked, keys))  # [B, S, H]
+        x, recorded = jax.lax.scan(body, x, (stacked, keys))  # [B, S, H]; [L, ...] each
+        if record:  # Unstacked into the unrolled path's layout: layer_i/...
+            for i in range(num_layers):
+                self.put_variable("intermediates", f"layer_{i}",
+                                  jax.tree.map(lambda r: r[i], recorded))
         return x
 
 
@@ -374,7 +389,15 @@ class BertPooler(nn.Module):
 
 
 class BertModel(nn.Module):
-    """The encoder: returns (sequence_output [B, S, H], pooled_output [B, H])."""
+    """The encoder: returns (sequence_output [B, S, H], pooled_output [B, H]).
+
+    `apply(..., mutable=["intermediates"])` also returns what a probe needs (HF's
+    `hidden_states` and `attentions`), each a 1-tuple as `sow` stores it, with or without remat:
+        intermediates/embeddings/hidden_states                     [B, S, H]
+        intermediates/encoder/layer_i/hidden_states                [B, S, H] (layer i's output)
+        intermediates/encoder/layer_i/attention/self/attention_probs  [B, N, S, S] (pre-dropout)
+    Unless `intermediates` is mutable, nothing is recorded and attention stays fused.
+    """
 
     config: BertConfig
     dtype: Dtype = jnp.float32  # Compute dtype; parameters are always float32.

@@ -30,6 +30,11 @@ def forward_sums(model: nn.Module, params: Any, batch: Batch, deterministic: boo
     return losses.pretraining_metrics(mlm_logits, nsp_logits, batch)
 
 
+def dropout_key(rng: Array, step: Array) -> Array:
+    """The dropout key of optimizer step `step`: `rng` folded with the step."""
+    return jax.random.fold_in(rng, step)
+
+
 def _split_micro_batches(batch: Batch, num: int) -> Batch:
     """[B, ...] -> [num, B / num, ...]; micro-batch i takes rows i, i + num, ... so each
     device's contiguous rows are spread evenly over the micro-batches."""
@@ -41,13 +46,13 @@ def train_step(state: TrainState, batch: Batch, rng: Array, *, model: nn.Module,
                grad_accum_steps: int = 1) -> tuple[TrainState, dict[str, Array]]:
     """One optimizer step of MLM + NSP on `batch` (the global batch).
 
-    The dropout key is `rng` folded with the step. With `grad_accum_steps` > 1 the batch is
+    The dropout key is `dropout_key(rng, state.step)`. With `grad_accum_steps` > 1 the batch is
     split into micro-batches whose gradients are summed in a `lax.scan`; losses are
     normalised by the whole batch's counts, so the result equals one step on the full
     batch. A step whose loss or gradient norm is not finite leaves params and optimizer
     state unchanged and is counted in `nonfinite_run`.
     """
-    dropout_rng = jax.random.fold_in(rng, state.step)
+    dropout_rng = dropout_key(rng, state.step)
     mlm_total = jnp.maximum(jnp.sum(batch["masked_weights"].astype(jnp.float32)), 1.0)
     nsp_total = jnp.float32(batch["next_sentence_label"].shape[0])
 
