@@ -56,7 +56,11 @@ def get_config() -> ml_collections.ConfigDict:
     # (big corpora) hold out 1%.
     d.eval_fraction = 0.15
     d.prepare_seed = 12345  # Seeds pairing, held-out split and static masks in prepare.
-    d.num_workers = 0  # Processes for tokenizing in prepare (0 = all CPU cores).
+    # Prepare works in shards of about this many MB of text (the bundled corpus is one):
+    # memory is bounded by it, and random next segments are drawn within a shard.
+    d.shard_mb = 16
+    d.vocab_sample_mb = 256  # The vocab is trained on the first this many MB of text.
+    d.num_workers = 0  # Processes making shards in prepare (0 = all CPU cores).
     d.worker_count = 0  # grain worker processes for the train pipeline (0 = in-process).
     d.prefetch = 2  # Batches prepared ahead of the train step.
 

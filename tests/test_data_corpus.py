@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from tests.data_fixtures import marker_corpus
-from flax_bert.data import corpus, prepare as prepare_lib
+from tests.data_fixtures import marker_corpus, read_split
+from flax_bert.data import corpus, prepare as prepare_lib, split
 from flax_bert.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +49,15 @@ def test_formats_and_gzip(tmp_path):
     ]
     gz = tmp_path / "c.txt.gz"
     gz.write_bytes(gzip.compress(sentences.encode()))
-    assert corpus.read_text(str(gz)) == sentences
+    plain = tmp_path / "c.txt"
+    plain.write_text(sentences.replace("\n", "\r\n"))  # CRLF reads as LF
+    for path in (gz, plain):
+        docs = [d for _, d in corpus.iter_raw_documents([str(path)], "auto", "text")]
+        assert docs == [["First one.", "Second one."], ["Other doc.", "More."]]
+    prose_gz = tmp_path / "p.txt.gz"
+    prose_gz.write_bytes(gzip.compress(prose.encode()))
+    docs = [d for _, d in corpus.iter_raw_documents([str(prose_gz)], "auto", "text")]
+    assert docs == corpus.text_to_documents(prose, "auto")
 
 
 def test_datasets_folder_gives_the_same_examples_as_text(tmp_path):
@@ -69,9 +77,9 @@ def test_datasets_folder_gives_the_same_examples_as_text(tmp_path):
                              str(tmp_path / "b"), progress=False)
     assert m1["num_documents"] == m2["num_documents"] == 6
     assert m1["num_train_examples"] == m2["num_train_examples"] > 0
+    a, b = read_split(str(tmp_path / "a"), "train"), read_split(str(tmp_path / "b"), "train")
     for name in ("input_ids", "len_a", "next_sentence_label"):
-        a = np.load(tmp_path / "a" / "train" / f"{name}.npy")
-        assert np.array_equal(a, np.load(tmp_path / "b" / "train" / f"{name}.npy"))
+        assert np.array_equal(a[name], b[name])
     with pytest.raises(UserError, match="no column 'text'"):
         prepare_lib.prepare(dataclasses.replace(base, input=(ds_dir,), text_column="text"),
                             str(tmp_path / "c"), progress=False)
@@ -125,5 +133,7 @@ def test_cli_prepares(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     meta = prepare_lib.json.load(open(tmp_path / "out" / "meta.json"))
-    assert meta["num_eval_documents"] == 2 and meta["num_train_documents"] == 6
+    docs = [d for _, d in corpus.iter_raw_documents([path], "auto", "text")]
+    held = sum(split.is_held_out(d, 0.25, prepare_lib.PrepareOptions().seed) for d in docs)
+    assert meta["num_eval_documents"] == held >= 2 and meta["num_train_documents"] == 8 - held
     assert meta["max_seq_length"] == 32 and meta["vocab_size"] <= 300

@@ -101,7 +101,8 @@ def _document_pairs(
             if chunk:
                 a_end = int(rng.integers(1, len(chunk))) if len(chunk) >= 2 else 1
                 a = np.concatenate([sent(c) for c in chunk[:a_end]])
-                if len(chunk) == 1 or rng.random() >= NEXT_PROB:
+                random_next = len(chunk) == 1 or rng.random() >= NEXT_PROB
+                if random_next and num_docs > 1:
                     is_random, target_b = NOT_NEXT, max(1, target - len(a))
                     other = d
                     for _ in range(RANDOM_DOC_TRIES):
@@ -121,9 +122,11 @@ def _document_pairs(
                     b = np.concatenate(pieces)
                     s -= len(chunk) - a_end  # put the unused sentences back
                     db = other
-                else:
+                elif len(chunk) > 1:
                     is_random, db = IS_NEXT, d
                     b = np.concatenate([sent(c) for c in chunk[a_end:]])
+                else:  # one sentence and no other document to draw B from: no pair
+                    is_random, db, b = IS_NEXT, d, a[:0]
                 la, lb = _truncate_lengths(len(a), len(b), max_tokens)
                 a, b = _trim(a, la, rng), _trim(b, lb, rng)
                 if len(a) >= 1 and len(b) >= 1:
