@@ -124,9 +124,10 @@ class _Batches:
         """Decoded records idx [b] of the split; a shard's checksum is checked when it is
         first read (a UserError names an altered shard)."""
         folder = storage.path(self.dir)
-        if self._source is None:
+        if self._source is None:  # "path[0:n]": files are opened when first read
             self._source = grain.sources.ArrayRecordDataSource(
-                [str(folder / name) for name in self.names])
+                [f"{folder / shard['name']}[0:{shard['records']}]"
+                 for shard in self.meta["shards"][self.split]])
         for shard in np.unique(np.searchsorted(self.ends, idx, side="right")):
             if shard not in self._verified:
                 prepared.verify_file(folder, self.names[shard], self.meta)

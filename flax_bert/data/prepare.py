@@ -72,8 +72,8 @@ class PrepareOptions:
     dupe_factor: int = 5
     eval_fraction: float = 0.15
     seed: int = 12345
-    shard_mb: int = 16
-    vocab_sample_mb: int = 256
+    shard_mb: float = 16.0
+    vocab_sample_mb: float = 256.0
     num_workers: int = 0  # not part of the cache key: results do not depend on it
 
     def cache_key(self) -> dict:
@@ -503,8 +503,8 @@ def _validate(opts: PrepareOptions) -> None:
         (opts.dupe_factor >= 1, "dupe_factor", ">= 1"),
         (0 <= opts.eval_fraction < 1, "eval_fraction", "in [0, 1)"),
         (opts.vocab or opts.vocab_size > len(vocab_lib.SPECIAL_TOKENS), "vocab_size", "> 5"),
-        (opts.shard_mb >= 1, "shard_mb", ">= 1"),
-        (opts.vocab_sample_mb >= 1, "vocab_sample_mb", ">= 1"),
+        (opts.shard_mb > 0, "shard_mb", "> 0"),
+        (opts.vocab_sample_mb > 0, "vocab_sample_mb", "> 0"),
     ]
     for ok, field, rule in checks:
         if not ok:
@@ -548,8 +548,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dupe-factor", type=int, default=d.dupe_factor)
     p.add_argument("--eval-fraction", type=float, default=d.eval_fraction)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--shard-mb", type=int, default=d.shard_mb, help="MB of text per shard")
-    p.add_argument("--vocab-sample-mb", type=int, default=d.vocab_sample_mb,
+    p.add_argument("--shard-mb", type=float, default=d.shard_mb, help="MB of text per shard")
+    p.add_argument("--vocab-sample-mb", type=float, default=d.vocab_sample_mb,
                    help="MB of text the vocab is trained on (the first MB of the input)")
     p.add_argument("--num-workers", type=int, default=d.num_workers, help="0 = all cores")
     p.add_argument("--shard-index", type=int, default=0, help="this process's share (0-based)")

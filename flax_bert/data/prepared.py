@@ -88,6 +88,11 @@ def read_meta(folder: epath.Path) -> dict | None:
     return meta
 
 
+def exists(prepared_dir: str) -> bool:
+    """Whether a folder holds a meta.json (it may still fail `load_meta`'s checks)."""
+    return (storage.path(prepared_dir) / META).exists()
+
+
 def load_meta(prepared_dir: str) -> dict:
     """meta.json of a prepared folder, after checking every file's size and vocab.txt's
     checksum (vocab_size, max_seq_length, counts, shards, options, ...)."""
