@@ -93,21 +93,46 @@ def _bad_inputs(tmp_path) -> dict[str, tuple[str, str]]:
     one.write_text("Just a single sentence here.\n")
     latin = tmp_path / "latin1.txt"
     latin.write_bytes("Caf\xe9 au lait.\n\nOther doc.\n".encode("latin-1"))
+    binary = tmp_path / "image.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    cut = tmp_path / "cut.txt.gz"
+    cut.write_bytes(gzip.compress(b"One sentence.\nTwo.\n\nOther doc.\n" * 200)[:60])
     return {
         "empty": (str(empty), "empty.txt: empty file"),
+        "binary": (str(binary), "image.png: binary data, not text; remove it from --input"),
+        "truncated_gzip": (str(cut), "cut.txt.gz: cannot read (Compressed file ended"),
+        "gcs_without_gcsfs": ("gs://some-bucket/corpus.txt",
+                              "gs://some-bucket/corpus.txt: gs:// paths need the GCS filesystem"),
         "one_sentence": (str(one), "one.txt: 1 document(s); need at least 2"),
         "not_utf8": (str(latin), "latin1.txt: not UTF-8 (byte 0xe9 at offset 3)"),
         "missing": (str(tmp_path / "missing.txt"), "missing.txt: no such file"),
     }
 
 
-@pytest.mark.parametrize("name", ["empty", "one_sentence", "not_utf8", "missing"])
+@pytest.mark.parametrize("name", ["empty", "one_sentence", "not_utf8", "missing", "binary",
+                                  "truncated_gzip", "gcs_without_gcsfs"])
 def test_bad_input_is_a_one_line_user_error(tmp_path, name):
     path, message = _bad_inputs(tmp_path)[name]
-    opts = prepare_lib.PrepareOptions(input=(path,), vocab_size=100, num_workers=1)
+    good = tmp_path / "good.txt"
+    marker_corpus(str(good), num_docs=6, sentences=10)
+    # The bad file after a good one: the error comes mid-way, and leaves no meta.json.
+    opts = prepare_lib.PrepareOptions(input=(str(good), path), vocab_size=100, num_workers=1,
+                                      eval_fraction=0)
+    if name == "one_sentence":
+        opts = dataclasses.replace(opts, input=(path,))
     with pytest.raises(UserError) as err:
         prepare_lib.prepare(opts, str(tmp_path / "out"), progress=False)
     assert message in str(err.value) and "\n" not in str(err.value)
+    assert not os.path.exists(tmp_path / "out" / "meta.json")
+
+
+def test_gcs_output_without_gcsfs_is_a_one_line_error(tmp_path):
+    path = str(tmp_path / "c.txt")
+    marker_corpus(path, num_docs=4, sentences=10)
+    opts = prepare_lib.PrepareOptions(input=(path,), vocab_size=100, num_workers=1)
+    with pytest.raises(UserError, match=r"^gs://b/prep: gs:// paths need the GCS filesystem; "
+                                        r"pip install gcsfs"):
+        prepare_lib.prepare(opts, "gs://b/prep", progress=False)
 
 
 def test_cli_reports_errors_in_one_line(tmp_path):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.data_fixtures import prepared, read_split, unmask
+from tests.data_fixtures import marker_corpus, prepared, read_split, unmask
 from flax_bert.data import pipeline, prepare as prepare_lib
 from flax_bert.errors import UserError
 
@@ -198,3 +198,23 @@ def test_phase1_batches_come_first_then_the_main_data_and_resume_exactly(tmp_pat
         resumed = phased()
         resumed.set_state(it.get_state())
         assert all(_equal(next(resumed), ref) for ref in expected[k:])
+
+
+def test_shares_of_two_processes_give_the_single_prepare(tmp_path):
+    files = [str(tmp_path / f"c{i}.txt") for i in range(3)]
+    for i, f in enumerate(files):
+        marker_corpus(f, num_docs=4, sentences=60, seed=i)
+    opts = prepare_lib.PrepareOptions(input=tuple(files), vocab_size=600, max_seq_length=32,
+                                      eval_fraction=0.3, num_workers=1, shard_mb=0.01)
+    single = prepare_lib.prepare(opts, str(tmp_path / "single"), progress=False)
+    assert len(prepare_lib.plan_groups(single["source_files"], 0.01 * prepare_lib.MB)) == 3
+    given = dataclasses.replace(opts, vocab=str(tmp_path / "single" / "vocab.txt"))
+    single = prepare_lib.prepare(given, str(tmp_path / "single2"), progress=False)
+    shared = str(tmp_path / "shared")
+    first = prepare_lib.prepare(given, shared, progress=False, shard_index=1, num_shards=2)
+    assert first == {} and not os.path.exists(os.path.join(shared, "meta.json"))
+    last = prepare_lib.prepare(given, shared, progress=False, shard_index=0, num_shards=2)
+    assert last == single == pipeline.load_meta(shared)
+    with pytest.raises(UserError, match="--num-shards > 1 needs --vocab"):
+        prepare_lib.prepare(opts, str(tmp_path / "novocab"), progress=False, shard_index=0,
+                            num_shards=2)

@@ -78,8 +78,9 @@ def expand_inputs(inputs: str | list[str]) -> list[str]:
     paths = []
     for pattern in filter(None, patterns):
         matches = _matches(pattern)
-        if not matches and not os.path.isabs(pattern):  # e.g. the bundled corpus, run
-            matches = _matches(os.path.join(REPO_ROOT, pattern))  # from another folder
+        if not matches and not os.path.isabs(pattern) and "://" not in pattern:
+            # e.g. the bundled corpus, run from another folder
+            matches = _matches(os.path.join(REPO_ROOT, pattern))
         if not matches:
             raise UserError(f"{pattern}: no such file; check --input / config.data.input")
         paths.extend(matches)
@@ -89,6 +90,11 @@ def expand_inputs(inputs: str | list[str]) -> list[str]:
 
 
 def _matches(pattern: str) -> list[str]:
+    if "://" in pattern:  # e.g. gs://bucket/dir/*.txt (a pattern in the last part only)
+        parent, name = pattern.rsplit("/", 1)
+        if glob.has_magic(name):
+            return sorted(str(m) for m in storage.path(parent).glob(name))
+        return [pattern] if storage.path(pattern).exists() else []
     found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
     return [m for m in found if os.path.exists(m)]
 

@@ -193,17 +193,22 @@ class ShardMaker:
         return {**self.__dict__, "_ctx": None}
 
     def context(self) -> tuple:
+        """(tokenizer, special ids, vocab size, local vocab path), made once per process."""
         if self._ctx is None:
-            tokenizer = vocab_lib.load_tokenizer(self.vocab_path, self.opts.lowercase)
-            vocab_size = len(vocab_lib.read_vocab(self.vocab_path))
-            self._ctx = (tokenizer, vocab_lib.special_ids(self.vocab_path), vocab_size)
+            local = self.vocab_path
+            if "://" in local:  # the tokenizer reads a local file
+                local = tempfile.mkstemp(suffix=prepared.VOCAB)[1]
+                storage.path(self.vocab_path).copy(local, overwrite=True)
+            tokenizer = vocab_lib.load_tokenizer(local, self.opts.lowercase)
+            vocab_size = len(vocab_lib.read_vocab(local))
+            self._ctx = (tokenizer, vocab_lib.special_ids(local), vocab_size, local)
         return self._ctx
 
     def __call__(self, task: tuple[int, int, list]) -> dict:
         """(group, part, raw documents) -> stats of the shard's files."""
         group, part, raw = task
         opts = self.opts
-        tokenizer, special, vocab_size = self.context()
+        tokenizer, special, vocab_size, vocab_path = self.context()
         docs = [d for d in (corpus.to_sentences(r, opts.input_format) for r in raw) if d]
         held = np.array([opts.eval_fraction > 0 and split.is_held_out(d, opts.eval_fraction,
                                                                        opts.seed) for d in docs])
@@ -219,7 +224,7 @@ class ShardMaker:
                 masks = examples.mask_batch(
                     pairs["input_ids"], pairs["len_a"], pairs["len_b"],
                     np.random.default_rng([opts.seed, group, part, stream, MASK_STREAM]),
-                    **masking_kwargs(opts, vocab_size, special.mask, self.vocab_path))
+                    **masking_kwargs(opts, vocab_size, special.mask, vocab_path))
             recs = records.encode(pairs, masks, records.id_dtype(vocab_size))
             info = {"documents": int(len(chosen)), "records": len(recs)}
             if recs:
@@ -333,8 +338,10 @@ def start(opts: PrepareOptions, output_dir: str, *, force: bool = False,
         if shard_parallel:
             raise UserError("--num-shards > 1 needs --vocab (a vocab.txt every process shares); "
                             "train one first with a single prepare")
-        vocab_lib.train_vocab(_vocab_sample(opts, [s["path"] for s in sources]),
-                              opts.vocab_size, opts.lowercase, str(folder))
+        with tempfile.TemporaryDirectory() as tmp:  # trained locally, then copied
+            trained = vocab_lib.train_vocab(_vocab_sample(opts, [s["path"] for s in sources]),
+                                            opts.vocab_size, opts.lowercase, tmp)
+            storage.path(trained).copy(folder / prepared.VOCAB, overwrite=True)
     maker = ShardMaker(opts, output_dir, fingerprint, vocab_path)
     return Plan(None, key, sources, plan_groups(sources, opts.shard_mb * MB), maker, output_dir)
 
@@ -445,8 +452,7 @@ def finish(plan: Plan, stats: list[dict]) -> dict:
     if total("records", "train") == 0:
         raise UserError(f"{inputs}: no training pairs could be made; add text")
     folder = storage.path(plan.output_dir)
-    vocab_path = str(folder / prepared.VOCAB)
-    vocab_size = len(vocab_lib.read_vocab(vocab_path))
+    _, special, vocab_size, _ = plan.maker.context()
     files = {prepared.VOCAB: storage.describe(folder / prepared.VOCAB)}
     shards = {}
     for split_name in prepared.SPLITS:
@@ -467,7 +473,7 @@ def finish(plan: Plan, stats: list[dict]) -> dict:
         num_eval_documents=n_eval,
         num_sentences=total("sentences"),
         num_tokens=total("tokens"),
-        special_ids=dataclasses.asdict(vocab_lib.special_ids(vocab_path)),
+        special_ids=dataclasses.asdict(special),
         static_train_masks=not opts.dynamic_masking,
         options=plan.key,
         source_files=plan.sources,
@@ -526,11 +532,11 @@ def masking_kwargs(opts_or_config, vocab_size: int, mask_id: int, vocab_path: st
 
 
 # ---- CLI ----------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
+def parser(prog: str = "python -m flax_bert.data.prepare",
+           description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
+    """The options of a prepare CLI (this one and `beam_prepare`)."""
     d = PrepareOptions()
-    p = argparse.ArgumentParser(
-        prog="python -m flax_bert.data.prepare", description=__doc__.splitlines()[0]
-    )
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--input", nargs="+", required=True, help="files, globs or a datasets dir")
     p.add_argument("--output", required=True, help="prepared folder to write")
     p.add_argument("--input-format", default=d.input_format,
@@ -551,17 +557,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-mb", type=float, default=d.shard_mb, help="MB of text per shard")
     p.add_argument("--vocab-sample-mb", type=float, default=d.vocab_sample_mb,
                    help="MB of text the vocab is trained on (the first MB of the input)")
-    p.add_argument("--num-workers", type=int, default=d.num_workers, help="0 = all cores")
-    p.add_argument("--shard-index", type=int, default=0, help="this process's share (0-based)")
-    p.add_argument("--num-shards", type=int, default=1,
-                   help="processes sharing the work, e.g. one per machine (needs --vocab)")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    opts = PrepareOptions(
+def options_from_args(args: argparse.Namespace) -> PrepareOptions:
+    return PrepareOptions(
         input=tuple(args.input), input_format=args.input_format, text_column=args.text_column,
         vocab=args.vocab, vocab_size=args.vocab_size, lowercase=not args.no_lowercase,
         max_seq_length=args.max_seq_length, short_seq_prob=args.short_seq_prob,
@@ -569,8 +570,25 @@ def main(argv: list[str] | None = None) -> int:
         whole_word_masking=args.whole_word_masking, dynamic_masking=not args.static_masking,
         dupe_factor=args.dupe_factor, eval_fraction=args.eval_fraction, seed=args.seed,
         shard_mb=args.shard_mb, vocab_sample_mb=args.vocab_sample_mb,
-        num_workers=args.num_workers,
+        num_workers=getattr(args, "num_workers", PrepareOptions.num_workers),
     )
+
+
+def summary(output: str, meta: dict) -> str:
+    return (f"{output}: {meta['num_train_examples']} train / {meta['num_eval_examples']} eval "
+            f"examples in {len(meta['shards']['train'])} + {len(meta['shards']['eval'])} "
+            f"shards, vocab {meta['vocab_size']}, {meta['num_documents']} documents")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    p.add_argument("--num-workers", type=int, default=PrepareOptions().num_workers,
+                   help="processes making shards (0 = all cores)")
+    p.add_argument("--shard-index", type=int, default=0, help="this process's share (0-based)")
+    p.add_argument("--num-shards", type=int, default=1,
+                   help="processes sharing the work, e.g. one per machine (needs --vocab)")
+    args = p.parse_args(argv)
+    opts = options_from_args(args)
     if not 0 <= args.shard_index < args.num_shards:
         print("error: --shard-index must be in [0, --num-shards)", file=sys.stderr)
         return 2
@@ -584,10 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.output}: share {args.shard_index} of {args.num_shards} written; "
               f"the last share to finish writes meta.json")
         return 0
-    print(
-        f"{args.output}: {meta['num_train_examples']} train / {meta['num_eval_examples']} eval "
-        f"examples, vocab {meta['vocab_size']}, {meta['num_documents']} documents"
-    )
+    print(summary(args.output, meta))
     return 0
 
 
