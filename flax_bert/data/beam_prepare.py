@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from flax_bert.data import prepare as prepare_lib
+from flax_bert.data import prepare as prepare_lib, prepared
 from flax_bert.errors import UserError
 
 
@@ -48,7 +48,7 @@ def run(opts: prepare_lib.PrepareOptions, output_dir: str, beam_args: list[str],
             | "Collect" >> beam.combiners.ToList()
             | "WriteMeta" >> beam.Map(lambda stats: prepare_lib.finish(plan, stats))
         )
-    return prepare_lib.prepared.load_meta(output_dir)
+    return prepared.load_meta(output_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

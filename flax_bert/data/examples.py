@@ -52,7 +52,8 @@ def create_pairs(
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
     """Unmasked NSP pairs: input_ids [N,L] int32, len_a/len_b [N], next_sentence_label [N],
-    doc_a/doc_b [N] (document index of each segment)."""
+    doc_a/doc_b [N] (document index of each segment). With a single document no random B
+    can be drawn: its pairs are all continuations (a one-sentence chunk gives none)."""
     num_docs = len(doc_offsets) - 1
     max_tokens = max_seq_length - NUM_SPECIAL_IN_PAIR
     rows: list[tuple[np.ndarray, np.ndarray, int, int, int]] = []
