@@ -60,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.prepare_seed = 12345  # Seeds pairing, held-out split and static masks in prepare.
     # Prepare works in shards of about this many MB of text (the bundled corpus is one):
     # memory is bounded by it, and random next segments are drawn within a shard.
-    d.shard_mb = 16.0
+    d.shard_mb = 8.0
     d.vocab_sample_mb = 256.0  # The vocab is trained on the first this many MB of text.
     d.num_workers = 0  # Processes making shards in prepare (0 = all CPU cores).
     d.worker_count = 0  # grain worker processes for the train pipeline (0 = in-process).

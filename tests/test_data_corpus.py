@@ -99,7 +99,7 @@ def _bad_inputs(tmp_path) -> dict[str, tuple[str, str]]:
     cut.write_bytes(gzip.compress(b"One sentence.\nTwo.\n\nOther doc.\n" * 200)[:60])
     return {
         "empty": (str(empty), "empty.txt: empty file"),
-        "binary": (str(binary), "image.png: binary data, not text; remove it from --input"),
+        "binary": (str(binary), "image.png: binary data (a NUL byte at offset 8), not text"),
         "truncated_gzip": (str(cut), "cut.txt.gz: cannot read (Compressed file ended"),
         "gcs_without_gcsfs": ("gs://some-bucket/corpus.txt",
                               "gs://some-bucket/corpus.txt: gs:// paths need the GCS filesystem"),

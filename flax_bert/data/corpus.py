@@ -37,7 +37,7 @@ from flax_bert.errors import UserError
 GZIP_MAGIC = b"\x1f\x8b"
 AUTO_SAMPLE_LINES = 1000  # Non-blank lines looked at to guess a file's format.
 AUTO_PARAGRAPH_FRACTION = 0.3  # Fraction of "prose-like" lines that means "paragraphs".
-BINARY_PEEK_BYTES = 8192  # After a non-UTF-8 line, bytes looked at for a NUL (binary).
+READ_BYTES = 1 << 20  # Bytes read at a time from a corpus file.
 ABBREVIATIONS = frozenset(
     "mr mrs ms dr st jr sr prof rev hon gen col capt lt sgt messrs mme mlle vs etc "
     "e.g i.e cf al no vol fig p pp ch sec ed eds approx dept est inc ltd co".split()
@@ -108,29 +108,33 @@ def is_dataset_dir(path: str) -> bool:
 
 
 def _lines(path: str) -> Iterator[str]:
-    """A text file's lines (gunzipped when gzip'd, CR/CRLF as LF), read as a stream; an
-    unreadable, binary or non-UTF-8 file is a UserError naming it."""
-    offset = 0
+    """A text file's lines (gunzipped when gzip'd, CR/CRLF as LF), read as a stream in
+    blocks of whole lines; an unreadable, binary or non-UTF-8 file is a UserError."""
+    offset, rest = 0, b""  # offset: bytes before `rest` in the (gunzipped) file
     try:
         with storage.path(path).open("rb") as raw:
             f = gzip.GzipFile(fileobj=raw) if raw.read(2) == GZIP_MAGIC else raw
             raw.seek(0)
-            for line in f:
-                if b"\0" in line:
+            while True:
+                chunk = f.read(READ_BYTES)
+                data = rest + chunk
+                cut = data.rfind(b"\n") + 1 if chunk else len(data)
+                block, rest = data[:cut], data[cut:]
+                if b"\0" in block:
                     raise UserError(f"{path}: binary data (a NUL byte at offset "
-                                    f"{offset + line.index(0)}), not text; remove it from --input")
+                                    f"{offset + block.index(0)}), not text; remove it from --input")
                 try:
-                    text = line.decode("utf-8")
+                    text = block.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    if b"\0" in f.read(BINARY_PEEK_BYTES):
-                        raise UserError(f"{path}: binary data, not text; remove it from --input")
                     raise UserError(
-                        f"{path}: not UTF-8 (byte 0x{line[e.start]:02x} at offset "
+                        f"{path}: not UTF-8 (byte 0x{block[e.start]:02x} at offset "
                         f"{offset + e.start}); re-encode it, e.g. iconv -f latin1 -t utf-8"
                     ) from None
-                offset += len(line)
-                text = text.replace("\r\n", "\n").replace("\r", "\n")
-                yield from text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+                offset += cut
+                lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+                yield from lines[:-1] if chunk else lines
+                if not chunk:
+                    return
     except IsADirectoryError:
         raise UserError(f"{path}: is a folder, not a text file or a saved `datasets` dataset")
     except (OSError, EOFError, zlib.error) as e:

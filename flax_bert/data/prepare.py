@@ -72,7 +72,7 @@ class PrepareOptions:
     dupe_factor: int = 5
     eval_fraction: float = 0.15
     seed: int = 12345
-    shard_mb: float = 16.0
+    shard_mb: float = 8.0
     vocab_sample_mb: float = 256.0
     num_workers: int = 0  # not part of the cache key: results do not depend on it
 

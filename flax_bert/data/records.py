@@ -37,21 +37,33 @@ def id_dtype(vocab_size: int) -> np.dtype:
 def encode(pairs: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None,
            dtype: np.dtype) -> list[bytes]:
     """Records of `examples.create_pairs` output (+ `mask_batch` output when static)."""
-    out = []
-    for i in range(len(pairs["len_a"])):
-        la, lb = int(pairs["len_a"][i]), int(pairs["len_b"][i])
-        row = pairs["input_ids"][i]  # [L]
-        tokens = np.concatenate([row[1 : 1 + la], row[2 + la : 2 + la + lb]]).astype(dtype)
-        n = int(masks["masked_weights"][i].sum()) if masks is not None else 0
-        header = np.array([la, lb, pairs["next_sentence_label"][i], pairs["doc_a"][i],
-                           pairs["doc_b"][i], n], HEADER)
-        parts = [header.tobytes(), tokens.tobytes()]
-        if n:
-            pos = masks["masked_positions"][i, :n]
-            parts += [pos.astype(POSITION).tobytes(),
-                      masks["input_ids"][i, pos].astype(dtype).tobytes()]
-        out.append(b"".join(parts))
-    return out
+    n_rows, seq = pairs["input_ids"].shape
+    len_a, len_b = pairs["len_a"].astype(np.int64), pairs["len_b"].astype(np.int64)  # [N]
+    num_masked = (masks["masked_weights"].sum(axis=1).astype(np.int64) if masks is not None
+                  else np.zeros(n_rows, np.int64))  # [N]
+    header = np.stack([len_a, len_b, pairs["next_sentence_label"], pairs["doc_a"],
+                       pairs["doc_b"], num_masked], axis=1).astype(HEADER)  # [N, 6]
+    pos = np.arange(seq)[None, :]  # [1, L]
+    in_a = (pos >= 1) & (pos <= len_a[:, None])  # [N, L]
+    in_b = (pos >= len_a[:, None] + 2) & (pos < (len_a + 2 + len_b)[:, None])  # [N, L]
+    tokens = pairs["input_ids"][in_a | in_b].astype(dtype).tobytes()  # row-major: A, B
+    tok_end = np.cumsum(len_a + len_b) * dtype.itemsize  # [N] byte offsets
+    head = header.tobytes()
+    parts = [[head[i * HEADER_BYTES : (i + 1) * HEADER_BYTES], tokens[e - t : e]]
+             for i, (e, t) in enumerate(zip(tok_end.tolist(),
+                                            ((len_a + len_b) * dtype.itemsize).tolist()))]
+    if masks is not None:
+        chosen = masks["masked_weights"] > 0  # [N, P] real predictions first
+        positions = masks["masked_positions"][chosen]  # [M] row-major
+        rows = np.broadcast_to(np.arange(n_rows)[:, None], chosen.shape)[chosen]  # [M]
+        pos_bytes = positions.astype(POSITION).tobytes()
+        ids_bytes = masks["input_ids"][rows, positions].astype(dtype).tobytes()
+        ends = np.cumsum(num_masked).tolist()
+        for i, (e, m) in enumerate(zip(ends, num_masked.tolist())):
+            if m:
+                parts[i] += [pos_bytes[(e - m) * POSITION.itemsize : e * POSITION.itemsize],
+                             ids_bytes[(e - m) * dtype.itemsize : e * dtype.itemsize]]
+    return [b"".join(p) for p in parts]
 
 
 def decode_batch(records: Sequence[bytes], seq: int, preds: int, dtype: np.dtype,
