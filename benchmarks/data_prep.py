@@ -9,7 +9,9 @@ Each prepare runs as `python -m flax_bert.data.prepare` in a fresh process with 
 (--num-workers, 0 = all) and a vocab trained first on the bundled corpus (given to every
 run, so vocab training is not timed). Peak RSS is sampled every --sample-s seconds over the
 whole process tree (the prepare process and its workers: "tree" = sum, "largest" = the
-biggest one). MB/s per core = text MB / wall seconds / workers. With --baseline DIR the same
+biggest one). MB/s per core = text MB / wall seconds / workers; MB per CPU-second = text
+MB / (user + system seconds of the prepare process and its workers), which a machine
+shared with other jobs disturbs less. With --baseline DIR the same
 runs use the flax_bert code of DIR (e.g. a checkout of main) too, in the same process, one
 after the other, so both see the same machine. Then the train pipeline's examples/s
 (dynamic masking, and whole-word masking) at --batch-size from each prepared folder.
@@ -21,6 +23,7 @@ import argparse
 import glob
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -51,8 +54,11 @@ print(json.dumps(batches * batch / (time.perf_counter() - t0)))
 """
 
 
-def run_measured(cmd: list[str], code: str, sample_s: float) -> tuple[float, int, int]:
-    """(wall seconds, peak tree RSS, peak largest-process RSS) of a command run on `code`."""
+def run_measured(cmd: list[str], code: str, sample_s: float
+                 ) -> tuple[float, float, int, int]:
+    """(wall seconds, CPU seconds, peak tree RSS, peak largest-process RSS) of a command
+    run on `code`. CPU seconds: user + system of the process and its workers."""
+    cpu0 = _children_cpu()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env_for(code), cwd=code, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -67,7 +73,12 @@ def run_measured(cmd: list[str], code: str, sample_s: float) -> tuple[float, int
     out, err = proc.communicate()
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
-    return time.perf_counter() - t0, tree_peak, one_peak
+    return time.perf_counter() - t0, _children_cpu() - cpu0, tree_peak, one_peak
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def env_for(code: str) -> dict:
@@ -86,6 +97,7 @@ def main() -> None:
     p.add_argument("--num-workers", type=int, default=0, help="prepare workers (0 = all cores)")
     p.add_argument("--batch-size", type=int, default=32, help="train pipeline global batch")
     p.add_argument("--batches", type=int, default=300, help="train batches timed")
+    p.add_argument("--whole-word", action="store_true", help="time whole-word masking too")
     p.add_argument("--sample-s", type=float, default=0.05, help="RSS sampling period")
     args = p.parse_args()
     workers = args.num_workers or os.cpu_count() or 1
@@ -108,11 +120,12 @@ def main() -> None:
                        "--output", out, "--vocab", vocab, "--num-workers", str(workers),
                        "--max-seq-length", str(args.max_seq_length), "--eval-fraction",
                        str(args.eval_fraction)]
-                wall, tree, one = run_measured(cmd, code, args.sample_s)
+                wall, cpu, tree, one = run_measured(cmd, code, args.sample_s)
                 print(f"  prepare ({name}, {workers} workers): {wall:.1f} s, "
                       f"{text_mb / wall:.2f} MB/s, {text_mb / wall / workers:.2f} MB/s per core, "
+                      f"{text_mb / cpu:.2f} MB per CPU-second ({cpu:.0f} CPU-s), "
                       f"peak RSS {tree / 1e9:.2f} GB (tree), {one / 1e9:.2f} GB (largest)")
-                for wwm in ("0", "1"):
+                for wwm in ("0", "1") if args.whole_word else ("0",):
                     rate = json.loads(subprocess.run(
                         [sys.executable, "-c", PIPELINE_TIMER, out, str(args.batch_size),
                          str(args.batches), wwm], env=env_for(code), cwd=code, check=True,
