@@ -1,99 +1,138 @@
-"""Data speed: prepare throughput vs plain `tokenizers` batch-encoding, and the train pipeline.
+"""Data speed and memory: prepare's MB of text per second per core and peak RSS, and the
+train pipeline's examples/s from the prepared shards.
 
-    python benchmarks/data_prep.py [--input 'data/corpus/*.txt.gz'] [--repeats 3]
+    python benchmarks/make_corpora.py --mb 20 200 --output /tmp/corpora
+    python benchmarks/data_prep.py --input '/tmp/corpora/20mb/*.txt' '/tmp/corpora/200mb/*.txt' \
+        [--baseline /tmp/main-checkout]
 
-Both sides use the same vocab (trained first; its time is printed on its own) and the same
-text in the same run. "tokenize" is `Tokenizer.encode_batch` over the corpus sentences
-already in memory; "prepare" is the whole `prepare()` with that vocab: read + gunzip +
-split + tokenize + pair + write. ratio = tokenize time / prepare time (1.0x = prepare is as
-fast as bare tokenization); also against `encode_batch_fast`, which prepare uses. Best of
---repeats for each. Then the train pipeline's
-examples/s with dynamic masking (and with whole-word masking) at --batch-size.
+Each prepare runs as `python -m flax_bert.data.prepare` in a fresh process with all cores
+(--num-workers, 0 = all) and a vocab trained first on the bundled corpus (given to every
+run, so vocab training is not timed). Peak RSS is sampled every --sample-s seconds over the
+whole process tree (the prepare process and its workers: "tree" = sum, "largest" = the
+biggest one). MB/s per core = text MB / wall seconds / workers; MB per CPU-second = text
+MB / (user + system seconds of the prepare process and its workers), which a machine
+shared with other jobs disturbs less. With --baseline DIR the same
+runs use the flax_bert code of DIR (e.g. a checkout of main) too, in the same process, one
+after the other, so both see the same machine. Then the train pipeline's examples/s
+(dynamic masking, and whole-word masking) at --batch-size from each prepared folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import glob
+import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from flax_bert.data import corpus, pipeline  # noqa: E402
-from flax_bert.data import prepare as prepare_lib, vocab as vocab_lib  # noqa: E402
+import psutil
 
-DEFAULTS = prepare_lib.PrepareOptions()
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from flax_bert.data import corpus, prepare as prepare_lib, vocab as vocab_lib  # noqa: E402
+
+MB = 1 << 20
+# Timed in a child process that imports flax_bert from the code tree under test.
+PIPELINE_TIMER = """
+import json, sys, time
+from flax_bert.data import pipeline
+out, batch, batches, wwm = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+cfg = {"masked_lm_prob": 0.15, "max_predictions_per_seq": pipeline.load_meta(out)[
+    "max_predictions_per_seq"], "mask_token_prob": 0.8, "random_token_prob": 0.1,
+    "whole_word_masking": wwm, "dynamic_masking": True, "prefetch": 0}
+it = pipeline.make_train_iterator(out, cfg, global_batch_size=batch, seed=0, process_index=0,
+                                  process_count=1)
+next(it)
+t0 = time.perf_counter()
+for _ in range(batches):
+    next(it)
+print(json.dumps(batches * batch / (time.perf_counter() - t0)))
+"""
 
 
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def run_measured(cmd: list[str], code: str, sample_s: float
+                 ) -> tuple[float, float, int, int]:
+    """(wall seconds, CPU seconds, peak tree RSS, peak largest-process RSS) of a command
+    run on `code`. CPU seconds: user + system of the process and its workers."""
+    cpu0 = _children_cpu()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env_for(code), cwd=code, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    root, tree_peak, one_peak = psutil.Process(proc.pid), 0, 0
+    while proc.poll() is None:
+        try:
+            rss = [p.memory_info().rss for p in [root] + root.children(recursive=True)]
+        except psutil.Error:  # a process ended while sampled
+            continue
+        tree_peak, one_peak = max(tree_peak, sum(rss)), max(one_peak, max(rss))
+        time.sleep(sample_s)
+    out, err = proc.communicate()
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
+    return time.perf_counter() - t0, _children_cpu() - cpu0, tree_peak, one_peak
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def env_for(code: str) -> dict:
+    """Imports flax_bert from `code` (run with cwd=code too: the cwd comes first)."""
+    return {**os.environ, "PYTHONPATH": code}
 
 
 def main() -> None:
+    d = prepare_lib.PrepareOptions()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--input", default=DEFAULTS.input[0])
-    p.add_argument("--vocab-size", type=int, default=DEFAULTS.vocab_size)
-    p.add_argument("--max-seq-length", type=int, default=DEFAULTS.max_seq_length)
-    p.add_argument("--num-workers", type=int, default=1, help="prepare workers (0 = all cores)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=64, help="train pipeline global batch")
-    p.add_argument("--batches", type=int, default=200, help="train batches timed")
+    p.add_argument("--input", nargs="+", default=list(d.input), help="one glob per corpus")
+    p.add_argument("--baseline", default="", help="a folder with other flax_bert code")
+    p.add_argument("--vocab-size", type=int, default=d.vocab_size)
+    p.add_argument("--max-seq-length", type=int, default=d.max_seq_length)
+    p.add_argument("--eval-fraction", type=float, default=d.eval_fraction)
+    p.add_argument("--num-workers", type=int, default=0, help="prepare workers (0 = all cores)")
+    p.add_argument("--batch-size", type=int, default=32, help="train pipeline global batch")
+    p.add_argument("--batches", type=int, default=300, help="train batches timed")
+    p.add_argument("--whole-word", action="store_true", help="time whole-word masking too")
+    p.add_argument("--sample-s", type=float, default=0.05, help="RSS sampling period")
     args = p.parse_args()
-
-    paths = corpus.expand_inputs(args.input)
-    sentences = [
-        s for _, d in corpus.iter_raw_documents(paths, DEFAULTS.input_format, DEFAULTS.text_column)
-        for s in corpus.to_sentences(d, DEFAULTS.input_format)
-    ]
-    n_bytes = sum(len(s.encode()) + 1 for s in sentences)
-    print(f"corpus: {len(paths)} files, {len(sentences)} sentences, {n_bytes / 1e6:.2f} MB")
+    workers = args.num_workers or os.cpu_count() or 1
+    codes = [("this", ROOT)] + ([("baseline", os.path.abspath(args.baseline))]
+                                if args.baseline else [])
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        vocab_path = vocab_lib.train_vocab(sentences, args.vocab_size, True, os.path.join(tmp, "v"))
-        print(f"vocab training: {time.perf_counter() - t0:.2f} s (not in the ratio)")
-        tok = vocab_lib.load_tokenizer(vocab_path, True)
-        t_tok = best_time(
-            lambda: tok.encode_batch(sentences, add_special_tokens=False), args.repeats
-        )
-        opts = dataclasses.replace(
-            DEFAULTS, input=tuple(paths), vocab=vocab_path, max_seq_length=args.max_seq_length,
-            num_workers=args.num_workers,
-        )
-        out = os.path.join(tmp, "prepared")
-        t_prep = best_time(
-            lambda: prepare_lib.prepare(opts, out, force=True, progress=False), args.repeats
-        )
-        print(f"tokenize: {t_tok:.3f} s ({n_bytes / 1e6 / t_tok:.1f} MB/s)")
-        print(f"prepare:  {t_prep:.3f} s ({n_bytes / 1e6 / t_prep:.1f} MB/s)")
-        print(f"ratio prepare/tokenize: {t_tok / t_prep:.2f}x")
-        # prepare itself calls encode_batch_fast (no offsets); the ratio against that too:
-        t_fast = best_time(
-            lambda: tok.encode_batch_fast(sentences, add_special_tokens=False), args.repeats
-        )
-        print(f"tokenize (encode_batch_fast): {t_fast:.3f} s; "
-              f"ratio prepare/tokenize_fast: {t_fast / t_prep:.2f}x")
-
-        for wwm in (False, True):
-            cfg = dataclasses.replace(opts, whole_word_masking=wwm)
-            it = pipeline.make_train_iterator(
-                out, cfg, global_batch_size=args.batch_size, seed=0, process_index=0,
-                process_count=1,
-            )
-            next(it)  # warm-up: open arrays, start the prefetch thread
-            t0 = time.perf_counter()
-            for _ in range(args.batches):
-                next(it)
-            rate = args.batches * args.batch_size / (time.perf_counter() - t0)
-            name = "whole-word" if wwm else "dynamic"
-            print(f"train pipeline ({name} masking, batch {args.batch_size}): "
-                  f"{rate:.0f} examples/s")
+        bundled = corpus.expand_inputs(d.input[0])
+        sentences = (s for _, doc in corpus.iter_raw_documents(bundled, "auto", "text")
+                     for s in corpus.to_sentences(doc, "auto"))
+        vocab = vocab_lib.train_vocab(sentences, args.vocab_size, True, tmp)
+        for pattern in args.input:
+            files = [os.path.abspath(f) for f in
+                     sorted(glob.glob(pattern)) or corpus.expand_inputs(pattern)]
+            text_mb = sum(len(s) + 1 for f in files for _, doc in
+                          corpus.iter_raw_documents([f], "auto", "text") for s in doc) / MB
+            print(f"corpus {pattern}: {len(files)} files, {text_mb:.1f} MB of text")
+            for name, code in codes:
+                out = os.path.join(tmp, f"{name}-{len(os.listdir(tmp))}")
+                cmd = [sys.executable, "-m", "flax_bert.data.prepare", "--input", *files,
+                       "--output", out, "--vocab", vocab, "--num-workers", str(workers),
+                       "--max-seq-length", str(args.max_seq_length), "--eval-fraction",
+                       str(args.eval_fraction)]
+                wall, cpu, tree, one = run_measured(cmd, code, args.sample_s)
+                print(f"  prepare ({name}, {workers} workers): {wall:.1f} s, "
+                      f"{text_mb / wall:.2f} MB/s, {text_mb / wall / workers:.2f} MB/s per core, "
+                      f"{text_mb / cpu:.2f} MB per CPU-second ({cpu:.0f} CPU-s), "
+                      f"peak RSS {tree / 1e9:.2f} GB (tree), {one / 1e9:.2f} GB (largest)")
+                for wwm in ("0", "1") if args.whole_word else ("0",):
+                    rate = json.loads(subprocess.run(
+                        [sys.executable, "-c", PIPELINE_TIMER, out, str(args.batch_size),
+                         str(args.batches), wwm], env=env_for(code), cwd=code, check=True,
+                        capture_output=True, text=True).stdout)
+                    kind = "whole-word" if wwm == "1" else "dynamic"
+                    print(f"  train pipeline ({name}, {kind} masking, batch "
+                          f"{args.batch_size}): {rate:.0f} examples/s")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
     d.input = "data/corpus/*.txt.gz"  # Files/globs (comma separated) or a `datasets` dir.
     d.text_column = "text"  # Column holding the text in a `datasets` dataset on disk.
     d.input_format = "auto"  # auto | sentences (one per line) | paragraphs (raw prose).
-    d.prepared_dir = ""  # Prepared shards; "" means WORKDIR/data (prepared on first run).
+    # Prepared shards; "" means WORKDIR/data (prepared on first run). A given folder that
+    # holds a meta.json is used as it is (e.g. made by `python -m flax_bert.data.prepare`).
+    d.prepared_dir = ""
     d.vocab = ""  # An existing BERT vocab.txt; "" trains a WordPiece vocab on the corpus.
     d.vocab_size = 8192  # Size of the trained WordPiece vocab (when d.vocab is "").
     d.lowercase = True  # BertNormalizer lower-casing and accent stripping.
@@ -56,7 +58,11 @@ def get_config() -> ml_collections.ConfigDict:
     # (big corpora) hold out 1%.
     d.eval_fraction = 0.15
     d.prepare_seed = 12345  # Seeds pairing, held-out split and static masks in prepare.
-    d.num_workers = 0  # Processes for tokenizing in prepare (0 = all CPU cores).
+    # Prepare works in shards of about this many MB of text (the bundled corpus is one):
+    # memory is bounded by it, and random next segments are drawn within a shard.
+    d.shard_mb = 8.0
+    d.vocab_sample_mb = 256.0  # The vocab is trained on the first this many MB of text.
+    d.num_workers = 0  # Processes making shards in prepare (0 = all CPU cores).
     d.worker_count = 0  # grain worker processes for the train pipeline (0 = in-process).
     d.prefetch = 2  # Batches prepared ahead of the train step.
 

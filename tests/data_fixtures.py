@@ -8,7 +8,7 @@ import string
 
 import numpy as np
 
-from flax_bert.data import prepare as prepare_lib
+from flax_bert.data import pipeline, prepare as prepare_lib
 
 WORD_LEN = 7
 WORDS_PER_DOC = 20
@@ -70,3 +70,19 @@ def unmask(batch: dict) -> np.ndarray:
         "masked_ids"
     ][keep]
     return ids
+
+
+def read_split(out: str, split: str) -> dict[str, np.ndarray]:
+    """Every example of a prepared split, decoded in order (static masks when written);
+    doc_a / doc_b made unique over shards: shard ordinal * 2**32 + index in the shard."""
+    meta = pipeline.load_meta(out)
+    static = split == "eval" or meta["static_train_masks"]
+    batches = pipeline._Batches(out, split, {}, global_batch_size=1, seed=0, process_index=0,
+                                process_count=1, dynamic=False, train=False)
+    batches.static = static  # dynamic train records carry no masks
+    idx = np.arange(meta[f"num_{split}_examples"])
+    arrays = batches.read(idx)
+    shard = np.searchsorted(batches.ends, idx, side="right").astype(np.int64)
+    for key in ("doc_a", "doc_b"):
+        arrays[key] = shard * 2**32 + arrays[key]
+    return arrays

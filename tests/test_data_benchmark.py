@@ -1,4 +1,4 @@
-"""benchmarks/data_prep.py runs on a tiny input and prints its ratio (no speed assertion)."""
+"""benchmarks/data_prep.py runs on a tiny input and prints its figures (no speed assertion)."""
 
 import os
 import re
@@ -10,14 +10,15 @@ from tests.data_fixtures import marker_corpus
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_benchmark_prints_ratio(tmp_path):
+def test_benchmark_prints_throughput_memory_and_pipeline_rate(tmp_path):
     path = str(tmp_path / "c.txt")
     marker_corpus(path, num_docs=8, sentences=30)
     proc = subprocess.run(
         [sys.executable, "benchmarks/data_prep.py", "--input", path, "--vocab-size", "300",
-         "--max-seq-length", "32", "--repeats", "1", "--batch-size", "8", "--batches", "3"],
+         "--max-seq-length", "32", "--num-workers", "1", "--eval-fraction", "0.5", "--batch-size", "8", "--batches", "3"],
         cwd=ROOT, capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    assert re.search(r"^ratio prepare/tokenize: \d+\.\d\dx$", proc.stdout, re.M)
-    assert len(re.findall(r"train pipeline .*: \d+ examples/s", proc.stdout)) == 2
+    assert re.search(r"prepare \(this, 1 workers\): [\d.]+ s, [\d.]+ MB/s, [\d.]+ MB/s per core, "
+                     r"[\d.]+ MB per CPU-second .*peak RSS [\d.]+ GB \(tree\)", proc.stdout), proc.stdout
+    assert len(re.findall(r"train pipeline .*: \d+ examples/s", proc.stdout)) == 1

@@ -5,9 +5,11 @@ import os
 import numpy as np
 
 from configs.default import get_config
+from tests.data_fixtures import read_split
 from flax_bert.data import pipeline, prepare as prepare_lib
 
 BUNDLED_DOCUMENTS = 404  # data/README.md: 7 books, one document per chapter
+BUNDLED_EVAL_DOCUMENTS = 55  # the hash split at eval_fraction 0.15 (configs/default.py)
 
 
 def test_default_config_prepares_the_bundled_corpus(tmp_path):
@@ -16,7 +18,7 @@ def test_default_config_prepares_the_bundled_corpus(tmp_path):
     meta = prepare_lib.prepare_from_config(config.data, out)
     assert meta["vocab_size"] == config.data.vocab_size
     assert meta["num_documents"] == BUNDLED_DOCUMENTS
-    assert meta["num_eval_documents"] == round(config.data.eval_fraction * BUNDLED_DOCUMENTS)
+    assert meta["num_eval_documents"] == BUNDLED_EVAL_DOCUMENTS
     assert meta["max_seq_length"] == config.data.max_seq_length
     assert meta["num_train_examples"] > 10 * config.train.global_batch_size
     assert len(meta["source_files"]) == 7
@@ -29,6 +31,6 @@ def test_default_config_prepares_the_bundled_corpus(tmp_path):
     batch = next(it)
     assert batch["input_ids"].shape == (8, config.data.max_seq_length)
     assert np.all(batch["input_ids"] < meta["vocab_size"])
-    labels = np.load(os.path.join(out, "train", "next_sentence_label.npy"))
+    labels = read_split(out, "train")["next_sentence_label"]
     # ~53% random: as in google-research/bert, a one-sentence chunk always gets a random B.
     assert abs(labels.mean() - 0.5) < 0.04

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.data_fixtures import prepared, unmask
+from tests.data_fixtures import prepared, read_split, unmask
 from flax_bert.data import examples, pipeline, vocab as vocab_lib
 
 NUM_BATCHES = 30
@@ -59,7 +59,7 @@ def test_static_masks_have_the_format(tmp_path_factory):
     b1, b2 = _batches(out, opts, n=2)
     _check_format(b1, meta, special)
     # Static: every batch row is one of the masked rows written at prepare time.
-    on_disk = np.load(os.path.join(out, "train", "masked_input_ids.npy")).astype(np.int32)
+    on_disk = read_split(out, "train")["masked_input_ids"]
     written = {row.tobytes() for row in on_disk}
     for b in _batches(out, opts, n=meta["num_train_examples"] // BATCH * 2 + 4):
         assert all(row.tobytes() in written for row in b["input_ids"])
@@ -127,17 +127,14 @@ def test_nsp_labels_and_documents(tmp_path_factory):
             label = b["next_sentence_label"][i]
             assert (docs_a != docs_b) == (label == examples.NOT_NEXT)
             labels.append(label)
-    assert abs(np.mean(labels) - 0.5) < 0.06
+    assert abs(np.mean(labels) - 0.5) < 0.1  # ~200 distinct pairs: 3 binomial sd
 
 
 def test_eval_documents_are_held_out(tmp_path_factory):
     out, _, meta, _ = prepared(tmp_path_factory)
-    train_docs = set(np.load(os.path.join(out, "train", "doc_a.npy"))) | set(
-        np.load(os.path.join(out, "train", "doc_b.npy"))
-    )
-    eval_docs = set(np.load(os.path.join(out, "eval", "doc_a.npy"))) | set(
-        np.load(os.path.join(out, "eval", "doc_b.npy"))
-    )
+    train, ev = read_split(out, "train"), read_split(out, "eval")
+    train_docs = set(train["doc_a"]) | set(train["doc_b"])
+    eval_docs = set(ev["doc_a"]) | set(ev["doc_b"])
     assert eval_docs and not (train_docs & eval_docs)
     assert len(eval_docs) == meta["num_eval_documents"]
 

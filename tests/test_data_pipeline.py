@@ -4,9 +4,11 @@ import dataclasses
 import os
 
 import numpy as np
+import pytest
 
-from tests.data_fixtures import prepared, unmask
+from tests.data_fixtures import marker_corpus, prepared, read_split, unmask
 from flax_bert.data import pipeline, prepare as prepare_lib
+from flax_bert.errors import UserError
 
 BATCH = 16
 
@@ -61,7 +63,7 @@ def test_two_processes_split_the_global_batch(tmp_path_factory):
 def test_each_epoch_is_a_new_permutation(tmp_path_factory):
     out, _, meta, opts = prepared(tmp_path_factory)
     n = meta["num_train_examples"]
-    unmasked = np.load(os.path.join(out, "train", "input_ids.npy")).astype(np.int32)
+    unmasked = read_split(out, "train")["input_ids"]
     index = {r.tobytes(): i for i, r in enumerate(unmasked)}
     it = _train(out, opts, batch=1)
     order = [index[unmask(next(it))[0].tobytes()] for _ in range(2 * n)]
@@ -92,7 +94,7 @@ def test_eval_is_finite_padded_and_deterministic(tmp_path_factory):
         assert _equal({k: np.concatenate([a[k], b[k]]) for k in a}, s)
 
 
-def test_prepare_is_cached_and_rebuilds_on_change(tmp_path_factory):
+def test_prepare_is_cached_and_refuses_another_prepares_folder(tmp_path_factory):
     _, _, _, opts = prepared(tmp_path_factory)
     out = str(tmp_path_factory.mktemp("cache"))
     meta = prepare_lib.prepare(opts, out, progress=False)
@@ -104,21 +106,32 @@ def test_prepare_is_cached_and_rebuilds_on_change(tmp_path_factory):
     config["prepare_seed"] = config.pop("seed")
     assert prepare_lib.prepare_from_config(config, out) == meta  # config path: same key
     changed = dataclasses.replace(opts, short_seq_prob=0.5)
-    new_meta = prepare_lib.prepare(changed, out, progress=False)
+    before = sorted(os.listdir(out))
+    with pytest.raises(UserError, match="meta.json: the folder holds another prepare's data"):
+        prepare_lib.prepare(changed, out, progress=False)
+    assert sorted(os.listdir(out)) == before  # nothing touched
+    new_meta = prepare_lib.prepare(changed, out, progress=False, force=True)
     assert new_meta["options"]["short_seq_prob"] == 0.5
+    names = {n for n in os.listdir(out) if n.endswith(".arrayrecord")}
+    assert names == set(new_meta["files"]) - {"vocab.txt"}  # the old shards are gone
+    # A folder with shards but no meta.json (another prepare cut short) is refused too.
+    os.remove(os.path.join(out, "meta.json"))
+    with pytest.raises(UserError, match=r"arrayrecord: the folder holds another prepare's"):
+        prepare_lib.prepare(opts, out, progress=False)
 
 
-def test_worker_processes_give_the_same_arrays(tmp_path_factory):
-    out1, _, _, opts = prepared(tmp_path_factory)
+def test_worker_processes_give_the_same_shards(tmp_path_factory):
+    out1, _, meta1, opts = prepared(tmp_path_factory)
     out2 = str(tmp_path_factory.mktemp("workers"))
     vocab = os.path.join(out1, "vocab.txt")  # the same vocab: compare tokenization only
-    prepare_lib.prepare(dataclasses.replace(opts, num_workers=2, vocab=vocab), out2,
-                        progress=False)
+    meta2 = prepare_lib.prepare(dataclasses.replace(opts, num_workers=2, vocab=vocab), out2,
+                                progress=False)
     for split in ("train", "eval"):
-        for name in os.listdir(os.path.join(out1, split)):
-            a = np.load(os.path.join(out1, split, name))
-            b = np.load(os.path.join(out2, split, name))
-            assert np.array_equal(a, b), (split, name)
+        shards1, shards2 = meta1["shards"][split], meta2["shards"][split]
+        assert [s["records"] for s in shards1] == [s["records"] for s in shards2]
+        for s1, s2 in zip(shards1, shards2):  # byte for byte (names differ by the options)
+            assert open(os.path.join(out1, s1["name"]), "rb").read() == open(
+                os.path.join(out2, s2["name"]), "rb").read()
 
 
 def test_options_defaults_match_the_default_config():
@@ -162,9 +175,9 @@ def test_phase1_batches_come_first_then_the_main_data_and_resume_exactly(tmp_pat
     assert open(os.path.join(short_dir, "vocab.txt")).read() == open(
         os.path.join(out, "vocab.txt")).read()
     # Same held-out documents: phase 1 never trains on the main eval split.
-    main_eval = set(np.load(os.path.join(out, "eval", "doc_a.npy")).tolist())
-    short_train = set(np.load(os.path.join(short_dir, "train", "doc_a.npy")).tolist())
-    short_eval = set(np.load(os.path.join(short_dir, "eval", "doc_a.npy")).tolist())
+    main_eval = set(read_split(out, "eval")["doc_a"].tolist())
+    short_train = set(read_split(short_dir, "train")["doc_a"].tolist())
+    short_eval = set(read_split(short_dir, "eval")["doc_a"].tolist())
     assert short_meta["num_eval_documents"] == meta["num_eval_documents"]
     assert main_eval and short_eval <= main_eval and not short_train & main_eval
 
@@ -185,3 +198,23 @@ def test_phase1_batches_come_first_then_the_main_data_and_resume_exactly(tmp_pat
         resumed = phased()
         resumed.set_state(it.get_state())
         assert all(_equal(next(resumed), ref) for ref in expected[k:])
+
+
+def test_shares_of_two_processes_give_the_single_prepare(tmp_path):
+    files = [str(tmp_path / f"c{i}.txt") for i in range(3)]
+    for i, f in enumerate(files):
+        marker_corpus(f, num_docs=4, sentences=60, seed=i)
+    opts = prepare_lib.PrepareOptions(input=tuple(files), vocab_size=600, max_seq_length=32,
+                                      eval_fraction=0.3, num_workers=1, shard_mb=0.01)
+    single = prepare_lib.prepare(opts, str(tmp_path / "single"), progress=False)
+    assert len(prepare_lib.plan_groups(single["source_files"], 0.01 * prepare_lib.MB)) == 3
+    given = dataclasses.replace(opts, vocab=str(tmp_path / "single" / "vocab.txt"))
+    single = prepare_lib.prepare(given, str(tmp_path / "single2"), progress=False)
+    shared = str(tmp_path / "shared")
+    first = prepare_lib.prepare(given, shared, progress=False, shard_index=1, num_shards=2)
+    assert first == {} and not os.path.exists(os.path.join(shared, "meta.json"))
+    last = prepare_lib.prepare(given, shared, progress=False, shard_index=0, num_shards=2)
+    assert last == single == pipeline.load_meta(shared)
+    with pytest.raises(UserError, match="--num-shards > 1 needs --vocab"):
+        prepare_lib.prepare(opts, str(tmp_path / "novocab"), progress=False, shard_index=0,
+                            num_shards=2)

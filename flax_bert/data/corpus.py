@@ -1,7 +1,8 @@
 """Reading a corpus into documents (lists of sentences).
 
-Accepted inputs:
-  * text files (gzip'd or not, detected by magic bytes), UTF-8, in one of two formats:
+Accepted inputs (read as streams: memory does not grow with a file's size):
+  * text files (gzip'd or not, detected by magic bytes; local or gs://), UTF-8, in one of
+    two formats:
     - "sentences" (google-research/bert): one sentence per line, a blank line between
       documents;
     - "paragraphs" (raw prose): paragraphs separated by one blank line, documents separated
@@ -24,22 +25,25 @@ from __future__ import annotations
 
 import glob
 import gzip
+import itertools
 import os
 import re
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator
 
+from flax_bert.data import storage
 from flax_bert.errors import UserError
 
 GZIP_MAGIC = b"\x1f\x8b"
 AUTO_SAMPLE_LINES = 1000  # Non-blank lines looked at to guess a file's format.
 AUTO_PARAGRAPH_FRACTION = 0.3  # Fraction of "prose-like" lines that means "paragraphs".
+READ_BYTES = 1 << 20  # Bytes read at a time from a corpus file.
 ABBREVIATIONS = frozenset(
     "mr mrs ms dr st jr sr prof rev hon gen col capt lt sgt messrs mme mlle vs etc "
     "e.g i.e cf al no vol fig p pp ch sec ed eds approx dept est inc ltd co".split()
 )
 _BOUNDARY_RE = re.compile(r"""([.!?]+["'”’)\]]*)\s+(?=["'“‘(\[]?[A-Z0-9])""")
 _TERMINAL_RE = re.compile(r"""[.!?]["'”’)\]]*$""")
-_DOC_BREAK_RE = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")  # two or more blank lines
 _PARA_BREAK_RE = re.compile(r"\n[ \t]*\n")
 # Relative inputs that do not exist from the working folder are also tried from here.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -74,8 +78,9 @@ def expand_inputs(inputs: str | list[str]) -> list[str]:
     paths = []
     for pattern in filter(None, patterns):
         matches = _matches(pattern)
-        if not matches and not os.path.isabs(pattern):  # e.g. the bundled corpus, run
-            matches = _matches(os.path.join(REPO_ROOT, pattern))  # from another folder
+        if not matches and not os.path.isabs(pattern) and "://" not in pattern:
+            # e.g. the bundled corpus, run from another folder
+            matches = _matches(os.path.join(REPO_ROOT, pattern))
         if not matches:
             raise UserError(f"{pattern}: no such file; check --input / config.data.input")
         paths.extend(matches)
@@ -85,6 +90,11 @@ def expand_inputs(inputs: str | list[str]) -> list[str]:
 
 
 def _matches(pattern: str) -> list[str]:
+    if "://" in pattern:  # e.g. gs://bucket/dir/*.txt (a pattern in the last part only)
+        parent, name = pattern.rsplit("/", 1)
+        if glob.has_magic(name):
+            return sorted(str(m) for m in storage.path(parent).glob(name))
+        return [pattern] if storage.path(pattern).exists() else []
     found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
     return [m for m in found if os.path.exists(m)]
 
@@ -97,24 +107,38 @@ def is_dataset_dir(path: str) -> bool:
     )
 
 
-def read_text(path: str) -> str:
-    """A whole file as text (gunzipped when gzip'd); bad UTF-8 is a UserError."""
+def _lines(path: str) -> Iterator[str]:
+    """A text file's lines (gunzipped when gzip'd, CR/CRLF as LF), read as a stream in
+    blocks of whole lines; an unreadable, binary or non-UTF-8 file is a UserError."""
+    offset, rest = 0, b""  # offset: bytes before `rest` in the (gunzipped) file
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        if data[:2] == GZIP_MAGIC:
-            data = gzip.decompress(data)
+        with storage.path(path).open("rb") as raw:
+            f = gzip.GzipFile(fileobj=raw) if raw.read(2) == GZIP_MAGIC else raw
+            raw.seek(0)
+            while True:
+                chunk = f.read(READ_BYTES)
+                data = rest + chunk
+                cut = data.rfind(b"\n") + 1 if chunk else len(data)
+                block, rest = data[:cut], data[cut:]
+                if b"\0" in block:
+                    raise UserError(f"{path}: binary data (a NUL byte at offset "
+                                    f"{offset + block.index(0)}), not text; remove it from --input")
+                try:
+                    text = block.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise UserError(
+                        f"{path}: not UTF-8 (byte 0x{block[e.start]:02x} at offset "
+                        f"{offset + e.start}); re-encode it, e.g. iconv -f latin1 -t utf-8"
+                    ) from None
+                offset += cut
+                lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+                yield from lines[:-1] if chunk else lines
+                if not chunk:
+                    return
     except IsADirectoryError:
         raise UserError(f"{path}: is a folder, not a text file or a saved `datasets` dataset")
-    except (OSError, EOFError) as e:
-        raise UserError(f"{path}: cannot read ({e}); check the file is intact")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"{path}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
-            f"re-encode it, e.g. iconv -f latin1 -t utf-8"
-        ) from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"{path}: cannot read ({e}); check the file is intact") from None
 
 
 def guess_format(text: str) -> str:
@@ -133,22 +157,58 @@ def text_to_documents(text: str, input_format: str) -> list[Document]:
     """Documents (lists of sentences) of one file's text."""
     if input_format == "auto":
         input_format = guess_format(text)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return list(_documents(lines, input_format))
+
+
+def _is_blank(line: str) -> bool:
+    return not line.strip(" \t")
+
+
+def _documents(lines: Iterable[str], input_format: str) -> Iterator[Document]:
+    """Documents of a stream of lines in a known format (see the module docstring)."""
     if input_format == "sentences":
-        docs = [
-            [ln.strip() for ln in block.split("\n") if ln.strip()]
-            for block in _PARA_BREAK_RE.split(text)
-        ]
+        doc: Document = []
+        for line in lines:
+            if _is_blank(line):
+                if doc:
+                    yield doc
+                doc = []
+            elif line.strip():
+                doc.append(line.strip())
+        if doc:
+            yield doc
     elif input_format == "paragraphs":
-        docs = [
-            [s for para in _PARA_BREAK_RE.split(block) for s in split_sentences(para)]
-            for block in _DOC_BREAK_RE.split(text)
-        ]
+        doc, para, blanks = [], [], 0
+        for line in lines:
+            if _is_blank(line):
+                blanks += 1
+                continue
+            if blanks and para:
+                doc.extend(split_sentences(" ".join(para)))
+                para = []
+            if blanks >= 2 and doc:
+                yield doc
+                doc = []
+            blanks = 0
+            para.append(line)
+        if para:
+            doc.extend(split_sentences(" ".join(para)))
+        if doc:
+            yield doc
     else:
         raise UserError(
             f"config.data.input_format={input_format!r}: use auto, sentences or paragraphs"
         )
-    return [d for d in docs if d]
+
+
+def _file_documents(path: str, input_format: str) -> Iterator[Document]:
+    lines = _lines(path)
+    if input_format == "auto":  # guess from the head, then go on with the stream
+        head = list(itertools.islice(lines, AUTO_SAMPLE_LINES * 4))
+        input_format = guess_format("\n".join(head))
+        lines = itertools.chain(head, lines)
+    return _documents(lines, input_format)
 
 
 def iter_raw_documents(
@@ -160,11 +220,12 @@ def iter_raw_documents(
         if is_dataset_dir(path):
             yield from _iter_dataset_rows(path, text_column)
             continue
-        text = read_text(path)
-        if not text.strip():
-            raise UserError(f"{path}: empty file; remove it from --input or give it text")
-        for doc in text_to_documents(text, input_format):
+        empty = True
+        for doc in _file_documents(path, input_format):
+            empty = False
             yield path, doc
+        if empty:
+            raise UserError(f"{path}: empty file; remove it from --input or give it text")
 
 
 def _iter_dataset_rows(path: str, text_column: str) -> Iterator[tuple[str, str]]:

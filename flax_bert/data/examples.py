@@ -52,7 +52,8 @@ def create_pairs(
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
     """Unmasked NSP pairs: input_ids [N,L] int32, len_a/len_b [N], next_sentence_label [N],
-    doc_a/doc_b [N] (document index of each segment)."""
+    doc_a/doc_b [N] (document index of each segment). With a single document no random B
+    can be drawn: its pairs are all continuations (a one-sentence chunk gives none)."""
     num_docs = len(doc_offsets) - 1
     max_tokens = max_seq_length - NUM_SPECIAL_IN_PAIR
     rows: list[tuple[np.ndarray, np.ndarray, int, int, int]] = []
@@ -101,7 +102,8 @@ def _document_pairs(
             if chunk:
                 a_end = int(rng.integers(1, len(chunk))) if len(chunk) >= 2 else 1
                 a = np.concatenate([sent(c) for c in chunk[:a_end]])
-                if len(chunk) == 1 or rng.random() >= NEXT_PROB:
+                random_next = len(chunk) == 1 or rng.random() >= NEXT_PROB
+                if random_next and num_docs > 1:
                     is_random, target_b = NOT_NEXT, max(1, target - len(a))
                     other = d
                     for _ in range(RANDOM_DOC_TRIES):
@@ -121,9 +123,11 @@ def _document_pairs(
                     b = np.concatenate(pieces)
                     s -= len(chunk) - a_end  # put the unused sentences back
                     db = other
-                else:
+                elif len(chunk) > 1:
                     is_random, db = IS_NEXT, d
                     b = np.concatenate([sent(c) for c in chunk[a_end:]])
+                else:  # one sentence and no other document to draw B from: no pair
+                    is_random, db, b = IS_NEXT, d, a[:0]
                 la, lb = _truncate_lengths(len(a), len(b), max_tokens)
                 a, b = _trim(a, la, rng), _trim(b, lb, rng)
                 if len(a) >= 1 and len(b) >= 1:

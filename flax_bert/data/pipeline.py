@@ -1,5 +1,9 @@
 """grain input pipeline over a prepared folder: shuffle, shard per process, batch, mask.
 
+Records are read from the folder's ArrayRecord shards with grain's ArrayRecordDataSource
+(`records.py` has their format); the files' sizes are checked when the pipeline is made
+and each shard's checksum when it is first read (`prepared.py`).
+
 Shape legend: b per-process batch (global_batch_size // process_count), L max_seq_length,
 P max_predictions_per_seq. Each batch is a dict of NumPy arrays:
   input_ids [b,L] int32, token_type_ids [b,L] int32, attention_mask [b,L] int32,
@@ -30,7 +34,6 @@ padded with all-zero rows whose masked_weights and example_weight are 0.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -39,26 +42,14 @@ from typing import Any
 import grain
 import numpy as np
 
-from flax_bert.data import examples
+from flax_bert.data import examples, prepared, records, storage, vocab as vocab_lib
 from flax_bert.data.prepare import config_value as _get, masking_kwargs
+from flax_bert.data.prepared import load_meta
 from flax_bert.errors import UserError
 
 MASK_STREAM = 1  # rng stream ids: keep shuffle and masking randomness independent
 SHUFFLE_STREAM = 2
 PERM_CACHE = 2  # epochs whose permutation is kept (a batch spans at most 2 epochs)
-ARRAYS = ("input_ids", "len_a", "len_b", "next_sentence_label")
-STATIC_ARRAYS = ("masked_input_ids", "masked_positions", "masked_ids", "masked_weights")
-
-
-def load_meta(prepared_dir: str) -> dict:
-    """meta.json of a prepared folder (vocab_size, max_seq_length, counts, options, ...)."""
-    path = os.path.join(prepared_dir, "meta.json")
-    if not os.path.exists(path):
-        raise UserError(
-            f"{path}: not found; run python -m flax_bert.data.prepare --output {prepared_dir}"
-        )
-    with open(path) as f:
-        return json.load(f)
 
 
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -115,22 +106,35 @@ class _Batches:
                 f"config.data.max_predictions_per_seq={self.mask_kwargs['max_predictions']} "
                 f"differs from {prepared_dir}/meta.json ({self.preds}); re-run prepare"
             )
-        self._arrays: dict | None = None
+        self.meta, self.static = meta, not dynamic
+        self.names = [shard["name"] for shard in meta["shards"][split]]
+        self.ends = np.cumsum([shard["records"] for shard in meta["shards"][split]])  # [shards]
+        self.special = vocab_lib.SpecialIds(**special)
+        self.id_dtype = np.dtype(meta["id_dtype"])
+        self._source = None
+        self._verified: set[int] = set()
         self._perms: dict[int, np.ndarray] = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_arrays"], state["_perms"] = None, {}
+        state["_source"], state["_verified"], state["_perms"] = None, set(), {}
         return state
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        if self._arrays is None:
-            names = ARRAYS + (() if self.dynamic else STATIC_ARRAYS)
-            folder = os.path.join(self.dir, self.split)
-            self._arrays = {
-                k: np.load(os.path.join(folder, f"{k}.npy"), mmap_mode="r") for k in names
-            }
-        return self._arrays
+    def read(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Decoded records idx [b] of the split; a shard's checksum is checked when it is
+        first read (a UserError names an altered shard)."""
+        folder = storage.path(self.dir)
+        if self._source is None:  # "path[0:n]": files are opened when first read
+            self._source = grain.sources.ArrayRecordDataSource(
+                [f"{folder / shard['name']}[0:{shard['records']}]"
+                 for shard in self.meta["shards"][self.split]])
+        for shard in np.unique(np.searchsorted(self.ends, idx, side="right")):
+            if shard not in self._verified:
+                prepared.verify_file(folder, self.names[shard], self.meta)
+                self._verified.add(int(shard))
+        recs = self._source.__getitems__([int(i) for i in idx])
+        return records.decode_batch(recs, self.seq, self.preds, self.id_dtype, self.special,
+                                    self.static)
 
     def _perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perms:
@@ -151,22 +155,17 @@ class _Batches:
         else:
             valid = g < self.n
             idx = np.where(valid, g, 0)
-        a = self.arrays()
-        len_a, len_b = a["len_a"][idx], a["len_b"][idx]  # [b]
+        a = self.read(idx)
+        len_a, len_b = a["len_a"], a["len_b"]  # [b]
         token_type_ids, attention_mask = examples.segment_arrays(len_a, len_b, self.seq)
         if self.dynamic:
             rng = np.random.default_rng([self.seed, MASK_STREAM, k])
             m = examples.mask_batch(
-                a["input_ids"][idx].astype(np.int32), len_a, len_b, rng,
+                a["input_ids"], len_a, len_b, rng,
                 global_rows=self.global_batch, row_offset=self.offset, **self.mask_kwargs,
             )
         else:
-            m = dict(
-                input_ids=a["masked_input_ids"][idx].astype(np.int32),
-                masked_positions=a["masked_positions"][idx].astype(np.int32),
-                masked_ids=a["masked_ids"][idx].astype(np.int32),
-                masked_weights=a["masked_weights"][idx].astype(np.float32),
-            )
+            m = dict(a, input_ids=a["masked_input_ids"])
         batch = dict(
             input_ids=m["input_ids"],
             token_type_ids=token_type_ids,
@@ -174,7 +173,7 @@ class _Batches:
             masked_positions=m["masked_positions"],
             masked_ids=m["masked_ids"],
             masked_weights=m["masked_weights"],
-            next_sentence_label=a["next_sentence_label"][idx].astype(np.int32),
+            next_sentence_label=a["next_sentence_label"],
         )
         if not self.train:
             for key, value in batch.items():

@@ -1,19 +1,20 @@
-"""Prepare step: corpus -> WordPiece vocab -> tokenized NSP pairs on disk (+ held-out split).
+"""Prepare step: corpus -> WordPiece vocab -> shards of tokenized NSP pairs (+ held-out split).
 
     python -m flax_bert.data.prepare --input data/corpus/*.txt.gz --output /tmp/prepared \
-        [--vocab-size 8192 | --vocab vocab.txt] --max-seq-length 128
+        [--vocab-size 8192 | --vocab vocab.txt] --max-seq-length 128 \
+        [--shard-index I --num-shards N]   # one process per machine, each a share
 
-Output folder (read back by `pipeline.py` without re-tokenizing):
-  vocab.txt                       the vocab used (trained or copied)
-  train/*.npy, eval/*.npy         input_ids [N,L] (unmasked, uint16 when the vocab fits,
-                                  else int32), len_a/len_b/next_sentence_label/doc_a/doc_b
-                                  [N] int32; static masks (train when not dynamic_masking,
-                                  eval always): masked_input_ids [N,L], masked_positions,
-                                  masked_ids [N,P] int32, masked_weights [N,P] float32
-  meta.json                       vocab_size, counts, options, source files (written last)
-
-Evaluation documents are whole documents held out (`eval_fraction`), paired only among
-themselves. `prepare_from_config` is a no-op when meta.json exists with the same options.
+Streaming and sharded: the input files are grouped (consecutive files up to `shard_mb` on
+disk; a `datasets` folder alone), each group is read as a stream and cut into shards of
+about `shard_mb` MB of text, and each shard is tokenized, paired (random next segments drawn
+within the shard, as google-research/bert does per input file), masked when static and
+written on its own, in a worker process. Memory is bounded by the shard size; the output
+depends on the options and the inputs, never on the number of workers or machines. The
+held-out split is whole documents chosen by a hash of each document (`split.py`), so any
+shard decides alone. The same per-shard functions run as a Beam pipeline
+(`beam_prepare.py`). The folder's layout and its integrity checks: `prepared.py`; the
+record format: `records.py`. `prepare_from_config` is a no-op when meta.json exists with
+the same options and inputs.
 """
 
 from __future__ import annotations
@@ -21,30 +22,33 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
 import multiprocessing
 import os
-import shutil
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
+from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
-from flax_bert.data import corpus, examples, vocab as vocab_lib
+from flax_bert.data import corpus, examples, prepared, records, split, storage
+from flax_bert.data import vocab as vocab_lib
 from flax_bert.errors import UserError
 
-FORMAT_VERSION = 1  # Bump when the on-disk layout changes (invalidates caches).
-SENTENCES_PER_TASK = 20_000  # Sentences sent to a tokenizing worker at a time.
-IN_FLIGHT_PER_WORKER = 2  # Tasks queued per worker (bounds memory on big corpora).
+SENTENCES_PER_TASK = 20_000  # Sentences tokenized at a time (bounds a worker's memory).
+IN_FLIGHT_PER_WORKER = 2  # Shards queued per worker (bounds the reader's memory).
 MIN_TRAIN_DOCS = 2  # NSP needs a document other than A's.
 MIN_EVAL_DOCS = 2
-EVAL_MASK_SEED_OFFSET = 1  # Eval masks use seed + this (train static masks use seed).
-UINT16_VOCAB_LIMIT = 2**16
+MB = 1 << 20
+EVAL_STREAM = 1  # rng streams of a shard: pairs of train / eval, static masks
+MASK_STREAM = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +70,10 @@ class PrepareOptions:
     whole_word_masking: bool = False
     dynamic_masking: bool = True
     dupe_factor: int = 5
-    eval_fraction: float = 0.02
+    eval_fraction: float = 0.15
     seed: int = 12345
+    shard_mb: float = 8.0
+    vocab_sample_mb: float = 256.0
     num_workers: int = 0  # not part of the cache key: results do not depend on it
 
     def cache_key(self) -> dict:
@@ -113,215 +119,154 @@ def prepare_from_config(data_config, output_dir: str) -> dict:
 
 def _source_files(opts: PrepareOptions) -> list[dict]:
     paths = corpus.expand_inputs(list(opts.input))
-    return [{"path": os.path.abspath(p), "bytes": _size(p)} for p in paths]
+    return [{"path": _abspath(p), "bytes": _size(p)} for p in paths]
+
+
+def _abspath(p: str) -> str:
+    return p if "://" in p else os.path.abspath(p)
 
 
 def _size(path: str) -> int:
-    if os.path.isdir(path):
-        return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
-    return os.path.getsize(path)
+    p = storage.path(path)
+    if p.is_dir():  # a `datasets` folder
+        return sum((d / f).stat().length for d, _, files in p.walk() for f in files)
+    return p.stat().length
 
 
-def _vocab_fingerprint(path: str) -> str:
-    import hashlib
-
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
-
-
-def prepare(
-    opts: PrepareOptions, output_dir: str, *, force: bool = False, progress: bool = True
-) -> dict:
-    """Tokenize the corpus once and write the prepared folder; returns meta."""
-    sources = _source_files(opts)
+def cache_key(opts: PrepareOptions, sources: list[dict]) -> tuple[dict, str]:
+    """(meta.json's "options", the fingerprint in shard names) of options and inputs."""
     key = opts.cache_key()
-    key["vocab_sha256"] = _vocab_fingerprint(opts.vocab) if opts.vocab else ""
-    key["format_version"] = FORMAT_VERSION
-    meta_path = os.path.join(output_dir, "meta.json")
-    if not force and os.path.exists(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        if meta.get("options") == key and meta.get("source_files") == sources:
-            return meta
-    _validate(opts)
-    paths = [s["path"] for s in sources]
-    os.makedirs(output_dir, exist_ok=True)
-    if os.path.exists(meta_path):
-        os.remove(meta_path)  # the folder is invalid until the new meta.json is written
-    vocab_path = os.path.join(output_dir, "vocab.txt")
-    if opts.vocab:
-        vocab_lib.read_vocab(opts.vocab)
-        if os.path.abspath(opts.vocab) != os.path.abspath(vocab_path):
-            shutil.copyfile(opts.vocab, vocab_path)
-    else:
-        sentences = (
-            s for _, d in corpus.iter_raw_documents(paths, opts.input_format, opts.text_column)
-            for s in corpus.to_sentences(d, opts.input_format)
-        )
-        vocab_lib.train_vocab(sentences, opts.vocab_size, opts.lowercase, output_dir)
-    special = vocab_lib.special_ids(vocab_path)
-    vocab_size = len(vocab_lib.read_vocab(vocab_path))
-
-    tokens, sent_offsets, doc_offsets = tokenize_corpus(paths, opts, vocab_path, progress)
-    num_docs = len(doc_offsets) - 1
-    if num_docs < MIN_TRAIN_DOCS:
-        raise UserError(
-            f"{', '.join(opts.input)}: {num_docs} document(s); need at least {MIN_TRAIN_DOCS} "
-            f"documents separated by a blank line (one sentence per line)"
-        )
-    rng = np.random.default_rng(opts.seed)
-    doc_order = rng.permutation(num_docs)
-    n_eval = 0
-    if opts.eval_fraction > 0:
-        n_eval = max(MIN_EVAL_DOCS, int(round(opts.eval_fraction * num_docs)))
-        if num_docs - n_eval < MIN_TRAIN_DOCS:
-            raise UserError(
-                f"{', '.join(opts.input)}: {num_docs} documents are too few for a held-out "
-                f"split; add documents or set --eval-fraction 0 (config.data.eval_fraction)"
-            )
-    splits = {"eval": np.sort(doc_order[:n_eval]), "train": np.sort(doc_order[n_eval:])}
-    counts = {}
-    for split, docs in splits.items():
-        pairs = _pairs_for_docs(tokens, sent_offsets, doc_offsets, docs, opts, special, rng)
-        static = split == "eval" or not opts.dynamic_masking
-        if static and len(pairs["input_ids"]):
-            seed = opts.seed + (EVAL_MASK_SEED_OFFSET if split == "eval" else 0)
-            pairs.update(_static_masks(pairs, opts, vocab_size, special, vocab_path, seed))
-        _write_split(os.path.join(output_dir, split), pairs, vocab_size)
-        counts[split] = len(pairs["input_ids"])
-    if counts["train"] == 0:
-        raise UserError(f"{', '.join(opts.input)}: no training pairs could be made; add text")
-    meta = dict(
-        vocab_size=vocab_size,
-        max_seq_length=opts.max_seq_length,
-        max_predictions_per_seq=opts.max_predictions_per_seq,
-        num_train_examples=counts["train"],
-        num_eval_examples=counts["eval"],
-        num_documents=num_docs,
-        num_train_documents=int(len(splits["train"])),
-        num_eval_documents=int(len(splits["eval"])),
-        num_sentences=int(len(sent_offsets) - 1),
-        num_tokens=int(len(tokens)),
-        special_ids=dataclasses.asdict(special),
-        static_train_masks=not opts.dynamic_masking,
-        options=key,
-        source_files=sources,
-    )
-    with open(meta_path + ".tmp", "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(meta_path + ".tmp", meta_path)
-    return meta
+    key["vocab_crc32"] = storage.crc32(storage.path(opts.vocab)) if opts.vocab else 0
+    key["format_version"] = prepared.FORMAT_VERSION
+    blob = json.dumps({"options": key, "sources": sources}, sort_keys=True).encode()
+    return key, hashlib.sha256(blob).hexdigest()[:8]
 
 
-def _validate(opts: PrepareOptions) -> None:
-    checks = [
-        (opts.max_seq_length > examples.NUM_SPECIAL_IN_PAIR + 1, "max_seq_length", "> 4"),
-        (0 <= opts.short_seq_prob <= 1, "short_seq_prob", "in [0, 1]"),
-        (0 < opts.masked_lm_prob < 1, "masked_lm_prob", "in (0, 1)"),
-        (opts.max_predictions_per_seq >= 1, "max_predictions_per_seq", ">= 1"),
-        (opts.mask_token_prob + opts.random_token_prob <= 1,
-         "mask_token_prob + random_token_prob", "<= 1"),
-        (opts.dupe_factor >= 1, "dupe_factor", ">= 1"),
-        (0 <= opts.eval_fraction < 1, "eval_fraction", "in [0, 1)"),
-        (opts.vocab or opts.vocab_size > len(vocab_lib.SPECIAL_TOKENS), "vocab_size", "> 5"),
-    ]
-    for ok, field, rule in checks:
-        if not ok:
-            raise UserError(f"config.data.{field} must be {rule}; fix the config / flag")
+def plan_groups(sources: list[dict], shard_bytes: int) -> list[list[str]]:
+    """Input files in groups read by one reader each: consecutive files up to
+    shard_bytes on disk; a `datasets` folder alone. Depends on the inputs only."""
+    groups, current, size = [], [], 0
+    for s in sources:
+        if corpus.is_dataset_dir(s["path"]):
+            groups += [current] if current else []
+            groups.append([s["path"]])
+            current, size = [], 0
+            continue
+        current.append(s["path"])
+        size += s["bytes"]
+        if size >= shard_bytes:
+            groups.append(current)
+            current, size = [], 0
+    return groups + ([current] if current else [])
 
 
-# ---- Tokenization (in worker processes) ----------------------------------------------------
-_worker_tokenizer = None
+def _doc_chars(doc: list[str] | str) -> int:
+    return len(doc) if isinstance(doc, str) else sum(len(s) + 1 for s in doc)
 
 
-def _init_worker(vocab_path: str, lowercase: bool) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = vocab_lib.load_tokenizer(vocab_path, lowercase)
-
-
-def _tokenize_task(task: tuple[list, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids [T], sentence lengths [S], sentences per document [D]) of a list of documents."""
-    docs, input_format = task
-    docs = [corpus.to_sentences(d, input_format) for d in docs]
-    sentences = list(itertools.chain.from_iterable(docs))
-    encodings = _worker_tokenizer.encode_batch_fast(sentences, add_special_tokens=False)
-    lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
-    ids = np.fromiter(
-        itertools.chain.from_iterable(e.ids for e in encodings), np.int32, int(lengths.sum())
-    )
-    per_doc = np.fromiter((len(d) for d in docs), np.int64, len(docs))
-    return ids, lengths, per_doc
-
-
-def _tasks(paths, opts) -> Iterator[tuple[list, str]]:
-    batch, n = [], 0
+def group_shards(paths: list[str], opts: PrepareOptions) -> Iterator[list]:
+    """The raw documents of a group, read as a stream, cut into shards of about
+    opts.shard_mb MB of text."""
+    shard, chars = [], 0
     for _, doc in corpus.iter_raw_documents(paths, opts.input_format, opts.text_column):
-        batch.append(doc)
-        n += len(doc) if isinstance(doc, list) else doc.count("\n") + 1
-        if n >= SENTENCES_PER_TASK:
-            yield batch, opts.input_format
-            batch, n = [], 0
-    if batch:
-        yield batch, opts.input_format
+        shard.append(doc)
+        chars += _doc_chars(doc)
+        if chars >= opts.shard_mb * MB:
+            yield shard
+            shard, chars = [], 0
+    if shard:
+        yield shard
 
 
-def _ordered(executor: ProcessPoolExecutor, tasks: Iterator, in_flight: int) -> Iterator:
-    """Results of `_tokenize_task` over tasks, in order, with at most in_flight pending
-    (the corpus is read as the workers go, not all at once)."""
-    pending: collections.deque = collections.deque()
-    for task in tasks:
-        pending.append(executor.submit(_tokenize_task, task))
-        if len(pending) >= in_flight:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+@dataclasses.dataclass
+class ShardMaker:
+    """Makes and writes the records of one shard of documents: a picklable callable
+    (worker processes, Beam); the tokenizer is loaded on first use."""
+
+    opts: PrepareOptions
+    output_dir: str
+    fingerprint: str
+    vocab_path: str
+    _ctx: tuple | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_ctx": None}
+
+    def context(self) -> tuple:
+        """(tokenizer, special ids, vocab size, local vocab path), made once per process."""
+        if self._ctx is None:
+            local = self.vocab_path
+            if "://" in local:  # the tokenizer reads a local file
+                local = tempfile.mkstemp(suffix=prepared.VOCAB)[1]
+                storage.path(self.vocab_path).copy(local, overwrite=True)
+            tokenizer = vocab_lib.load_tokenizer(local, self.opts.lowercase)
+            vocab_size = len(vocab_lib.read_vocab(local))
+            self._ctx = (tokenizer, vocab_lib.special_ids(local), vocab_size, local)
+        return self._ctx
+
+    def __call__(self, task: tuple[int, int, list]) -> dict:
+        """(group, part, raw documents) -> stats of the shard's files."""
+        group, part, raw = task
+        opts = self.opts
+        tokenizer, special, vocab_size, vocab_path = self.context()
+        docs = [d for d in (corpus.to_sentences(r, opts.input_format) for r in raw) if d]
+        held = np.array([opts.eval_fraction > 0 and split.is_held_out(d, opts.eval_fraction,
+                                                                       opts.seed) for d in docs])
+        tokens, sent_offsets, doc_offsets = _tokenize(tokenizer, docs)
+        out = {"group": group, "part": part, "documents": len(docs),
+               "sentences": int(len(sent_offsets) - 1), "tokens": int(len(tokens)), "splits": {}}
+        for name, stream, want in (("train", 0, False), ("eval", EVAL_STREAM, True)):
+            chosen = np.flatnonzero(held == want) if len(docs) else np.zeros(0, np.int64)
+            rng = np.random.default_rng([opts.seed, group, part, stream])
+            pairs = _pairs_for_docs(tokens, sent_offsets, doc_offsets, chosen, opts, special, rng)
+            masks = None
+            if (name == "eval" or not opts.dynamic_masking) and len(pairs["len_a"]):
+                masks = examples.mask_batch(
+                    pairs["input_ids"], pairs["len_a"], pairs["len_b"],
+                    np.random.default_rng([opts.seed, group, part, stream, MASK_STREAM]),
+                    **masking_kwargs(opts, vocab_size, special.mask, vocab_path))
+            recs = records.encode(pairs, masks, records.id_dtype(vocab_size))
+            info = {"documents": int(len(chosen)), "records": len(recs)}
+            if recs:
+                file = prepared.shard_name(name, self.fingerprint, group, part)
+                info.update(name=file, **_write_records(self.output_dir, file, recs))
+            out["splits"][name] = info
+        return out
 
 
-def tokenize_corpus(
-    paths: list[str], opts: PrepareOptions, vocab_path: str, progress: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _tokenize(tokenizer, docs: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All tokens [T] int32, sentence offsets [S+1], document offsets (in sentences) [D+1]."""
-    workers = opts.num_workers or os.cpu_count() or 1
-    tasks = _tasks(paths, opts)
-    executor = None
-    if workers == 1:
-        _init_worker(vocab_path, opts.lowercase)
-        results: Iterable = map(_tokenize_task, tasks)
-    else:
-        # spawn, not fork: the caller (train.py) may already run JAX threads. An executor
-        # (not a Pool) so a worker that dies raises instead of hanging.
-        executor = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(vocab_path, opts.lowercase),
-        )
-        results = _ordered(executor, tasks, IN_FLIGHT_PER_WORKER * workers)
-    ids, lengths, per_doc = [], [], []
-    try:
-        # disable=None: no bar when stderr is not a terminal (logs, captured subprocesses).
-        bar_off = None if progress else True
-        with tqdm(desc="tokenizing", unit=" sent", disable=bar_off, file=sys.stderr) as bar:
-            for i, l, d in results:
-                ids.append(i), lengths.append(l), per_doc.append(d)
-                bar.update(len(l))
-    except BrokenProcessPool as e:
-        raise RuntimeError(
-            "a tokenizing worker died (run the caller under `if __name__ == '__main__':`, "
-            "or set --num-workers 1)"
-        ) from e
-    finally:
-        if executor is not None:
-            executor.shutdown(cancel_futures=True)
-    cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
-    lengths_all, per_doc_all = cat(lengths, np.int64), cat(per_doc, np.int64)
-    keep = per_doc_all > 0
-    sent_offsets = np.concatenate([[0], np.cumsum(lengths_all)])
-    doc_offsets = np.concatenate([[0], np.cumsum(per_doc_all[keep])])
-    return cat(ids, np.int32), sent_offsets, doc_offsets
+    sentences = list(itertools.chain.from_iterable(docs))
+    ids, lengths = [], []
+    for i in range(0, len(sentences), SENTENCES_PER_TASK):
+        enc = tokenizer.encode_batch_fast(sentences[i : i + SENTENCES_PER_TASK],
+                                          add_special_tokens=False)
+        lengths.append(np.fromiter((len(e.ids) for e in enc), np.int64, len(enc)))
+        ids.append(np.fromiter(itertools.chain.from_iterable(e.ids for e in enc), np.int32,
+                               int(lengths[-1].sum())))
+    lens = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    per_doc = np.fromiter((len(d) for d in docs), np.int64, len(docs))
+    return (np.concatenate(ids) if ids else np.zeros(0, np.int32),
+            np.concatenate([[0], np.cumsum(lens)]), np.concatenate([[0], np.cumsum(per_doc)]))
 
 
-# ---- Pairs, static masks, writing ---------------------------------------------------------
+def _write_records(output_dir: str, name: str, recs: list[bytes]) -> dict:
+    """Write one shard (through a local temp file when the folder is not local)."""
+    dest = storage.path(output_dir) / name
+    local = "://" not in output_dir
+    path = str(dest) if local else tempfile.mkstemp(suffix=prepared.SHARD_SUFFIX)[1]
+    writer = ArrayRecordWriter(path, records.WRITER_OPTIONS)
+    for r in recs:
+        writer.write(r)
+    writer.close()
+    if not local:
+        storage.path(path).copy(dest, overwrite=True)
+        os.remove(path)
+    return storage.describe(dest)
+
+
 def _pairs_for_docs(tokens, sent_offsets, doc_offsets, docs, opts, special, rng) -> dict:
-    """Pairs of the documents `docs` (global ids kept in doc_a/doc_b)."""
+    """Pairs of the documents `docs` (their indices kept in doc_a/doc_b)."""
     if len(docs) == 0:
         return examples.create_pairs(
             tokens, sent_offsets, np.zeros(1, np.int64), max_seq_length=opts.max_seq_length,
@@ -343,6 +288,235 @@ def _pairs_for_docs(tokens, sent_offsets, doc_offsets, docs, opts, special, rng)
     return pairs
 
 
+# ---- The whole prepare ------------------------------------------------------------------
+def prepare(
+    opts: PrepareOptions, output_dir: str, *, force: bool = False, progress: bool = True,
+    shard_index: int = 0, num_shards: int = 1,
+) -> dict:
+    """Prepare the corpus into output_dir (cached); returns meta. With num_shards > 1 this
+    process makes the groups g with g % num_shards == shard_index; the process that
+    finishes last writes meta.json (and returns it; the others return {})."""
+    plan = start(opts, output_dir, force=force, shard_parallel=num_shards > 1)
+    if plan.meta is not None:
+        return plan.meta
+    mine = [(g, paths) for g, paths in enumerate(plan.groups) if g % num_shards == shard_index]
+    stats = list(_run_local(plan.maker, mine, opts, progress))
+    if num_shards == 1:
+        return finish(plan, stats)
+    return finish_share(plan, stats, shard_index, num_shards)
+
+
+@dataclasses.dataclass
+class Plan:
+    """What `start` decided: the cached meta, or the work to do."""
+
+    meta: dict | None
+    key: dict
+    sources: list[dict]
+    groups: list[list[str]]
+    maker: ShardMaker | None
+    output_dir: str
+
+
+def start(opts: PrepareOptions, output_dir: str, *, force: bool = False,
+          shard_parallel: bool = False) -> Plan:
+    """Check the folder, write the vocab, plan the groups (or find the cached meta)."""
+    sources = _source_files(opts)
+    key, fingerprint = cache_key(opts, sources)
+    folder = storage.path(output_dir)
+    old = prepared.read_meta(folder) if folder.exists() else None
+    if old is not None and old.get("fingerprint") == fingerprint and not force:
+        return Plan(prepared.load_meta(output_dir), key, sources, [], None, output_dir)
+    _validate(opts)
+    _claim(folder, fingerprint, old, force)
+    vocab_path = str(folder / prepared.VOCAB)
+    if opts.vocab:
+        vocab_lib.read_vocab(opts.vocab)
+        if _abspath(opts.vocab) != _abspath(vocab_path):
+            storage.path(opts.vocab).copy(folder / prepared.VOCAB, overwrite=True)
+    else:
+        if shard_parallel:
+            raise UserError("--num-shards > 1 needs --vocab (a vocab.txt every process shares); "
+                            "train one first with a single prepare")
+        with tempfile.TemporaryDirectory() as tmp:  # trained locally, then copied
+            trained = vocab_lib.train_vocab(_vocab_sample(opts, [s["path"] for s in sources]),
+                                            opts.vocab_size, opts.lowercase, tmp)
+            storage.path(trained).copy(folder / prepared.VOCAB, overwrite=True)
+    maker = ShardMaker(opts, output_dir, fingerprint, vocab_path)
+    return Plan(None, key, sources, plan_groups(sources, opts.shard_mb * MB), maker, output_dir)
+
+
+def _vocab_sample(opts: PrepareOptions, paths: list[str]) -> Iterator[str]:
+    """Sentences of the first opts.vocab_sample_mb MB of text (vocab training streams)."""
+    chars = 0
+    for _, doc in corpus.iter_raw_documents(paths, opts.input_format, opts.text_column):
+        sentences = corpus.to_sentences(doc, opts.input_format)
+        yield from sentences
+        chars += _doc_chars(sentences)
+        if chars >= opts.vocab_sample_mb * MB:
+            return
+
+
+def _claim(folder, fingerprint: str, old: dict | None, force: bool) -> None:
+    """Make the folder ours: another prepare's meta.json or shards are an error, or with
+    --force removed. Shards of this fingerprint (a run cut short) are overwritten."""
+    foreign = [p for p in folder.iterdir() if prepared.is_shard(p.name)
+               and prepared.fingerprint_of(p.name) != fingerprint] if folder.exists() else []
+    if old is not None or foreign:
+        if not force:
+            what = folder / prepared.META if old is not None else foreign[0]
+            raise UserError(
+                f"{what}: the folder holds another prepare's data (other options or inputs); "
+                f"choose another --output (config.data.prepared_dir), delete {folder}, or "
+                f"pass --force to replace it")
+        (folder / prepared.META).unlink(missing_ok=True)
+        for p in foreign:
+            p.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def _run_local(maker: ShardMaker, groups: list[tuple[int, list[str]]], opts: PrepareOptions,
+               progress: bool) -> Iterator[dict]:
+    """Stats of every shard of the groups, made in worker processes (one shard each)."""
+    tasks = ((g, part, docs) for g, paths in groups
+             for part, docs in enumerate(group_shards(paths, opts)))
+    workers = opts.num_workers or os.cpu_count() or 1
+    executor = None
+    if workers == 1:
+        results: Iterable = map(maker, tasks)
+    else:
+        # spawn, not fork: the caller (train.py) may already run JAX threads. An executor
+        # (not a Pool) so a worker that dies raises instead of hanging.
+        executor = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker, initargs=(maker,))
+        results = _ordered(executor, tasks, IN_FLIGHT_PER_WORKER * workers)
+    try:
+        # disable=None: no bar when stderr is not a terminal (logs, captured subprocesses).
+        with tqdm(desc="preparing", unit=" shard", disable=None if progress else True,
+                  file=sys.stderr) as bar:
+            for stats in results:
+                bar.update(1)
+                yield stats
+    except BrokenProcessPool as e:
+        raise RuntimeError(
+            "a prepare worker died (run the caller under `if __name__ == '__main__':`, "
+            "or set --num-workers 1)"
+        ) from e
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+
+
+_worker_maker: ShardMaker | None = None
+
+
+def _init_worker(maker: ShardMaker) -> None:
+    global _worker_maker
+    _worker_maker = maker
+
+
+def _make_in_worker(task: tuple[int, int, list]) -> dict:
+    return _worker_maker(task)
+
+
+def _ordered(executor: ProcessPoolExecutor, tasks: Iterator, in_flight: int) -> Iterator:
+    """Results over tasks, in order, with at most in_flight pending (the corpus is read
+    as the workers go, not all at once)."""
+    pending: collections.deque = collections.deque()
+    for task in tasks:
+        pending.append(executor.submit(_make_in_worker, task))
+        if len(pending) >= in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def finish(plan: Plan, stats: list[dict]) -> dict:
+    """Check the counts and write meta.json (last: the folder is complete only then)."""
+    opts = plan.maker.opts
+    stats = sorted(stats, key=lambda s: (s["group"], s["part"]))
+    total = lambda f, split=None: sum(  # noqa: E731
+        (s["splits"][split][f] if split else s[f]) for s in stats)
+    inputs = ", ".join(opts.input)
+    n_docs, n_train, n_eval = (total("documents"), total("documents", "train"),
+                               total("documents", "eval"))
+    if n_train < MIN_TRAIN_DOCS:
+        raise UserError(f"{inputs}: {n_docs} document(s); need at least {MIN_TRAIN_DOCS} "
+                        f"documents separated by a blank line (one sentence per line)")
+    if opts.eval_fraction > 0 and n_eval < MIN_EVAL_DOCS:
+        raise UserError(
+            f"{inputs}: the hash of each document held out {n_eval} of {n_docs} documents "
+            f"(eval_fraction {opts.eval_fraction}); need at least {MIN_EVAL_DOCS}: raise "
+            f"--eval-fraction (config.data.eval_fraction), add documents, or set it to 0")
+    if total("records", "train") == 0:
+        raise UserError(f"{inputs}: no training pairs could be made; add text")
+    folder = storage.path(plan.output_dir)
+    _, special, vocab_size, _ = plan.maker.context()
+    files = {prepared.VOCAB: storage.describe(folder / prepared.VOCAB)}
+    shards = {}
+    for split_name in prepared.SPLITS:
+        infos = [s["splits"][split_name] for s in stats if s["splits"][split_name]["records"]]
+        shards[split_name] = [{"name": i["name"], "records": i["records"]} for i in infos]
+        files.update({i["name"]: {"bytes": i["bytes"], "crc32": i["crc32"]} for i in infos})
+    meta = dict(
+        format_version=prepared.FORMAT_VERSION,
+        fingerprint=plan.maker.fingerprint,
+        vocab_size=vocab_size,
+        id_dtype=records.id_dtype(vocab_size).name,
+        max_seq_length=opts.max_seq_length,
+        max_predictions_per_seq=opts.max_predictions_per_seq,
+        num_train_examples=total("records", "train"),
+        num_eval_examples=total("records", "eval"),
+        num_documents=n_docs,
+        num_train_documents=n_train,
+        num_eval_documents=n_eval,
+        num_sentences=total("sentences"),
+        num_tokens=total("tokens"),
+        special_ids=dataclasses.asdict(special),
+        static_train_masks=not opts.dynamic_masking,
+        options=plan.key,
+        source_files=plan.sources,
+        shards=shards,
+        files=files,
+    )
+    return prepared.write_meta(folder, meta)
+
+
+def finish_share(plan: Plan, stats: list[dict], shard_index: int, num_shards: int) -> dict:
+    """Record this process's share; the process that sees every share writes meta.json."""
+    folder = storage.path(plan.output_dir)
+    fp = plan.maker.fingerprint
+    name = lambda i: f"share-{fp}-{i:05d}-of-{num_shards:05d}.json"  # noqa: E731
+    tmp = folder / (name(shard_index) + ".tmp")
+    tmp.write_text(json.dumps(stats))
+    tmp.rename(folder / name(shard_index))
+    shares = [folder / name(i) for i in range(num_shards)]
+    if not all(p.exists() for p in shares):
+        return {}
+    return finish(plan, [s for p in shares for s in json.loads(p.read_text())])
+
+
+def _validate(opts: PrepareOptions) -> None:
+    checks = [
+        (examples.NUM_SPECIAL_IN_PAIR + 1 < opts.max_seq_length <= records.MAX_SEQ_LENGTH,
+         "max_seq_length", f"> 4 and <= {records.MAX_SEQ_LENGTH}"),
+        (0 <= opts.short_seq_prob <= 1, "short_seq_prob", "in [0, 1]"),
+        (0 < opts.masked_lm_prob < 1, "masked_lm_prob", "in (0, 1)"),
+        (opts.max_predictions_per_seq >= 1, "max_predictions_per_seq", ">= 1"),
+        (opts.mask_token_prob + opts.random_token_prob <= 1,
+         "mask_token_prob + random_token_prob", "<= 1"),
+        (opts.dupe_factor >= 1, "dupe_factor", ">= 1"),
+        (0 <= opts.eval_fraction < 1, "eval_fraction", "in [0, 1)"),
+        (opts.vocab or opts.vocab_size > len(vocab_lib.SPECIAL_TOKENS), "vocab_size", "> 5"),
+        (opts.shard_mb > 0, "shard_mb", "> 0"),
+        (opts.vocab_sample_mb > 0, "vocab_sample_mb", "> 0"),
+    ]
+    for ok, field, rule in checks:
+        if not ok:
+            raise UserError(f"config.data.{field} must be {rule}; fix the config / flag")
+
+
 def masking_kwargs(opts_or_config, vocab_size: int, mask_id: int, vocab_path: str) -> dict:
     """Keyword arguments of `examples.mask_batch` from options or `config.data`."""
     g = lambda k: config_value(opts_or_config, k)  # noqa: E731
@@ -357,32 +531,12 @@ def masking_kwargs(opts_or_config, vocab_size: int, mask_id: int, vocab_path: st
     )
 
 
-def _static_masks(pairs, opts, vocab_size, special, vocab_path, seed) -> dict:
-    out = examples.mask_batch(
-        pairs["input_ids"], pairs["len_a"], pairs["len_b"], np.random.default_rng(seed),
-        **masking_kwargs(opts, vocab_size, special.mask, vocab_path),
-    )
-    return dict(
-        masked_input_ids=out["input_ids"], masked_positions=out["masked_positions"],
-        masked_ids=out["masked_ids"], masked_weights=out["masked_weights"],
-    )
-
-
-def _write_split(split_dir: str, arrays: dict, vocab_size: int) -> None:
-    os.makedirs(split_dir, exist_ok=True)
-    id_dtype = np.uint16 if vocab_size <= UINT16_VOCAB_LIMIT else np.int32
-    for name, arr in arrays.items():
-        if name in ("input_ids", "masked_input_ids"):
-            arr = arr.astype(id_dtype)
-        np.save(os.path.join(split_dir, f"{name}.npy"), arr)
-
-
 # ---- CLI ----------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
+def parser(prog: str = "python -m flax_bert.data.prepare",
+           description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
+    """The options of a prepare CLI (this one and `beam_prepare`)."""
     d = PrepareOptions()
-    p = argparse.ArgumentParser(
-        prog="python -m flax_bert.data.prepare", description=__doc__.splitlines()[0]
-    )
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--input", nargs="+", required=True, help="files, globs or a datasets dir")
     p.add_argument("--output", required=True, help="prepared folder to write")
     p.add_argument("--input-format", default=d.input_format,
@@ -400,31 +554,55 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dupe-factor", type=int, default=d.dupe_factor)
     p.add_argument("--eval-fraction", type=float, default=d.eval_fraction)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--num-workers", type=int, default=d.num_workers, help="0 = all cores")
+    p.add_argument("--shard-mb", type=float, default=d.shard_mb, help="MB of text per shard")
+    p.add_argument("--vocab-sample-mb", type=float, default=d.vocab_sample_mb,
+                   help="MB of text the vocab is trained on (the first MB of the input)")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    opts = PrepareOptions(
+def options_from_args(args: argparse.Namespace) -> PrepareOptions:
+    return PrepareOptions(
         input=tuple(args.input), input_format=args.input_format, text_column=args.text_column,
         vocab=args.vocab, vocab_size=args.vocab_size, lowercase=not args.no_lowercase,
         max_seq_length=args.max_seq_length, short_seq_prob=args.short_seq_prob,
         masked_lm_prob=args.masked_lm_prob, max_predictions_per_seq=args.max_predictions_per_seq,
         whole_word_masking=args.whole_word_masking, dynamic_masking=not args.static_masking,
         dupe_factor=args.dupe_factor, eval_fraction=args.eval_fraction, seed=args.seed,
-        num_workers=args.num_workers,
+        shard_mb=args.shard_mb, vocab_sample_mb=args.vocab_sample_mb,
+        num_workers=getattr(args, "num_workers", PrepareOptions.num_workers),
     )
+
+
+def summary(output: str, meta: dict) -> str:
+    return (f"{output}: {meta['num_train_examples']} train / {meta['num_eval_examples']} eval "
+            f"examples in {len(meta['shards']['train'])} + {len(meta['shards']['eval'])} "
+            f"shards, vocab {meta['vocab_size']}, {meta['num_documents']} documents")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    p.add_argument("--num-workers", type=int, default=PrepareOptions().num_workers,
+                   help="processes making shards (0 = all cores)")
+    p.add_argument("--shard-index", type=int, default=0, help="this process's share (0-based)")
+    p.add_argument("--num-shards", type=int, default=1,
+                   help="processes sharing the work, e.g. one per machine (needs --vocab)")
+    args = p.parse_args(argv)
+    opts = options_from_args(args)
+    if not 0 <= args.shard_index < args.num_shards:
+        print("error: --shard-index must be in [0, --num-shards)", file=sys.stderr)
+        return 2
     try:
-        meta = prepare(opts, args.output, force=args.force)
+        meta = prepare(opts, args.output, force=args.force, shard_index=args.shard_index,
+                       num_shards=args.num_shards)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(
-        f"{args.output}: {meta['num_train_examples']} train / {meta['num_eval_examples']} eval "
-        f"examples, vocab {meta['vocab_size']}, {meta['num_documents']} documents"
-    )
+    if not meta:
+        print(f"{args.output}: share {args.shard_index} of {args.num_shards} written; "
+              f"the last share to finish writes meta.json")
+        return 0
+    print(summary(args.output, meta))
     return 0
 
 

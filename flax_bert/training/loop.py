@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from flax_bert import checkpoint, losses, workdir as workdir_lib
 from flax_bert.config import BertConfig
-from flax_bert.data import examples, pipeline, prepare
+from flax_bert.data import examples, pipeline, prepare, prepared
 from flax_bert.errors import UserError
 from flax_bert.model import BertForPreTraining
 from flax_bert.training import metrics as metrics_lib
@@ -281,7 +281,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                                   os.path.join(data_dir, checkpoint.VOCAB_FILE)),
             train_cfg.phase1_batch_size, phase1_steps)
     if writer_process:
-        prepare.prepare_from_config(data_config, data_dir)
+        if not (data_config.prepared_dir and prepared.exists(data_dir)):  # given: used as is
+            prepare.prepare_from_config(data_config, data_dir)
         if phase1:
             prepare.prepare_from_config(phase1.data_config, phase1.prepared_dir)
         shutil.copyfile(os.path.join(data_dir, checkpoint.VOCAB_FILE),

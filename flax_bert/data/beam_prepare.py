@@ -1,0 +1,67 @@
+"""Prepare as an Apache Beam pipeline: the same per-shard functions, on many machines.
+
+    pip install -e ".[beam]"
+    python -m flax_bert.data.beam_prepare --input 'data/corpus/*.txt.gz' --output /tmp/prep \
+        --vocab vocab.txt --runner DirectRunner --direct_num_workers 2 \
+        --direct_running_mode multi_processing
+    python -m flax_bert.data.beam_prepare --input 'gs://b/text/*.txt' --output gs://b/prep \
+        --vocab gs://b/vocab.txt --runner DataflowRunner --project P --region R \
+        --temp_location gs://b/tmp      # or FlinkRunner / SparkRunner with their flags
+
+The launcher checks the output folder and writes the vocab (`prepare.start`); the pipeline
+reads each group of input files (`prepare.plan_groups`) into shards of documents, makes
+each shard's records on any worker (`prepare.ShardMaker`) and writes meta.json once every
+shard is written (`prepare.finish`). The output is the local prepare's, file for file.
+Flags other than prepare's (`--runner`, ...) go to Beam's PipelineOptions.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from flax_bert.data import prepare as prepare_lib, prepared
+from flax_bert.errors import UserError
+
+
+def run(opts: prepare_lib.PrepareOptions, output_dir: str, beam_args: list[str], *,
+        force: bool = False) -> dict:
+    """Prepare `opts` into output_dir with Beam; returns meta (cached like `prepare`)."""
+    import apache_beam as beam  # the optional extra: pip install -e ".[beam]"
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    plan = prepare_lib.start(opts, output_dir, force=force)
+    if plan.meta is not None:
+        return plan.meta
+
+    def shards(group: tuple[int, list[str]]):
+        g, paths = group
+        for part, docs in enumerate(prepare_lib.group_shards(paths, opts)):
+            yield g, part, docs
+
+    with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+        _ = (
+            pipeline
+            | "Groups" >> beam.Create(list(enumerate(plan.groups)))
+            | "ReadShards" >> beam.FlatMap(shards)
+            | "Spread" >> beam.Reshuffle()
+            | "MakeShards" >> beam.Map(plan.maker)
+            | "Collect" >> beam.combiners.ToList()
+            | "WriteMeta" >> beam.Map(lambda stats: prepare_lib.finish(plan, stats))
+        )
+    return prepared.load_meta(output_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = prepare_lib.parser("python -m flax_bert.data.beam_prepare", __doc__.splitlines()[0])
+    args, beam_args = parser.parse_known_args(argv)
+    try:
+        meta = run(prepare_lib.options_from_args(args), args.output, beam_args, force=args.force)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(prepare_lib.summary(args.output, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

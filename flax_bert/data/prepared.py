@@ -1,0 +1,121 @@
+"""The prepared folder: file names, meta.json, and the checks that its files are whole.
+
+Layout (local or `gs://`):
+  vocab.txt
+  {split}-{fingerprint}-{group:05d}-{part:05d}.arrayrecord   one shard of records
+  meta.json    written last; lists every file with its byte size and CRC-32, the shards
+               of each split in order with their record counts, and its own CRC-32
+
+The fingerprint (of the options and the input files) is in every shard name, so shards
+of another prepare are told apart from leftovers of this one. Checks: `load_meta` checks
+meta.json, every file's size and vocab.txt's checksum (seconds even for big data);
+`verify_shard` checks a shard's checksum, which the pipeline does when it first reads it.
+A missing, truncated or altered file is one UserError naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+from etils import epath
+
+from flax_bert.data import storage
+from flax_bert.errors import UserError
+
+FORMAT_VERSION = 2  # 1 was one .npy per field; bump when the layout changes.
+META = "meta.json"
+VOCAB = "vocab.txt"
+SHARD_SUFFIX = ".arrayrecord"
+SPLITS = ("train", "eval")
+SELF_CRC = "meta_crc32"
+
+
+def shard_name(split: str, fingerprint: str, group: int, part: int) -> str:
+    return f"{split}-{fingerprint}-{group:05d}-{part:05d}{SHARD_SUFFIX}"
+
+
+def is_shard(name: str) -> bool:
+    return name.endswith(SHARD_SUFFIX) and name.split("-", 1)[0] in SPLITS
+
+
+def fingerprint_of(name: str) -> str:
+    return name.split("-")[1]
+
+
+def fix_hint(folder) -> str:
+    return f"re-run prepare with --force (or delete {folder})"
+
+
+def _meta_crc(meta: dict) -> int:
+    body = {k: v for k, v in meta.items() if k != SELF_CRC}
+    return zlib.crc32(json.dumps(body, sort_keys=True).encode())
+
+
+def write_meta(folder: epath.Path, meta: dict) -> dict:
+    """Write meta.json with its own checksum, atomically (a temp file renamed); returns
+    what was written."""
+    meta = {**meta, SELF_CRC: _meta_crc(meta)}
+    tmp = folder / (META + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.rename(folder / META)
+    return meta
+
+
+def read_meta(folder: epath.Path) -> dict | None:
+    """meta.json of a folder after its own checksum; None when there is none."""
+    p = folder / META
+    if not p.exists():
+        if (folder / "train" / "input_ids.npy").exists():
+            raise UserError(f"{folder}: prepared by an older version (.npy files); "
+                            f"delete the folder and re-run prepare")
+        return None
+    meta = None
+    try:
+        meta = json.loads(p.read_text())
+        ok = isinstance(meta, dict) and meta.get(SELF_CRC) == _meta_crc(meta)
+    except (ValueError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        if isinstance(meta, dict) and "format_version" not in meta:
+            raise UserError(f"{p}: prepared by an older version (.npy files); "
+                            f"delete {folder} and re-run prepare")
+        raise UserError(f"{p}: truncated or altered (its checksum does not match); "
+                        f"{fix_hint(folder)}")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise UserError(f"{p}: format {meta['format_version']}, this version reads "
+                        f"{FORMAT_VERSION}; delete {folder} and re-run prepare")
+    return meta
+
+
+def exists(prepared_dir: str) -> bool:
+    """Whether a folder holds a meta.json (it may still fail `load_meta`'s checks)."""
+    return (storage.path(prepared_dir) / META).exists()
+
+
+def load_meta(prepared_dir: str) -> dict:
+    """meta.json of a prepared folder, after checking every file's size and vocab.txt's
+    checksum (vocab_size, max_seq_length, counts, shards, options, ...)."""
+    folder = storage.path(prepared_dir)
+    meta = read_meta(folder)
+    if meta is None:
+        raise UserError(f"{folder / META}: not found; run python -m flax_bert.data.prepare "
+                        f"--output {prepared_dir}")
+    for name, info in meta["files"].items():
+        p = folder / name
+        if not p.exists():
+            raise UserError(f"{p}: missing; {fix_hint(folder)}")
+        size = p.stat().length
+        if size != info["bytes"]:
+            raise UserError(f"{p}: {size} bytes, meta.json says {info['bytes']} (truncated "
+                            f"or altered); {fix_hint(folder)}")
+    verify_file(folder, VOCAB, meta)
+    return meta
+
+
+def verify_file(folder: epath.Path, name: str, meta: dict) -> None:
+    """A UserError when the file's CRC-32 differs from meta.json's."""
+    p = folder / name
+    if storage.crc32(p) != meta["files"][name]["crc32"]:
+        raise UserError(f"{p}: altered (its checksum differs from meta.json's); "
+                        f"{fix_hint(folder)}")
