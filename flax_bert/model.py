@@ -510,68 +510,63 @@ class BertForPreTraining(nn.Module):
 # top. Logits are float32.
 
 
-class BertForSequenceClassification(nn.Module):
+class _TaskHead(nn.Module):
+    """What the task heads share: the encoder's settings, and the encoder under `bert`."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    remat_policy: str = "none"
+    dropout_impl: str = "hash"  # hash | jax (see Dropout)
+
+    def encoder(self, add_pooling_layer: bool) -> BertModel:
+        return BertModel(self.config, self.dtype, self.remat_policy, self.dropout_impl,
+                         add_pooling_layer, name="bert")
+
+
+class BertForSequenceClassification(_TaskHead):
     """One label per sentence or sentence pair: dropout + `classifier` on the pooled
     output. Returns logits [B, num_labels]."""
 
-    config: BertConfig
-    num_labels: int
-    dtype: Dtype = jnp.float32
-    remat_policy: str = "none"
-    dropout_impl: str = "hash"
+    num_labels: int = 2
 
     @nn.compact
     def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
                  deterministic: bool = True) -> Array:
         cfg = self.config
-        _, pooled = BertModel(cfg, self.dtype, self.remat_policy, self.dropout_impl,
-                              name="bert")(input_ids, token_type_ids, attention_mask,
-                                           deterministic)  # [B, H]
+        _, pooled = self.encoder(add_pooling_layer=True)(
+            input_ids, token_type_ids, attention_mask, deterministic)  # [B, H]
         pooled = Dropout(cfg.hidden_dropout_prob, self.dropout_impl)(pooled, deterministic)
         logits = _dense(cfg, self.num_labels, ("embed", None), self.dtype,
                         "classifier")(pooled)  # [B, num_labels]
         return logits.astype(jnp.float32)
 
 
-class BertForTokenClassification(nn.Module):
+class BertForTokenClassification(_TaskHead):
     """One label per token: dropout + `classifier` on each position (no pooler, as in HF).
     Returns logits [B, S, num_labels]."""
 
-    config: BertConfig
-    num_labels: int
-    dtype: Dtype = jnp.float32
-    remat_policy: str = "none"
-    dropout_impl: str = "hash"
+    num_labels: int = 2
 
     @nn.compact
     def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
                  deterministic: bool = True) -> Array:
-        cfg = self.config
-        x, _ = BertModel(cfg, self.dtype, self.remat_policy, self.dropout_impl,
-                         add_pooling_layer=False, name="bert")(
+        x, _ = self.encoder(add_pooling_layer=False)(
             input_ids, token_type_ids, attention_mask, deterministic)  # [B, S, H]
-        x = Dropout(cfg.hidden_dropout_prob, self.dropout_impl)(x, deterministic)
-        logits = _per_token(_dense(cfg, self.num_labels, ("embed", None), self.dtype,
+        x = Dropout(self.config.hidden_dropout_prob, self.dropout_impl)(x, deterministic)
+        logits = _per_token(_dense(self.config, self.num_labels, ("embed", None), self.dtype,
                                    "classifier"), x)  # [B, S, num_labels]
         return logits.astype(jnp.float32)
 
 
-class BertForQuestionAnswering(nn.Module):
+class BertForQuestionAnswering(_TaskHead):
     """Extractive QA: `qa_outputs` gives each token a span-start and a span-end logit (no
     pooler, no dropout, as in HF). Returns (start_logits, end_logits), [B, S] each."""
-
-    config: BertConfig
-    dtype: Dtype = jnp.float32
-    remat_policy: str = "none"
-    dropout_impl: str = "hash"
 
     @nn.compact
     def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
                  deterministic: bool = True) -> tuple[Array, Array]:
-        cfg = self.config
-        x, _ = BertModel(cfg, self.dtype, self.remat_policy, self.dropout_impl,
-                         add_pooling_layer=False, name="bert")(
+        x, _ = self.encoder(add_pooling_layer=False)(
             input_ids, token_type_ids, attention_mask, deterministic)  # [B, S, H]
-        logits = _per_token(_dense(cfg, 2, ("embed", None), self.dtype, "qa_outputs"),
+        logits = _per_token(_dense(self.config, 2, ("embed", None), self.dtype, "qa_outputs"),
                             x).astype(jnp.float32)  # [B, S, 2]
         return logits[..., 0], logits[..., 1]
