@@ -24,8 +24,8 @@ TINY_MODEL = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                   intermediate_size=32, max_position_embeddings=32)
 # finetune.py flags of a tiny, fast run (everything else from configs/finetune.py).
 TINY_RUN = ["--config.data.max_seq_length=16", "--config.train.global_batch_size=8",
-            "--config.train.steps=12", "--config.train.steps_per_call=2",
-            "--config.train.log_every=2", "--config.train.eval_every=6",
+            "--config.train.steps=8", "--config.train.steps_per_call=2",
+            "--config.train.log_every=2", "--config.train.eval_every=4",
             "--config.train.eval_batch_size=8", "--config.optimizer.warmup_steps=2",
             "--config.checkpoint.every=4"]
 

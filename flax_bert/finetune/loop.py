@@ -13,7 +13,6 @@ import json
 import os
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -203,12 +202,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     tx, schedule = optimizer.make_optimizer(config.optimizer, t.steps)
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     ckpt = checkpoint.TrainCheckpointer(workdir, config.checkpoint)
-    params = None
-    if start.encoder is not None and ckpt.latest_step() is None:
-        fresh = nn.unbox(jax.jit(model.init)(init_rng, *state_lib.example_inputs(seq_len)))
-        params = dict(jax.device_get(fresh["params"]), bert=start.encoder)
-    state, state_shardings = state_lib.create_train_state(model, tx, mesh, init_rng, seq_len,
-                                                          params=params)
+    state, state_shardings = state_lib.create_train_state(model, tx, mesh, init_rng, seq_len)
+    if start.encoder is not None and ckpt.latest_step() is None:  # the pretrained encoder
+        encoder = jax.device_put(start.encoder, state_shardings.params["bert"])
+        state = state.replace(params=dict(state.params, bert=encoder))
     train_iter = data.make_train_iterator(train_arrays, t.global_batch_size, config.seed,
                                           jax.process_index(), jax.process_count())
     state, dropout_rng, restored_step = ckpt.restore(state, dropout_rng, train_iter)
