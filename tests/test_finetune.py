@@ -159,7 +159,7 @@ def test_finetune_resumes_exactly_and_exports_to_transformers(task, tmp_path):
     rows = _rows(tmp_path / "once")
     assert [r["step"] for r in rows if r["split"] == "eval"] == [4, 8]
     assert set(final) == {"loss", "accuracy", "macro_f1"}
-    for name in ("loss.png", "accuracy.png", "labels.json", "vocab.txt", "config.json"):
+    for name in ("loss.png", "accuracy.png", "finetune.json", "vocab.txt", "config.json"):
         assert (tmp_path / "once" / name).stat().st_size > 0
 
     out = tmp_path / "once" / "hf"

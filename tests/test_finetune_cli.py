@@ -3,6 +3,7 @@ nothing written to the workdir."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +30,9 @@ CASES = {
     "vocab_file": (["--config.init.vocab={root}/renamed_vocab.txt"],
                    "config.init.vocab {root}/renamed_vocab.txt differs from {root}/pre/vocab.txt"),
     "workdir_vocab": ([], "the workdir holds a model of another vocab; use a new --workdir"),
+    "workdir_other_start": (["--config.init.from_scratch=True"],
+                            "this workdir's model started from the weights of {root}/pre, this "
+                            "run asks for random weights, the architecture of {root}/pre"),
     "no_checkpoint": (["--config.init.checkpoint={root}/nothing"],
                       "config.init.checkpoint {root}/nothing: no such directory"),
     "new_model_no_vocab": (["--config.init.checkpoint="], "config.init.vocab is ''"),
@@ -56,6 +60,9 @@ def results(tmp_path_factory) -> dict:
         workdir.mkdir(parents=True)
         if name == "workdir_vocab":
             fx.write_vocab(str(workdir / "vocab.txt"), extra=("zebra",))
+        if name == "workdir_other_start":
+            (workdir / "finetune.json").write_text(json.dumps(
+                {"labels": ["animals", "food", "weather"], "start": f"the weights of {root}/pre"}))
         before = sorted(os.listdir(workdir))
         args = [sys.executable, "finetune.py", f"--workdir={workdir}", *fx.TINY_RUN,
                 f"--config.init.checkpoint={root}/pre", f"--config.data.train={root}/train.jsonl",

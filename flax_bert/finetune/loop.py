@@ -2,8 +2,8 @@
 -> a transformers BertForSequenceClassification directory.
 
 A fine-tune workdir holds what a pretraining one does (config.json, vocab.txt,
-checkpoints/, metrics.jsonl, tensorboard/, loss.png, accuracy.png) plus labels.json (the
-class names in id order), books/ (the book task, when built) and hf/ (the export).
+checkpoints/, metrics.jsonl, tensorboard/, loss.png, accuracy.png) plus finetune.json (the
+class names in id order and where the model started), books/ (the book task, when built) and hf/ (the export).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from flax_bert.training.loop import (DTYPES, _NonfiniteGuard, _progress_bar, _sa
                                      save_and_stop, stack_batches)
 
 HEAD = "sequence_classification"
-LABELS_FILE = "labels.json"
+RUN_FILE = "finetune.json"  # {"labels": [...], "start": Start.description}
 BOOKS_DIR = "books"
 EXPORT_DIR = "hf"
 PLOTS = ((metrics_lib.LOSS_PLOT, ("loss",), "loss"),
@@ -78,7 +78,7 @@ def resolve_start(config: ml_collections.ConfigDict, num_labels: int) -> Start:
         size = len(vocab_lib.read_vocab(init.vocab))
         return Start(model_config_from(config, size), init.vocab, None,
                      f"random weights, config.model, {init.vocab}")
-    path = init.checkpoint
+    path = os.path.abspath(init.checkpoint)
     if not os.path.isdir(path):
         raise UserError(f"config.init.checkpoint {path}: no such directory; pass a pretraining "
                         f"workdir, an export or a Hugging Face directory, or '' for a new model")
@@ -115,18 +115,21 @@ def resolve_start(config: ml_collections.ConfigDict, num_labels: int) -> Start:
 
 
 def _check_workdir_matches(workdir: str, start: Start, labels: list[str]) -> None:
-    """A fine-tune workdir continues one model: same vocab file, labels, architecture."""
+    """A fine-tune workdir continues one run: same start, vocab file, labels, architecture."""
     saved_vocab = os.path.join(workdir, checkpoint.VOCAB_FILE)
     if os.path.isfile(saved_vocab) and not _same_file(saved_vocab, start.vocab):
         raise UserError(f"{saved_vocab} differs from {start.vocab}: the workdir holds a model "
                         f"of another vocab; use a new --workdir")
-    saved_labels = os.path.join(workdir, LABELS_FILE)
-    if os.path.isfile(saved_labels):
-        with open(saved_labels, encoding="utf-8") as f:
+    saved = os.path.join(workdir, RUN_FILE)
+    if os.path.isfile(saved):
+        with open(saved, encoding="utf-8") as f:
             old = json.load(f)
-        if old != labels:
-            raise UserError(f"{saved_labels} has labels {old} but the train data has {labels}; "
-                            f"use the same data or a new --workdir")
+        if old["labels"] != labels:
+            raise UserError(f"{saved} has labels {old['labels']} but the train data has "
+                            f"{labels}; use the same data or a new --workdir")
+        if old["start"] != start.description:
+            raise UserError(f"{saved}: this workdir's model started from {old['start']}, this "
+                            f"run asks for {start.description}; use a new --workdir")
     check_same_model(workdir, start.config)
 
 
@@ -214,8 +217,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _say(f"resumed from {ckpt.directory}/{restored_step} at step {begin}")
     if writer_process:
         model_config.to_json_file(os.path.join(workdir, checkpoint.CONFIG_FILE))
-        with open(os.path.join(workdir, LABELS_FILE), "w", encoding="utf-8") as f:
-            json.dump(labels, f)
+        with open(os.path.join(workdir, RUN_FILE), "w", encoding="utf-8") as f:
+            json.dump({"labels": labels, "start": start.description}, f)
         if not os.path.isfile(os.path.join(workdir, checkpoint.VOCAB_FILE)):
             with open(start.vocab, "rb") as src, open(
                     os.path.join(workdir, checkpoint.VOCAB_FILE), "wb") as dst:
