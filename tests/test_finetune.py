@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from flax_bert import checkpoint
+from flax_bert import checkpoint, hf
 from flax_bert.data import split, vocab as vocab_lib
 from flax_bert.finetune import books, data, loop, steps as ft_steps
 from flax_bert.training import preemption
@@ -179,12 +179,22 @@ def test_finetune_resumes_exactly_and_exports_to_transformers(task, tmp_path):
     assert np.mean(predictions == labels) == pytest.approx(final["accuracy"])
 
 
-def test_start_from_pretrained_or_scratch(task):
+def test_start_from_pretrained_or_scratch(task, tmp_path):
     config = _config(str(task / "pre"), "", "")
-    start = loop.resolve_start(config, 3)
+    start = loop.resolve_start(config)
     saved = checkpoint.load_params(str(task / "pre"))
     jax.tree.map(np.testing.assert_array_equal, start.encoder, saved["bert"])
     assert start.vocab == str(task / "pre" / "vocab.txt")
     config.init.from_scratch = True
-    scratch = loop.resolve_start(config, 3)
+    scratch = loop.resolve_start(config)
     assert scratch.encoder is None and scratch.config == start.config
+
+    # A Hugging Face directory (here a BertForPreTraining export) starts the same encoder.
+    hf_dir = str(tmp_path / "hf")
+    hf.save_pretrained(start.config, saved, hf_dir, vocab=start.vocab)
+    config.init.checkpoint, config.init.from_scratch = hf_dir, False
+    with pytest.warns(UserWarning) as record:  # MLM/NSP heads dropped, classifier fresh
+        from_hf = loop.resolve_start(config)
+    assert any("not used by BertForSequenceClassification" in str(w.message) for w in record)
+    jax.tree.map(np.testing.assert_array_equal, from_hf.encoder, saved["bert"])
+    assert from_hf.vocab == os.path.join(hf_dir, "vocab.txt")

@@ -66,7 +66,7 @@ def _same_file(a: str, b: str) -> bool:
         return fa.read() == fb.read()
 
 
-def resolve_start(config: ml_collections.ConfigDict, num_labels: int) -> Start:
+def resolve_start(config: ml_collections.ConfigDict) -> Start:
     """The model's start from config.init: a checkpoint's weights, its architecture from
     random weights, or a new model of config.model. A vocab that is not the checkpoint's
     (other size, other tokens) is a UserError."""
@@ -104,7 +104,8 @@ def resolve_start(config: ml_collections.ConfigDict, num_labels: int) -> Start:
     if init.from_scratch:
         return Start(model_config, vocab, None, f"random weights, the architecture of {path}")
     if is_hf:
-        _, params = hf.load_pretrained(path, config.seed, head=HEAD, num_labels=num_labels)
+        # Its own task layer (any label count) is read and dropped: only `bert` is used.
+        _, params = hf.load_pretrained(path, config.seed, head=HEAD)
     else:
         try:
             params = checkpoint.load_params(path)
@@ -185,7 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_examples = data.read_examples(eval_path, columns)
     labels = data.label_names(train_examples)
 
-    start = resolve_start(config, len(labels))
+    start = resolve_start(config)
     model_config = dataclasses.replace(start.config, hidden_dropout_prob=t.dropout,
                                        attention_probs_dropout_prob=t.dropout)
     seq_len = config.data.max_seq_length
