@@ -10,6 +10,7 @@ Mistakes on the command line or in the config end with one `error: ...` line and
 
 import os
 import sys
+from typing import Callable
 
 from absl import app, flags, logging
 
@@ -26,48 +27,52 @@ def fail(message: str) -> None:
     sys.exit(USAGE_EXIT)
 
 
-def _unknown_field(argv: list[str], error: Exception) -> str:
+def _unknown_field(argv: list[str], error: Exception, config_file: str) -> str:
     """Names the --config.* override whose field does not exist."""
     name = str(error).strip("'\" ")
+    where = f"check the name in configs/{os.path.basename(config_file)}"
     for arg in argv:
         key = arg.split("=", 1)[0]
         if key.startswith("--config.") and key.rsplit(".", 1)[-1] == name:
-            return f"{key}: the config has no field {name!r}; check the name in configs/default.py"
-    return f"unknown config field {name!r}; check the name in configs/default.py"
+            return f"{key}: the config has no field {name!r}; {where}"
+    return f"unknown config field {name!r}; {where}"
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str], default_config: str = DEFAULT_CONFIG,
+                default_workdir: str = DEFAULT_WORKDIR) -> list[str]:
     """Defines and parses the flags; any mistake becomes one `error:` line."""
     from ml_collections import config_flags
 
     try:
-        flags.DEFINE_string("workdir", DEFAULT_WORKDIR,
+        flags.DEFINE_string("workdir", default_workdir,
                             "Directory for data cache, checkpoints, metrics.")
         # ml_collections applies --config.* overrides while defining the flag.
-        config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Run config file.",
+        config_flags.DEFINE_config_file("config", default_config, "Run config file.",
                                         lock_config=True)
         return FLAGS(argv)
     except flags.Error as e:
-        fail(f"{e}; see python train.py --helpfull")
+        fail(f"{e}; see python {os.path.basename(argv[0])} --helpfull")
     except (AttributeError, KeyError) as e:
-        fail(_unknown_field(argv, e))
+        fail(_unknown_field(argv, e, default_config))
     except (TypeError, ValueError, OSError, SyntaxError, ImportError) as e:
         fail(f"bad --config / --config.* value: {e}")
     return []
 
 
-def main(argv: list[str]) -> None:
+def run(argv: list[str], train_and_evaluate: Callable) -> None:
+    """`train_and_evaluate(config, workdir)` from the flags; user mistakes end in one
+    `error:` line (exit 2), an interruption in its message and exit code."""
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}; flags look like --config.train.steps=10")
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
     from flax_bert import workdir
     from flax_bert.errors import UserError
-    from flax_bert.training import loop, preemption
+    from flax_bert.training import preemption
 
     logging.get_absl_handler().addFilter(workdir.HideDiskFullTracebacks())
 
     try:
-        loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except UserError as e:
         fail(str(e))
     except OSError as e:
@@ -78,6 +83,12 @@ def main(argv: list[str]) -> None:
     except preemption.Interrupted as e:
         print(str(e), file=sys.stderr)
         sys.exit(e.exit_code)
+
+
+def main(argv: list[str]) -> None:
+    from flax_bert.training import loop
+
+    run(argv, loop.train_and_evaluate)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ Mapping (HF name -> our param path under `BertForPreTraining`):
     cls.predictions.decoder.weight    -> tied to bert/embeddings/word_embeddings (checked)
     cls.seq_relationship              -> cls/seq_relationship/{kernel [H, 2], bias}
 
+Task heads (`head=`, see HEADS) keep the encoder's names and add their own layer at the top
+level: `classifier` (sequence and token classification), `qa_outputs` (question answering).
+The token and span heads have no `bert.pooler`, as in transformers.
+
 CLI:
     python -m flax_bert.hf import HF_DIR --workdir DIR    # writes DIR/pretrained/
     python -m flax_bert.hf export --workdir DIR OUT_DIR   # writes an HF directory
@@ -19,6 +23,7 @@ CLI:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -41,9 +46,37 @@ TORCH_FILE = "pytorch_model.bin"
 Params = dict[str, Any]
 Path = tuple[str, ...]
 
-# Optional parameter groups: a checkpoint without any tensor of a group (a bare `BertModel`,
-# a `BertForMaskedLM`) gets that group freshly initialised, with a warning.
-OPTIONAL_GROUPS = ("bert.pooler", "cls.predictions", "cls.seq_relationship")
+POOLER_GROUP = "bert.pooler"
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """A transformers BERT class: our model for it and the HF names of its task layers.
+
+    Loading, a checkpoint without any tensor of an optional group (the pooler, a task
+    layer: a bare `BertModel`, a `BertForMaskedLM`) gets that group freshly initialised,
+    with a warning; tensors of another head's groups are dropped, with a warning.
+    """
+
+    architecture: str  # transformers class name, also our flax_bert.model class name
+    pooler: bool  # whether its encoder has `bert.pooler`
+    groups: tuple[str, ...]  # HF name prefixes of its task layers
+    labelled: bool  # whether it takes num_labels (its `classifier` has one output per label)
+
+    @property
+    def optional_groups(self) -> tuple[str, ...]:
+        return ((POOLER_GROUP,) if self.pooler else ()) + self.groups
+
+
+HEADS = {
+    "pretraining": Head("BertForPreTraining", True,
+                        ("cls.predictions", "cls.seq_relationship"), False),
+    "sequence_classification": Head("BertForSequenceClassification", True, ("classifier",), True),
+    "token_classification": Head("BertForTokenClassification", False, ("classifier",), True),
+    "question_answering": Head("BertForQuestionAnswering", False, ("qa_outputs",), False),
+}
+_ALL_GROUPS = tuple(sorted({g for h in HEADS.values() for g in h.optional_groups}))
+DEFAULT_NUM_LABELS = 2  # transformers' PretrainedConfig default
 # Buffers and aliases that carry no parameter of their own.
 _IGNORED_SUFFIXES = ("position_ids", "embeddings.token_type_ids")
 _TIED_DECODER_WEIGHT = "cls.predictions.decoder.weight"
@@ -62,11 +95,11 @@ def _layer_norm(hf: str, path: Path) -> Iterator[tuple[str, Path, bool]]:
     yield f"{hf}.bias", path + ("bias",), False
 
 
-def name_map(config: BertConfig) -> list[tuple[str, Path, bool]]:
-    """Every (HF name, our param path, is_dense_kernel) of a `BertForPreTraining`.
+def name_map(config: BertConfig, head: str = "pretraining") -> list[tuple[str, Path, bool]]:
+    """Every (HF name, our param path, is_dense_kernel) of the model of `head` (HEADS).
 
-    HF names are those of `transformers.BertForPreTraining` (with the `bert.` prefix);
-    dense kernels are stored transposed: torch's weight is [out, in], our kernel [in, out].
+    HF names are those of the transformers class (with the `bert.` prefix); dense kernels
+    are stored transposed: torch's weight is [out, in], our kernel [in, out].
     """
     out: list[tuple[str, Path, bool]] = []
     emb = ("bert", "embeddings")
@@ -83,7 +116,11 @@ def name_map(config: BertConfig) -> list[tuple[str, Path, bool]]:
         out += _linear(f"{hf}.intermediate.dense", ours + ("intermediate", "dense"))
         out += _linear(f"{hf}.output.dense", ours + ("output", "dense"))
         out += _layer_norm(f"{hf}.output.LayerNorm", ours + ("output", "LayerNorm"))
-    out += _linear("bert.pooler.dense", ("bert", "pooler", "dense"))
+    if HEADS[head].pooler:
+        out += _linear(f"{POOLER_GROUP}.dense", ("bert", "pooler", "dense"))
+    if head != "pretraining":  # one dense task layer, named as its group
+        (layer,) = HEADS[head].groups
+        return out + list(_linear(layer, (layer,)))
     out.append(("cls.predictions.bias", ("cls", "predictions", "bias"), False))
     out += _linear("cls.predictions.transform.dense", ("cls", "predictions", "transform", "dense"))
     out += _layer_norm("cls.predictions.transform.LayerNorm",
@@ -93,8 +130,9 @@ def name_map(config: BertConfig) -> list[tuple[str, Path, bool]]:
 
 
 def _group(hf_name: str) -> str | None:
-    """The optional group an HF name belongs to, or None for a required encoder tensor."""
-    return next((g for g in OPTIONAL_GROUPS if hf_name.startswith(g + ".")), None)
+    """The optional group (of any head) an HF name belongs to, or None for an encoder
+    tensor."""
+    return next((g for g in _ALL_GROUPS if hf_name.startswith(g + ".")), None)
 
 
 def _get(tree: Params, path: Path) -> Any:
@@ -109,30 +147,45 @@ def _set(tree: Params, path: Path, value: Any) -> None:
     tree[path[-1]] = value
 
 
-def _param_shapes(config: BertConfig) -> Params:
+def make_model(config: BertConfig, head: str = "pretraining",
+               num_labels: int = DEFAULT_NUM_LABELS, **kwargs: Any) -> Any:
+    """Our Linen model of `head` (HEADS); `kwargs` go to its constructor (dtype, ...)."""
+    from flax_bert import model
+
+    if head not in HEADS:
+        raise UserError(f"head {head!r} is unknown; use one of {', '.join(HEADS)}")
+    cls = getattr(model, HEADS[head].architecture)
+    if HEADS[head].labelled:
+        kwargs["num_labels"] = num_labels
+    return cls(config, **kwargs)
+
+
+def _init(config: BertConfig, head: str, num_labels: int, seed: int) -> Any:
+    import jax
+    import jax.numpy as jnp
+
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return make_model(config, head, num_labels).init(jax.random.PRNGKey(seed), ids, ids,
+                                                     ids)["params"]
+
+
+def _param_shapes(config: BertConfig, head: str = "pretraining",
+                  num_labels: int = DEFAULT_NUM_LABELS) -> Params:
     """Our param tree's shapes for `config`, without allocating anything."""
     import flax.linen as nn
     import jax
-    import jax.numpy as jnp
 
-    from flax_bert.model import BertForPreTraining
-
-    ids = jnp.zeros((1, 1), jnp.int32)
-    shapes = jax.eval_shape(lambda: BertForPreTraining(config).init(
-        jax.random.PRNGKey(0), ids, ids, ids)["params"])
+    shapes = jax.eval_shape(lambda: _init(config, head, num_labels, 0))
     return jax.tree.map(lambda s: tuple(s.shape), nn.unbox(shapes))
 
 
-def _init_params(config: BertConfig, seed: int) -> Params:
-    """Freshly initialised params of `BertForPreTraining(config)`, as host float32 arrays."""
+def _init_params(config: BertConfig, seed: int, head: str = "pretraining",
+                 num_labels: int = DEFAULT_NUM_LABELS) -> Params:
+    """Freshly initialised params of the model of `head`, as host float32 arrays."""
     import flax.linen as nn
     import jax
-    import jax.numpy as jnp
 
-    from flax_bert.model import BertForPreTraining
-
-    ids = jnp.zeros((1, 1), jnp.int32)
-    params = BertForPreTraining(config).init(jax.random.PRNGKey(seed), ids, ids, ids)["params"]
+    params = _init(config, head, num_labels, seed)
     return jax.tree.map(lambda x: np.asarray(x, np.float32), nn.unbox(params))
 
 
@@ -230,6 +283,16 @@ def read_config(hf_dir: str) -> BertConfig:
         raise UserError(f"{path}: {e}") from e
 
 
+def read_labels(hf_dir: str) -> list[str]:
+    """Label names of an HF directory's config.json, in id order (`id2label`; transformers'
+    default LABEL_0, LABEL_1 without one)."""
+    with open(os.path.join(hf_dir, CONFIG_FILE), encoding="utf-8") as f:
+        id2label = json.load(f).get("id2label") or {}
+    if not id2label:
+        return [f"LABEL_{i}" for i in range(DEFAULT_NUM_LABELS)]
+    return [id2label[k] for k in sorted(id2label, key=int)]
+
+
 def _normalise(name: str) -> str:
     """Old (TF-converted) checkpoints name LayerNorm params gamma/beta."""
     if ".LayerNorm." in name:
@@ -240,14 +303,18 @@ def _normalise(name: str) -> str:
     return name
 
 
-def load_pretrained(path: str, seed: int = 0) -> tuple[BertConfig, Params]:
-    """Reads a local HF BERT directory into (config, params of `BertForPreTraining`).
+def load_pretrained(path: str, seed: int = 0, head: str = "pretraining",
+                    num_labels: int | None = None) -> tuple[BertConfig, Params]:
+    """Reads a local HF BERT directory into (config, params of the model of `head`).
 
-    Accepts `BertForPreTraining` checkpoints (`bert.` prefix, `cls.*` heads) and bare
-    `BertModel` ones (no prefix). Heads (and the pooler) absent from the file are
-    initialised from `seed` and listed in a warning. Params are float32 NumPy arrays.
+    Accepts checkpoints of any head in HEADS (`bert.` prefix) and bare `BertModel` ones (no
+    prefix). Task layers (and the pooler) absent from the file are initialised from `seed`
+    and listed in a warning; another head's layers are dropped, with a warning.
+    `num_labels` (labelled heads) defaults to config.json's. Params are float32 NumPy arrays.
     """
     config = read_config(path)
+    if num_labels is None:
+        num_labels = len(read_labels(path))
     raw, weight_file = _read_weights(path)
     prefixed = any(k.startswith("bert.") for k in raw)
     tensors: dict[str, np.ndarray] = {}
@@ -255,7 +322,7 @@ def load_pretrained(path: str, seed: int = 0) -> tuple[BertConfig, Params]:
         if name.endswith(_IGNORED_SUFFIXES):
             continue
         name = _normalise(name)
-        if not prefixed and not name.startswith("cls."):
+        if not prefixed and _group(name) is None:
             name = "bert." + name  # Bare BertModel checkpoint.
         tensors[name] = np.asarray(value, np.float32)
 
@@ -267,21 +334,25 @@ def load_pretrained(path: str, seed: int = 0) -> tuple[BertConfig, Params]:
                             f"cls.predictions.bias; they must be the same tensor")
     decoder_weight = tensors.pop(_TIED_DECODER_WEIGHT, None)
 
-    mapping = name_map(config)
+    mapping = name_map(config, head)
     known = {hf for hf, _, _ in mapping}
-    unexpected = sorted(set(tensors) - known)
+    other_heads = sorted(hf for hf in set(tensors) - known if _group(hf) is not None)
+    unexpected = sorted(set(tensors) - known - set(other_heads))
     if unexpected:
         raise UserError(f"{weight_file}: unexpected tensor {unexpected[0]!r} "
                         f"({len(unexpected)} in all); only BERT encoder, pooler and "
-                        f"pretraining-head tensors can be imported")
+                        f"task-head tensors ({', '.join(_ALL_GROUPS)}) can be imported")
+    if other_heads:
+        warnings.warn(f"{weight_file}: not used by {HEADS[head].architecture}: "
+                      f"{', '.join(sorted({_group(hf) for hf in other_heads}))}", stacklevel=2)
     present_groups = {_group(hf) for hf in tensors}
-    shapes = _param_shapes(config)
+    shapes = _param_shapes(config, head, num_labels)
     params: Params = {}
     fresh: list[str] = []
     for hf, ours, is_kernel in mapping:
         group = _group(hf)
         if hf not in tensors:
-            if group is not None and group not in present_groups:
+            if group in HEADS[head].optional_groups and group not in present_groups:
                 fresh.append(hf)
                 continue
             raise UserError(f"{weight_file}: tensor {hf!r} is missing; the checkpoint is "
@@ -295,7 +366,7 @@ def load_pretrained(path: str, seed: int = 0) -> tuple[BertConfig, Params]:
         _set(params, ours, np.ascontiguousarray(value))
 
     if fresh:
-        init = _init_params(config, seed)
+        init = _init_params(config, seed, head, num_labels)
         for hf, ours, _ in mapping:
             if hf in fresh:
                 _set(params, ours, _get(init, ours))
@@ -303,7 +374,7 @@ def load_pretrained(path: str, seed: int = 0) -> tuple[BertConfig, Params]:
         warnings.warn(f"{weight_file}: no weights for {', '.join(groups)}; freshly "
                       f"initialised: {', '.join(fresh)}", stacklevel=2)
 
-    if decoder_weight is not None:
+    if decoder_weight is not None and head == "pretraining":
         word = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
         if decoder_weight.shape != word.shape or not np.array_equal(decoder_weight, word):
             raise UserError(f"{weight_file}: {_TIED_DECODER_WEIGHT} differs from the word "
@@ -313,22 +384,35 @@ def load_pretrained(path: str, seed: int = 0) -> tuple[BertConfig, Params]:
 
 # ----------------------------------------------------------------------------- writing
 
-def to_state_dict(config: BertConfig, params: Params) -> dict[str, np.ndarray]:
-    """Our params -> `transformers.BertForPreTraining` state dict (float32, contiguous).
+def num_labels_of(params: Params, head: str) -> int:
+    """The number of labels a labelled head's params were built for (its classifier's
+    outputs); DEFAULT_NUM_LABELS for the others."""
+    if not HEADS[head].labelled:
+        return DEFAULT_NUM_LABELS
+    try:
+        return int(np.shape(_get(params, ("classifier", "bias")))[0])
+    except (KeyError, TypeError) as e:
+        raise UserError(f"params: classifier/bias is missing; pass the params of "
+                        f"{HEADS[head].architecture}") from e
+
+
+def to_state_dict(config: BertConfig, params: Params,
+                  head: str = "pretraining") -> dict[str, np.ndarray]:
+    """Our params -> the state dict of transformers' class for `head` (float32, contiguous).
 
     The tied decoder (`cls.predictions.decoder.*`) is left out, as transformers 5.x saves it.
     """
     import flax.linen as nn
 
     params = nn.unbox(params)
-    shapes = _param_shapes(config)
+    shapes = _param_shapes(config, head, num_labels_of(params, head))
     out: dict[str, np.ndarray] = {}
-    for hf, ours, is_kernel in name_map(config):
+    for hf, ours, is_kernel in name_map(config, head):
         try:
             value = np.asarray(_get(params, ours), np.float32)
         except (KeyError, TypeError) as e:
             raise UserError(f"params: {'/'.join(ours)} is missing; pass the params of "
-                            f"BertForPreTraining for this config") from e
+                            f"{HEADS[head].architecture} for this config") from e
         expected = _get(shapes, ours)
         if value.shape != expected:
             raise UserError(f"params: {'/'.join(ours)} has shape {value.shape}, expected "
@@ -338,21 +422,32 @@ def to_state_dict(config: BertConfig, params: Params) -> dict[str, np.ndarray]:
 
 
 def save_pretrained(config: BertConfig, params: Params, path: str,
-                    vocab: str | None = None) -> None:
+                    vocab: str | None = None, head: str = "pretraining",
+                    labels: list[str] | None = None) -> None:
     """Writes an HF directory (config.json, model.safetensors[, vocab.txt]) at `path`.
 
-    `transformers.BertForPreTraining.from_pretrained(path)` loads it with no missing or
-    unexpected keys; `vocab` is the path of a vocab.txt to copy alongside.
+    transformers' class of `head` (`BertForPreTraining`, ...) `.from_pretrained(path)` loads
+    it with no missing or unexpected keys; `vocab` is the path of a vocab.txt to copy
+    alongside; `labels` (labelled heads) name the classes in id order, written as
+    id2label / label2id (default LABEL_0, LABEL_1, ...).
     """
     from safetensors.numpy import save_file
 
     if vocab is not None and not os.path.isfile(vocab):
         raise UserError(f"{vocab} not found; pass the path of the model's vocab.txt")
-    tensors = to_state_dict(config, params)
-    os.makedirs(path, exist_ok=True)
-    hf_config = {**config.to_dict(), "architectures": ["BertForPreTraining"],
+    tensors = to_state_dict(config, params, head)
+    hf_config = {**config.to_dict(), "architectures": [HEADS[head].architecture],
                  "model_type": "bert", "position_embedding_type": "absolute",
                  "tie_word_embeddings": True}
+    if HEADS[head].labelled:
+        num_labels = num_labels_of(params, head)
+        labels = labels or [f"LABEL_{i}" for i in range(num_labels)]
+        if len(labels) != num_labels:
+            raise UserError(f"{len(labels)} label names for a classifier of {num_labels} "
+                            f"outputs; pass one name per class")
+        hf_config["id2label"] = {str(i): name for i, name in enumerate(labels)}
+        hf_config["label2id"] = {name: i for i, name in enumerate(labels)}
+    os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, CONFIG_FILE), "w", encoding="utf-8") as f:
         json.dump(hf_config, f, indent=2, sort_keys=True)
         f.write("\n")

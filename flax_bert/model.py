@@ -389,7 +389,8 @@ class BertPooler(nn.Module):
 
 
 class BertModel(nn.Module):
-    """The encoder: returns (sequence_output [B, S, H], pooled_output [B, H]).
+    """The encoder: returns (sequence_output [B, S, H], pooled_output [B, H]); pooled_output
+    is None without the pooler (`add_pooling_layer=False`, as HF's token and span heads).
 
     `apply(..., mutable=["intermediates"])` also returns what a probe needs (HF's
     `hidden_states` and `attentions`), each a 1-tuple as `sow` stores it, with or without remat:
@@ -403,21 +404,22 @@ class BertModel(nn.Module):
     dtype: Dtype = jnp.float32  # Compute dtype; parameters are always float32.
     remat_policy: str = "none"
     dropout_impl: str = "hash"  # hash | jax (see Dropout)
+    add_pooling_layer: bool = True
 
     def setup(self) -> None:
         self.embeddings = BertEmbeddings(self.config, self.dtype, self.dropout_impl)
         self.encoder = BertEncoder(self.config, self.dtype, self.remat_policy, self.dropout_impl)
-        self.pooler = BertPooler(self.config, self.dtype)
+        self.pooler = BertPooler(self.config, self.dtype) if self.add_pooling_layer else None
 
     def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
-                 deterministic: bool = True) -> tuple[Array, Array]:
+                 deterministic: bool = True) -> tuple[Array, Array | None]:
         if input_ids.shape[1] > self.config.max_position_embeddings:
             raise ValueError(
                 f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
                 f"({self.config.max_position_embeddings}); shorten data.max_seq_length")
         x = self.embeddings(input_ids, token_type_ids, deterministic)  # [B, S, H]
         x = self.encoder(x, attention_mask, deterministic)  # [B, S, H]
-        return x, self.pooler(x)
+        return x, None if self.pooler is None else self.pooler(x)
 
 
 @jax.custom_vjp
@@ -524,3 +526,70 @@ class BertForPreTraining(nn.Module):
                 sequence_output, masked_positions[..., None], axis=1)  # [B, P, H]
         word_embeddings = self.bert.embeddings.word_embeddings.embedding  # [V, H]
         return self.cls(sequence_output, pooled, word_embeddings)
+
+
+# ----------------------------------------------------------------------------- task heads
+# HF's fine-tuning heads, same names and layouts: the encoder under `bert`, a task layer on
+# top. Logits are float32.
+
+
+class _TaskHead(nn.Module):
+    """What the task heads share: the encoder's settings, and the encoder under `bert`."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    remat_policy: str = "none"
+    dropout_impl: str = "hash"  # hash | jax (see Dropout)
+
+    def encoder(self, add_pooling_layer: bool) -> BertModel:
+        return BertModel(self.config, self.dtype, self.remat_policy, self.dropout_impl,
+                         add_pooling_layer, name="bert")
+
+
+class BertForSequenceClassification(_TaskHead):
+    """One label per sentence or sentence pair: dropout + `classifier` on the pooled
+    output. Returns logits [B, num_labels]."""
+
+    num_labels: int = 2
+
+    @nn.compact
+    def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
+                 deterministic: bool = True) -> Array:
+        cfg = self.config
+        _, pooled = self.encoder(add_pooling_layer=True)(
+            input_ids, token_type_ids, attention_mask, deterministic)  # [B, H]
+        pooled = Dropout(cfg.hidden_dropout_prob, self.dropout_impl)(pooled, deterministic)
+        logits = _dense(cfg, self.num_labels, ("embed", None), self.dtype,
+                        "classifier")(pooled)  # [B, num_labels]
+        return logits.astype(jnp.float32)
+
+
+class BertForTokenClassification(_TaskHead):
+    """One label per token: dropout + `classifier` on each position (no pooler, as in HF).
+    Returns logits [B, S, num_labels]."""
+
+    num_labels: int = 2
+
+    @nn.compact
+    def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
+                 deterministic: bool = True) -> Array:
+        x, _ = self.encoder(add_pooling_layer=False)(
+            input_ids, token_type_ids, attention_mask, deterministic)  # [B, S, H]
+        x = Dropout(self.config.hidden_dropout_prob, self.dropout_impl)(x, deterministic)
+        logits = _per_token(_dense(self.config, self.num_labels, ("embed", None), self.dtype,
+                                   "classifier"), x)  # [B, S, num_labels]
+        return logits.astype(jnp.float32)
+
+
+class BertForQuestionAnswering(_TaskHead):
+    """Extractive QA: `qa_outputs` gives each token a span-start and a span-end logit (no
+    pooler, no dropout, as in HF). Returns (start_logits, end_logits), [B, S] each."""
+
+    @nn.compact
+    def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
+                 deterministic: bool = True) -> tuple[Array, Array]:
+        x, _ = self.encoder(add_pooling_layer=False)(
+            input_ids, token_type_ids, attention_mask, deterministic)  # [B, S, H]
+        logits = _per_token(_dense(self.config, 2, ("embed", None), self.dtype, "qa_outputs"),
+                            x).astype(jnp.float32)  # [B, S, 2]
+        return logits[..., 0], logits[..., 1]

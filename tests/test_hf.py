@@ -238,8 +238,8 @@ def test_error_wrong_shape_and_missing_and_unexpected(tmp_path):
     with pytest.raises(UserError, match=rf"model\.safetensors: tensor '{missing}' is missing"):
         hf.load_pretrained(str(tmp_path))
 
-    save_file(dict(good, **{"classifier.weight": np.zeros((2, 32), np.float32)}), weights)
-    with pytest.raises(UserError, match="unexpected tensor 'classifier.weight'"):
+    save_file(dict(good, **{"lm_head.weight": np.zeros((2, 32), np.float32)}), weights)
+    with pytest.raises(UserError, match="unexpected tensor 'lm_head.weight'"):
         hf.load_pretrained(str(tmp_path))
 
 

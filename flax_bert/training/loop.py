@@ -6,7 +6,7 @@ import dataclasses
 import os
 import shutil
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -173,10 +173,16 @@ def _sum_steps(totals: dict[str, jax.Array], metrics: dict[str, jax.Array]
 _global_norm = jax.jit(optax.tree.norm)
 
 
-class _TrainMeter:
-    """Sums step metrics on device between log points; one host sync per log row."""
+def _pretraining_summary(totals: dict[str, Any]) -> dict[str, float]:
+    return losses.summarize({k: totals[k] for k in SUM_KEYS})
 
-    def __init__(self) -> None:
+
+class _TrainMeter:
+    """Sums step metrics on device between log points; one host sync per log row.
+    `summarize` turns the summed metrics into the row's means (losses, accuracies)."""
+
+    def __init__(self, summarize: Any = _pretraining_summary) -> None:
+        self.summarize = summarize
         self.totals: dict[str, jax.Array] | None = None
         self.steps = self.tokens = 0
         self.start = time.perf_counter()
@@ -193,12 +199,12 @@ class _TrainMeter:
     def summary(self) -> dict[str, float]:
         totals = jax.device_get(self.totals)
         elapsed = time.perf_counter() - self.start
-        row = losses.summarize({k: totals[k] for k in SUM_KEYS})
+        row = self.summarize(totals)
         row["grad_norm"] = float(totals["grad_norm"]) / self.steps
         row["skipped"] = float(totals["skipped"])
         row["tokens_per_sec"] = self.tokens / elapsed
         row["steps_per_sec"] = self.steps / elapsed
-        self.__init__()
+        self.__init__(self.summarize)
         return row
 
 
@@ -234,6 +240,25 @@ class _NonfiniteGuard:
             f"{step - self.run + 1}-{step} skipped, config.train.max_consecutive_nonfinite="
             f"{self.limit}); the last good checkpoint is kept in {self.ckpt.directory}; "
             f"lower config.optimizer.learning_rate or check the data")
+
+
+def save_and_stop(step: int, stop_after: int, watch: preemption.PreemptionWatch,
+                  guard: _NonfiniteGuard, ckpt: checkpoint.TrainCheckpointer,
+                  writer: metrics_lib.MetricWriter, *save_args: Any) -> NoReturn:
+    """Saves a checkpoint of `save_args` (state, rng, data iterator) at `step` and stops
+    the run: at config.train.stop_after (exit 0) or on a signal (its exit code)."""
+    guard.check_previous()
+    ckpt.save(step, *save_args, force=True)
+    ckpt.close()
+    writer.close()
+    where = f"{ckpt.directory}/{step}"
+    if step == stop_after:
+        raise preemption.Interrupted(
+            f"stopped after step {step} (config.train.stop_after); checkpoint "
+            f"saved in {where}; rerun without stop_after to continue", 0)
+    raise preemption.Interrupted(
+        f"interrupted at step {step}; checkpoint saved in {where}; rerun the same "
+        f"command to resume", watch.exit_code)
 
 
 def _progress_bar(start: int, total: int, enabled: bool) -> Any:
@@ -368,18 +393,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
             if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done < train_cfg.steps:
                 run_eval(done)
             if done < train_cfg.steps and (watch.reached(done) or done == stop_after):
-                guard.check_previous()
-                ckpt.save(done, state, dropout_rng, train_iter, force=True)
-                ckpt.close()
-                writer.close()
-                where = f"{ckpt.directory}/{done}"
-                if done == stop_after:
-                    raise preemption.Interrupted(
-                        f"stopped after step {done} (config.train.stop_after); checkpoint "
-                        f"saved in {where}; rerun without stop_after to continue", 0)
-                raise preemption.Interrupted(
-                    f"interrupted at step {done}; checkpoint saved in {where}; rerun the same "
-                    f"command to resume", watch.exit_code)
+                save_and_stop(done, stop_after, watch, guard, ckpt, writer, state, dropout_rng,
+                              train_iter)
             ckpt.save(done, state, dropout_rng, train_iter)
         guard.check_previous()
 

@@ -16,6 +16,9 @@ from flax_bert.errors import UserError
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 ACCURACY_PLOT = "accuracy.png"
+# (file, metric keys, y label) of each plot of a pretraining run.
+PRETRAINING_PLOTS = ((LOSS_PLOT, ("mlm_loss", "nsp_loss"), "loss"),
+                     (ACCURACY_PLOT, ("mlm_accuracy", "nsp_accuracy"), "accuracy"))
 
 
 class MetricWriter:
@@ -84,16 +87,16 @@ def read_metrics(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_curves(workdir: str) -> list[str]:
-    """Writes loss.png and accuracy.png from metrics.jsonl; returns their paths."""
+def plot_curves(workdir: str, plots: tuple = PRETRAINING_PLOTS) -> list[str]:
+    """Writes one PNG per (file, metric keys, y label) of `plots` (default loss.png and
+    accuracy.png) from metrics.jsonl; returns their paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = read_metrics(os.path.join(workdir, METRICS_FILE))
     paths = []
-    for filename, keys, ylabel in ((LOSS_PLOT, ("mlm_loss", "nsp_loss"), "loss"),
-                                   (ACCURACY_PLOT, ("mlm_accuracy", "nsp_accuracy"), "accuracy")):
+    for filename, keys, ylabel in plots:
         fig, ax = plt.subplots(figsize=(7, 4))
         for split, style in (("train", "-"), ("eval", "o--")):
             for key in keys:

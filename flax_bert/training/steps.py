@@ -76,6 +76,15 @@ def train_step(state: TrainState, batch: Batch, rng: Array, *, model: nn.Module,
             accumulate, (zeros[0][0], zeros[0][1], zeros[1]),
             (jnp.arange(grad_accum_steps), _split_micro_batches(batch, grad_accum_steps)))
 
+    new_state, metrics = apply_gradients(state, loss, grads, tx)
+    return new_state, dict(sums, **metrics, learning_rate=schedule(state.step))
+
+
+def apply_gradients(state: TrainState, loss: Array, grads: Any,
+                    tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, Array]]:
+    """The optimizer update of one step, skipped (params and optimizer state unchanged,
+    counted in `nonfinite_run`) when the loss or the gradient norm is not finite.
+    Returns the new state and metrics: loss, grad_norm, skipped."""
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
@@ -88,21 +97,20 @@ def train_step(state: TrainState, batch: Batch, rng: Array, *, model: nn.Module,
                                      state.opt_state)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                            nonfinite_run=jnp.where(finite, 0, state.nonfinite_run + 1))
-    metrics = dict(sums, loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
-                   skipped=(~finite).astype(jnp.float32))
-    return new_state, metrics
+    return new_state, dict(loss=loss, grad_norm=grad_norm, skipped=(~finite).astype(jnp.float32))
 
 
-def train_steps(state: TrainState, batches: Batch, rng: Array, **step_kwargs: Any
+def train_steps(state: TrainState, batches: Batch, rng: Array, *,
+                step_fn: Callable = train_step, **step_kwargs: Any
                 ) -> tuple[TrainState, dict[str, Array]]:
-    """`train_step` on each of `batches` in turn: leaves [K, B, ...] are K optimizer steps
+    """`step_fn` (default `train_step`) on each of `batches` in turn: leaves [K, B, ...] are K optimizer steps
     in one `lax.scan` (BERT's `iterations_per_loop`). Metrics come back stacked, [K].
 
     One call of K steps costs less than K calls: XLA:CPU allocates a step's temporary
     buffers (1.35 GB at BERT-Small, seq 128, batch 32) fresh for every call and
     page-faults them in again, and the host dispatches once per K steps.
     """
-    step = functools.partial(train_step, rng=rng, **step_kwargs)
+    step = functools.partial(step_fn, rng=rng, **step_kwargs)
     return jax.lax.scan(step, state, batches)  # XLA drops the loop when K is 1
 
 
@@ -122,13 +130,12 @@ def _with_mesh(fn: Callable, mesh: Mesh) -> Callable:
     return wrapped
 
 
-def jit_train_step(mesh: Mesh, state_shardings: Any, *, model: nn.Module,
-                   tx: optax.GradientTransformation, schedule: optax.Schedule,
-                   grad_accum_steps: int = 1) -> Callable:
-    """`train_steps` compiled for `mesh`: state donated; batches [K, B, ...] with the
-    examples split over data x fsdp. Each K compiles once."""
-    step = functools.partial(train_steps, model=model, tx=tx, schedule=schedule,
-                             grad_accum_steps=grad_accum_steps)
+def jit_train_step(mesh: Mesh, state_shardings: Any, *, step_fn: Callable = train_step,
+                   **step_kwargs: Any) -> Callable:
+    """`train_steps` of `step_fn` (its keyword arguments in `step_kwargs`: model, tx, ...)
+    compiled for `mesh`: state donated; batches [K, B, ...] with the examples split over
+    data x fsdp. Each K compiles once."""
+    step = functools.partial(train_steps, step_fn=step_fn, **step_kwargs)
     return jax.jit(_with_mesh(step, mesh),
                    in_shardings=(state_shardings, sharding.batch_sharding(mesh, stacked=True),
                                  sharding.replicated(mesh)),
@@ -136,7 +143,9 @@ def jit_train_step(mesh: Mesh, state_shardings: Any, *, model: nn.Module,
                    donate_argnums=(0,))
 
 
-def jit_eval_step(mesh: Mesh, params_shardings: Any, *, model: nn.Module) -> Callable:
-    return jax.jit(_with_mesh(functools.partial(eval_step, model=model), mesh),
+def jit_eval_step(mesh: Mesh, params_shardings: Any, *, model: nn.Module,
+                  eval_fn: Callable = eval_step) -> Callable:
+    """`eval_fn(params, batch, model=model)` compiled for `mesh`; outputs replicated."""
+    return jax.jit(_with_mesh(functools.partial(eval_fn, model=model), mesh),
                    in_shardings=(params_shardings, sharding.batch_sharding(mesh)),
                    out_shardings=sharding.replicated(mesh))

@@ -1,0 +1,1 @@
+"""Fine-tuning a BERT encoder on labelled text: data, the book task, steps, the loop."""
