@@ -213,14 +213,18 @@ def part_runners(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarr
     return {name: runner(fn, fn_args) for name, (fn, fn_args) in fns.items()}
 
 
-def print_top_ops(run: Callable[[int], int], top: int, hlo_text: str) -> None:
+def print_top_ops(run: Callable[[int], int], top: int, hlo_text: str, gpu: bool) -> None:
     """Traces one call with jax.profiler and prints the `top` XLA ops by total time per
     step, each with the JAX operation it came from (HLO metadata); on a GPU, the kernels'
     time, with the most expensive kernel of each op."""
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
             ran = run(1)
-        ops, on_device = xla_trace.top_ops(xla_trace.load_events(trace_dir))
+        events = xla_trace.load_events(trace_dir)
+    ops, on_device = xla_trace.top_ops(events)
+    if gpu and not on_device:
+        print(f"warning: the trace has no GPU timeline (its processes: "
+              f"{sorted(set(xla_trace.process_names(events).values()))}); host events below")
     if on_device:
         busy_ms = sum(op.total_us for op in ops) / 1e3 / ran
         print(f"top {top} XLA ops by GPU kernel time (ms per step, over a call of {ran}; "
@@ -292,7 +296,7 @@ def measure_ours(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarr
               f"{2 * flops / 3 / backward / peak:.0%} of matmul peak "
               f"({backward / s_per['forward']:.2f}x the forward)")
     if args.top_ops:
-        print_top_ops(ours_run, args.top_ops, ours_hlo())
+        print_top_ops(ours_run, args.top_ops, ours_hlo(), gpu=bool(datasheet))
     return ours_s, peak
 
 

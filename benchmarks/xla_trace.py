@@ -34,13 +34,18 @@ def load_events(trace_dir: str) -> list[dict[str, Any]]:
     return events["traceEvents"] if isinstance(events, dict) else events
 
 
+def process_names(events: list[dict[str, Any]]) -> dict[Any, str]:
+    """{pid: process name} from the trace's metadata events."""
+    return {e["pid"]: str(e.get("args", {}).get("name", "")) for e in events
+            if e.get("ph") == "M" and e.get("name") == "process_name"}
+
+
 def top_ops(events: list[dict[str, Any]]) -> tuple[list[Op], bool]:
     """(ops by total time, most expensive first; whether they are device kernels). Only
     complete events ('X') that name an HLO op count; where the trace has a device
     timeline, only its events."""
-    device_pids = {e["pid"] for e in events if e.get("ph") == "M"
-                   and e.get("name") == "process_name"
-                   and DEVICE_PROCESS.search(str(e.get("args", {}).get("name", "")))}
+    device_pids = {pid for pid, name in process_names(events).items()
+                   if DEVICE_PROCESS.search(name)}
     total_us: collections.Counter = collections.Counter()
     kernels: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for e in events:
