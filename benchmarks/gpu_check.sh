@@ -4,16 +4,17 @@
 # image lacks in .whl/ (carry: [".whl"]), as two back-to-back calls (the machine stays warm
 # for ~30 s between them, so the second needs no new start):
 #
-#   bash benchmarks/gpu_check.sh base train     # timeout_s 480
-#   bash benchmarks/gpu_check.sh seq512 large   # timeout_s 330
+#   bash benchmarks/gpu_check.sh base train     # timeout_s 500
+#   bash benchmarks/gpu_check.sh seq512 large   # timeout_s 280
 #
 # Stages (each cut at its budget in seconds, so a slow one cannot eat the next):
 #   base    BERT-base, seq 128, batch 256, bf16: ours vs HF eager vs HF torch.compile,
-#           top 25 GPU kernels                                             (BUDGET_BASE=270)
+#           top 25 GPU kernels                                             (BUDGET_BASE=240)
 #   train   train.py, base config, bf16, 300 steps on the bundled corpus: cold compile to
-#           step 200, then a resume to 300 with the compilation cache warm (BUDGET_TRAIN=190)
-#   seq512  BERT-base, seq 512, batch 32, bf16: ours vs HF eager             (BUDGET_SEQ512=150)
-#   large   BERT-large, seq 128, batch 128, bf16: ours only (MFU)            (BUDGET_LARGE=160)
+#           step 200, then a resume to 300 with the compilation cache warm (BUDGET_TRAIN=240)
+#   seq512  BERT-base, seq 512, batch 32, bf16: ours vs HF eager             (BUDGET_SEQ512=130)
+#   large   BERT-large, seq 128, batch 128, bf16: ours only (MFU)            (BUDGET_LARGE=130)
+# TRAIN_EXTRA: more train.py flags (a CPU smoke test of the script: a tiny model, 8 steps).
 # Logs go to $OUT/<stage>.log (the device tool brings back what is under $OUT); the last
 # lines printed are a summary of each stage's result lines.
 set -u
@@ -76,22 +77,30 @@ stage_train() {
     python3 train.py --config configs/base.py --workdir "$work" \
       --config.train.dtype=bfloat16 --config.train.steps=300 --config.train.eval_batches=10 \
       --config.train.log_every=50 --config.checkpoint.every=100 \
-      $([ $run = cold ] && echo --config.train.stop_after=200) 2>&1 | stamp "$start"
+      $([ $run = cold ] && echo --config.train.stop_after=200) ${TRAIN_EXTRA:-} 2>&1 \
+      | stamp "$start"
     rc=${PIPESTATUS[0]}
     echo "run $run: exit $rc, $(python3 -c "import time; print(f'{time.time() - $start:.1f}')") s in all"
     echo "cache entries: $(ls "$work/jax_cache" 2>/dev/null | wc -l)"
   done
   cat "$work/metrics.jsonl"
+  python3 -c 'import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if "tokens_per_sec" in line]
+print("train tokens/s by step:", ", ".join("%d: %.0f" % (r["step"], r["tokens_per_sec"])
+                                          for r in rows))' \
+    "$work/metrics.jsonl"
 }
 
-declare -A BUDGET=([base]=${BUDGET_BASE:-270} [train]=${BUDGET_TRAIN:-190}
-                   [seq512]=${BUDGET_SEQ512:-150} [large]=${BUDGET_LARGE:-160})
+declare -A BUDGET=([base]=${BUDGET_BASE:-240} [train]=${BUDGET_TRAIN:-240}
+                   [seq512]=${BUDGET_SEQ512:-130} [large]=${BUDGET_LARGE:-130})
+for s in ${@:-base train seq512 large}; do
+  [ -n "${BUDGET[$s]:-}" ] || { echo "error: unknown stage $s (base, train, seq512, large)"; exit 2; }
+done
 for stage in "${@:-base train seq512 large}"; do
   for s in $stage; do
-    [ -n "${BUDGET[$s]:-}" ] || { echo "error: unknown stage $s (base, train, seq512, large)"; exit 2; }
     echo "=== $s (budget ${BUDGET[$s]} s)" | tee "$OUT/$s.log"
     export -f stage_$s stamp
-    export BENCH
+    export BENCH TRAIN_EXTRA
     timeout -k 10 "${BUDGET[$s]}" bash -c "stage_$s" 2>&1 | tee -a "$OUT/$s.log"
     rc=${PIPESTATUS[0]}
     [ "$rc" = 124 ] && echo "=== $s: cut at its budget of ${BUDGET[$s]} s" | tee -a "$OUT/$s.log"
@@ -102,7 +111,7 @@ echo "=== summary"
 for s in base train seq512 large; do
   [ -f "$OUT/$s.log" ] || continue
   echo "--- $s"
-  grep -E '^(config|matmul|ours|hf|ratio|run |cache entries|error)|cut at|resumed|first train|eval step|stopped' \
+  grep -E '^(config|matmul|ours|hf|ratio|run |cache entries|error|train tokens)|cut at|resumed|first train|eval step|stopped' \
     "$OUT/$s.log" | grep -v '^ours: build' | cut -c1-240
   grep -E '^ours: build' "$OUT/$s.log"
 done

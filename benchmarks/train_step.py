@@ -1,7 +1,8 @@
 """Train-step speed: our jit'd step vs Hugging Face PyTorch `BertForPreTraining`, one run.
 
-On the CPU (the default where there is no /dev/nvidia*): both run the same model size, batch, sequence length and number of masked positions, on
-the same number of threads, after warm-up; each is timed over several repeats of a few
+On the CPU (the default where there is no /dev/nvidia*): both run the same model size,
+batch, sequence length and number of masked positions, on the same number of threads,
+after warm-up; each is timed over several repeats of a few
 steps and the median is reported. Prints tokens/s for each, `ratio ours/hf: X.XXx`, and
 our model FLOP/s as a fraction of a jit'd fp32 matmul's FLOP/s measured in this run.
 Our steps run as training runs them: config.train.steps_per_call optimizer steps per jit'd
@@ -156,11 +157,11 @@ def matmul_runner(n: int, dtype: jnp.dtype = jnp.float32) -> Callable[[int], int
 def ours_runner(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
                 args: argparse.Namespace
                 ) -> tuple[Callable[[int], int], Callable[[], float], Callable[[], str],
-                           tuple[float, float]]:
-    """(run n steps, last loss, compiled HLO text, seconds of (build, warm-up calls: the
-    first compiles)) of steps.jit_train_step on a 1-device mesh, warmed up. Steps run in
-    calls of config.train.steps_per_call, as training runs them; n is rounded up to whole
-    calls."""
+                           tuple[float, float, int]]:
+    """(run n steps, last loss, compiled HLO text, (seconds to build, seconds of the
+    warm-up calls, which compile, their steps)) of steps.jit_train_step on a 1-device
+    mesh, warmed up. Steps run in calls of config.train.steps_per_call, as training runs
+    them; n is rounded up to whole calls."""
     start = time.perf_counter()
     step, state, batches = build_step(config, batch_np, args.seq)
     jax.block_until_ready(state)
@@ -176,8 +177,8 @@ def ours_runner(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarra
         jax.block_until_ready(holder["state"])
         return calls * per_call
 
-    run(args.warmup)
-    setup_s = (built - start, time.perf_counter() - built)
+    warm_steps = run(args.warmup)
+    setup_s = (built - start, time.perf_counter() - built, warm_steps)
     hlo = lambda: step.lower(holder["state"], batches, rng).compile().as_text()  # noqa: E731
     return run, lambda: float(holder["metrics"]["loss"][-1]), hlo, setup_s
 
@@ -266,7 +267,8 @@ def measure_ours(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarr
     """Times (and prints) our step, and its parts and top ops if asked; returns (s/step,
     matmul peak FLOP/s). `datasheet`: the GPU's peak FLOP/s (0 on the CPU). Everything it
     builds is garbage once it returns."""
-    ours_run, ours_loss, ours_hlo, (build_s, first_s) = ours_runner(config, batch_np, args)
+    ours_run, ours_loss, ours_hlo, (build_s, first_s, first_steps) = ours_runner(
+        config, batch_np, args)
     runners = {"matmul": matmul, "ours": ours_run}
     if args.breakdown:
         runners.update(part_runners(config, batch_np, args))
@@ -276,7 +278,7 @@ def measure_ours(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarr
     if datasheet:
         print(f"matmul peak ({args.matmul_size}^3 bf16, jit): {peak / 1e12:.1f} TFLOP/s = "
               f"{peak / datasheet:.0%} of the datasheet's {datasheet / 1e12:.0f}")
-        print(f"ours: build {build_s:.1f} s + first {args.warmup} step(s) {first_s:.1f} s "
+        print(f"ours: build {build_s:.1f} s + first {first_steps} steps {first_s:.1f} s "
               f"(compile + run)")
         print(gpu_rates("ours", ours_s, tokens, args.batch, ours_loss(), flops, peak, datasheet))
     else:
@@ -328,7 +330,7 @@ def time_hf(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray],
                    threads=THREADS, bf16_autocast=gpu, fused_adamw=gpu,
                    compile_model=compile_model)
     if gpu:
-        print(f"hf {'compile' if compile_model else 'eager'}: first {args.warmup} step(s) "
+        print(f"hf {'compile' if compile_model else 'eager'}: first {args.warmup} steps "
               f"{hf.first_call_s:.1f} s")
     hf_s = float(np.median(time_repeats(hf.run, args.steps, args.repeats)))
     loss = hf.loss()
