@@ -88,7 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Persistent compilation cache (jax_compilation_cache_dir): a rerun or resume loads the
     # compiled train/eval steps instead of compiling them again. A relative path is inside
     # the workdir; an absolute one (e.g. ~/.cache/flax_bert/jax) can be shared by runs of
-    # the same programs; "" turns it off. Set by train.py before the first compile.
+    # the same programs; "" turns it off; JAX_COMPILATION_CACHE_DIR, if set, wins. Set by
+    # train.py before the first compile.
     t.compilation_cache_dir = "jax_cache"
     t.log_every = 100  # Steps between training metric rows (host sync only then).
     t.eval_every = 1000  # Steps between evaluations on the held-out split (0 = only at end).

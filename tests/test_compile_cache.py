@@ -12,7 +12,8 @@ LOG_MODULES = "jax._src.compiler,jax._src.compilation_cache"  # jax's cache hit/
 
 def _train(workdir, corpus_path, cache_dir, prepared) -> tuple[int, int]:
     """(cache hits, cache writes) of one short train.py run."""
-    env = {**os.environ, "JAX_DEBUG_LOG_MODULES": LOG_MODULES}
+    env = {**{k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"},
+           "JAX_DEBUG_LOG_MODULES": LOG_MODULES}
     result = subprocess.run(
         [sys.executable, "train.py", f"--workdir={workdir}", *TINY,
          f"--config.data.input={corpus_path}", f"--config.data.prepared_dir={prepared}",
@@ -44,9 +45,11 @@ jax.jit(lambda x: x * 2)(jnp.arange(3.0)).block_until_ready()
 
 
 def test_relative_cache_dir_is_in_the_workdir_and_empty_disables(tmp_path):
-    def run(cache_dir, workdir):
+    def run(cache_dir, workdir, **env):
+        env = {**{k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"},
+               **env}
         return subprocess.run([sys.executable, "-c", ENABLE_AND_JIT, cache_dir, str(workdir)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
                               check=True).stdout.strip()
 
     assert run("jax_cache", tmp_path / "run") == str(tmp_path / "run" / "jax_cache")
@@ -55,3 +58,7 @@ def test_relative_cache_dir_is_in_the_workdir_and_empty_disables(tmp_path):
     assert os.listdir(tmp_path / "shared")
     assert run("", tmp_path / "off") == "None"
     assert not os.path.exists(tmp_path / "off")
+    # jax's own setting wins
+    assert run("jax_cache", tmp_path / "env", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax")) \
+        == str(tmp_path / "jax")
+    assert not os.path.exists(tmp_path / "env")

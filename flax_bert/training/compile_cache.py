@@ -14,8 +14,11 @@ MIN_COMPILE_SECS = 0.0
 
 def enable(cache_dir: str, workdir: str) -> str | None:
     """Points jax's persistent compilation cache at `cache_dir` (a relative path is taken
-    inside `workdir`; "" leaves the cache off) and returns the folder. Must run before the
-    process's first jit: jax reads the setting once, at its first compile."""
+    inside `workdir`; "" leaves the cache off) and returns the folder in use. A folder set
+    for jax already (JAX_COMPILATION_CACHE_DIR) wins. Must run before the process's first
+    jit: jax reads the setting once, at its first compile."""
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
     if not cache_dir:
         return None
     path = os.path.join(os.path.abspath(workdir), os.path.expanduser(cache_dir))
