@@ -67,9 +67,10 @@ def run(argv: list[str], train_and_evaluate: Callable) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
     from flax_bert import workdir
     from flax_bert.errors import UserError
-    from flax_bert.training import preemption
+    from flax_bert.training import compile_cache, preemption
 
     logging.get_absl_handler().addFilter(workdir.HideDiskFullTracebacks())
+    compile_cache.enable(FLAGS.config.train.compilation_cache_dir, FLAGS.workdir)
 
     try:
         train_and_evaluate(FLAGS.config, FLAGS.workdir)

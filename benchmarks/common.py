@@ -33,6 +33,22 @@ def load_config(name: str, overrides: list[str]) -> ml_collections.ConfigDict:
     return config
 
 
+def model_flops(cfg: BertConfig, batch: int, seq: int, preds: int,
+                decoder_positions: int | None = None) -> float:
+    """FLOPs of one train step (forward + backward = 3 x forward, 2 per multiply-add):
+    encoder matmuls, attention scores and context, the MLM head at `preds` positions per
+    example (HF's at all `decoder_positions`), pooler + NSP. Gathers, LayerNorm, GELU,
+    softmax, dropout and the optimizer are not counted (benchmarks/train_step.py)."""
+    h, i, layers, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+    tokens = batch * seq
+    encoder = 6 * (4 * h * h + 2 * h * i) * layers * tokens
+    attention = 6 * 2 * seq * h * layers * tokens
+    head_tokens = batch * (preds if decoder_positions is None else decoder_positions)
+    mlm = 6 * (h * h + h * v) * head_tokens
+    nsp = 6 * (h * h + 2 * h) * batch
+    return float(encoder + attention + mlm + nsp)
+
+
 def make_batch(cfg: BertConfig, batch: int, seq: int, preds: int,
                rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random full-length pairs with `preds` distinct masked positions per example."""

@@ -91,6 +91,12 @@ def get_config() -> ml_collections.ConfigDict:
     # from the dropout RNG, fused into the consumer: ~free) or "jax" (nn.Dropout's
     # jax.random.bernoulli on threefry: ~25% of a CPU train step at BERT-Small, seq 128).
     t.dropout_impl = "hash"
+    # Persistent compilation cache (jax_compilation_cache_dir): a rerun or resume loads the
+    # compiled train/eval steps instead of compiling them again. A relative path is inside
+    # the workdir; an absolute one (e.g. ~/.cache/flax_bert/jax) can be shared by runs of
+    # the same programs; "" turns it off; JAX_COMPILATION_CACHE_DIR, if set, wins. Set by
+    # train.py before the first compile.
+    t.compilation_cache_dir = "jax_cache"
     t.log_every = 100  # Steps between training metric rows (host sync only then).
     t.eval_every = 1000  # Steps between evaluations on the held-out split (0 = only at end).
     t.eval_batches = 0  # Batches per evaluation (0 = the whole held-out split).
