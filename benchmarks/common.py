@@ -84,7 +84,8 @@ def build_parts(config: ml_collections.ConfigDict, seq: int) -> Parts:
                               jax.devices()[:1])
     model = BertForPreTraining(cfg, dtype=jnp.dtype(config.train.dtype),
                                remat_policy=config.train.remat_policy,
-                               dropout_impl=config.train.dropout_impl)
+                               dropout_impl=config.train.dropout_impl,
+                               fused_backward=config.train.fused_backward)
     tx, schedule = optimizer.make_optimizer(config.optimizer, config.train.steps)
     state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(0), seq)
     return Parts(model, tx, schedule, mesh, state, shardings)

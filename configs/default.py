@@ -91,6 +91,9 @@ def get_config() -> ml_collections.ConfigDict:
     # from the dropout RNG, fused into the consumer: ~free) or "jax" (nn.Dropout's
     # jax.random.bernoulli on threefry: ~25% of a CPU train step at BERT-Small, seq 128).
     t.dropout_impl = "hash"
+    # Hand-written backward passes of the MLM decoder and the cross-entropy (flax_bert/ops.py:
+    # faster on XLA:CPU); False: plain autodiff, the same numbers.
+    t.fused_backward = True
     # Persistent compilation cache (jax_compilation_cache_dir): a rerun or resume loads the
     # compiled train/eval steps instead of compiling them again. A relative path is inside
     # the workdir; an absolute one (e.g. ~/.cache/flax_bert/jax) can be shared by runs of

@@ -7,13 +7,13 @@
 `config` is a frozen, hashable `BertConfig`: a static argument of `jax.jit`. Nothing else
 is hidden, so `jax.grad`, `jax.vmap` (per-example gradients: vmap over examples, each given
 a batch axis of one) and `jax.checkpoint` compose with all three, and `jax.jvp` with
-`encode`. `pretraining_loss` is reverse-mode only: its MLM decoder (`model.tied_decoder`)
-and cross-entropy (`losses.cross_entropy_and_hit`) have hand-written VJPs (speed), which
-JAX cannot run forward; Hessian-vector products work as grad of grad.
+`encode`. `pretraining_loss` uses the train step's hand-written VJPs of the MLM decoder and
+the cross-entropy (flax_bert/ops.py), which have no forward mode: pass
+`fused_backward=False` for `jax.jvp` / `jax.jacfwd` (the plain forms, the same numbers).
 
 Keywords choose how the model computes, with the defaults of the Linen modules and of
 configs/default.py: `dtype` (compute dtype; params stay float32), `dropout_impl` ("hash" |
-"jax", see `model.Dropout`) and `remat_policy`. Pass a run's `config.train` values to get
+"jax", see `model.Dropout`), `remat_policy` and `fused_backward`. Pass a run's `config.train` values to get
 its numbers. Dropout is on when a key is given and off when `rng` is None. The train step
 at step t draws its dropout from `steps.dropout_key(rng, t)`, so its loss is
 `pretraining_loss(state.params, batch, steps.dropout_key(rng, state.step), config=...)`.
@@ -58,9 +58,10 @@ def encode(params: Params, batch: Batch, *, config: BertConfig, rng: Array | Non
 
 def pretraining_loss(params: Params, batch: Batch, rng: Array | None, *, config: BertConfig,
                      dtype: Dtype = jnp.float32, dropout_impl: str = "hash",
-                     remat_policy: str = "none") -> tuple[Array, dict[str, Array]]:
+                     remat_policy: str = "none", fused_backward: bool = True
+                     ) -> tuple[Array, dict[str, Array]]:
     """(mean MLM loss + mean NSP loss, the sums of `losses.pretraining_metrics`) on a
     pretraining batch (`train.py`'s keys: masked_positions, masked_ids, ...)."""
-    model = BertForPreTraining(config, dtype, remat_policy, dropout_impl)
+    model = BertForPreTraining(config, dtype, remat_policy, dropout_impl, fused_backward)
     sums = steps.forward_sums(model, params, batch, deterministic=rng is None, dropout_rng=rng)
     return losses.total_loss(sums), sums

@@ -12,53 +12,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_bert import ops
+
 Array = jax.Array
 
 
-@jax.custom_vjp
-def cross_entropy_and_hit(logits: Array, labels: Array) -> tuple[Array, Array]:
-    """Per-item cross-entropy and hit (1.0 where the label's logit is the largest).
-
-    logits [..., C] float32, labels [...] int -> (nll [...], hit [...]). The gradient is
-    written out (softmax - one_hot, one fused pass over the logits) instead of autodiff's
-    log_softmax -> gather transpose, which costs a zero [..., C] buffer, a scatter and a
-    second pass. A hit is `logits[label] >= max(logits)` (an exact tie counts as a hit)
-    rather than `argmax == label`, which would cost another pass over the logits.
-    """
-    return _cross_entropy_fwd(logits, labels)[0]
-
-
-def _cross_entropy_fwd(logits: Array, labels: Array):
-    top = jnp.max(logits, axis=-1, keepdims=True)  # [..., 1]
-    lse = top + jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1, keepdims=True))  # [..., 1]
-    target = jnp.take_along_axis(logits, labels[..., None], axis=-1)  # [..., 1]
-    nll, hit = (lse - target)[..., 0], (target >= top)[..., 0].astype(logits.dtype)  # [...]
-    return (nll, hit), (logits, lse, labels)
-
-
-def _cross_entropy_bwd(residuals, cotangents):
-    logits, lse, labels = residuals  # [..., C], [..., 1], [...]
-    d_nll, _ = cotangents  # [...]; a hit has no gradient.
-    one_hot = labels[..., None] == jax.lax.broadcasted_iota(labels.dtype, logits.shape,
-                                                            logits.ndim - 1)  # [..., C]
-    d_logits = (jnp.exp(logits - lse) - one_hot) * d_nll[..., None]  # [..., C]
-    return d_logits, None
-
-
-cross_entropy_and_hit.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
-
-
-def weighted_cross_entropy(logits: Array, labels: Array, weights: Array) -> tuple[Array, Array]:
+def weighted_cross_entropy(logits: Array, labels: Array, weights: Array,
+                           fused: bool = True) -> tuple[Array, Array]:
     """Sum of per-item cross-entropy times weight, and sum of weight*correct.
 
-    logits [..., C] (computed in float32), labels [...] int, weights [...] float.
+    logits [..., C] (computed in float32), labels [...] int, weights [...] float; `fused`
+    picks the hand-written VJP (see flax_bert/ops.py).
     """
-    nll, hit = cross_entropy_and_hit(logits.astype(jnp.float32), labels)  # [...] each
+    nll, hit = ops.cross_entropy_and_hit(logits.astype(jnp.float32), labels, fused)  # [...]
     return jnp.sum(nll * weights), jnp.sum(hit * weights)
 
 
-def pretraining_metrics(mlm_logits: Array, nsp_logits: Array,
-                        batch: Mapping[str, Array]) -> dict[str, Array]:
+def pretraining_metrics(mlm_logits: Array, nsp_logits: Array, batch: Mapping[str, Array],
+                        fused: bool = True) -> dict[str, Array]:
     """Loss and accuracy sums for MLM (over real predictions) and NSP (over examples).
 
     mlm_logits [B, P, V], nsp_logits [B, 2]; batch has masked_ids [B, P],
@@ -70,9 +41,10 @@ def pretraining_metrics(mlm_logits: Array, nsp_logits: Array,
     if nsp_weights is None:
         nsp_weights = jnp.ones(nsp_logits.shape[:1], jnp.float32)  # [B]
     nsp_weights = nsp_weights.astype(jnp.float32)
-    mlm_loss_sum, mlm_correct = weighted_cross_entropy(mlm_logits, batch["masked_ids"], mlm_weights)
+    mlm_loss_sum, mlm_correct = weighted_cross_entropy(
+        mlm_logits, batch["masked_ids"], mlm_weights, fused)
     nsp_loss_sum, nsp_correct = weighted_cross_entropy(
-        nsp_logits, batch["next_sentence_label"], nsp_weights)
+        nsp_logits, batch["next_sentence_label"], nsp_weights, fused)
     return {
         "mlm_loss_sum": mlm_loss_sum, "mlm_correct": mlm_correct, "mlm_count": jnp.sum(mlm_weights),
         "nsp_loss_sum": nsp_loss_sum, "nsp_correct": nsp_correct, "nsp_count": jnp.sum(nsp_weights),

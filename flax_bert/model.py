@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flax_bert import ops
 from flax_bert.config import BertConfig
 
 Array = jax.Array
@@ -422,36 +423,6 @@ class BertModel(nn.Module):
         return x, None if self.pooler is None else self.pooler(x)
 
 
-@jax.custom_vjp
-def tied_decoder(x: Array, embedding: Array, bias: Array) -> Array:
-    """float32 logits x @ embedding.T + bias: x [B, P, H], embedding [V, H], bias [V].
-
-    Autodiff's backward of this runs slowly on XLA:CPU: its weight gradient contracts two
-    axes (B, P) and its bias gradient is a separate column sum. Here both contract one
-    [B*P] token axis, and the bias gradient is a vector-matrix product.
-    """
-    logits = jnp.einsum("bph,vh->bpv", x, embedding)  # [B, P, V]
-    return logits.astype(jnp.float32) + bias
-
-
-def _tied_decoder_fwd(x: Array, embedding: Array, bias: Array):
-    return tied_decoder(x, embedding, bias), (x, embedding)
-
-
-def _tied_decoder_bwd(residuals, d_logits: Array):
-    x, embedding = residuals  # [B, P, H], [V, H]
-    d_logits = d_logits.reshape(-1, embedding.shape[0])  # [B*P, V], float32
-    d_bias = jnp.ones((1, d_logits.shape[0]), d_logits.dtype) @ d_logits  # [1, V]
-    d_logits = d_logits.astype(x.dtype)  # the compute dtype, for the two GEMMs
-    tokens = x.reshape(-1, x.shape[-1])  # [B*P, H]
-    d_x = (d_logits @ embedding).reshape(x.shape)  # [B, P, H]
-    d_embedding = jnp.einsum("tv,th->vh", d_logits, tokens)  # [V, H]
-    return d_x, d_embedding, d_bias[0]
-
-
-tied_decoder.defvjp(_tied_decoder_fwd, _tied_decoder_bwd)
-
-
 class BertPredictionHeadTransform(nn.Module):
     """HF's `cls/predictions/transform`: dense, activation, LayerNorm."""
 
@@ -472,6 +443,7 @@ class BertLMPredictionHead(nn.Module):
 
     config: BertConfig
     dtype: Dtype = jnp.float32
+    fused_backward: bool = True  # The decoder's hand-written VJP (see flax_bert/ops.py).
 
     @nn.compact
     def __call__(self, x: Array, word_embeddings: Array) -> Array:
@@ -479,7 +451,8 @@ class BertLMPredictionHead(nn.Module):
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                                ("vocab",)),
                           (self.config.vocab_size,))  # [V]
-        logits = tied_decoder(x, word_embeddings.astype(self.dtype), bias)  # [B, P, V]
+        logits = ops.tied_decoder(x, word_embeddings.astype(self.dtype), bias,
+                                  self.fused_backward)  # [B, P, V]
         return nn.with_logical_constraint(logits, BATCH_LENGTH_VOCAB)
 
 
@@ -488,10 +461,12 @@ class BertPreTrainingHeads(nn.Module):
 
     config: BertConfig
     dtype: Dtype = jnp.float32
+    fused_backward: bool = True
 
     @nn.compact
     def __call__(self, x: Array, pooled: Array, word_embeddings: Array) -> tuple[Array, Array]:
-        mlm_logits = BertLMPredictionHead(self.config, self.dtype, name="predictions")(
+        mlm_logits = BertLMPredictionHead(self.config, self.dtype, self.fused_backward,
+                                          name="predictions")(
             x, word_embeddings)  # [B, P, V]
         nsp_logits = _dense(self.config, 2, ("embed", None), self.dtype,
                             "seq_relationship")(pooled)  # [B, 2]
@@ -511,10 +486,13 @@ class BertForPreTraining(nn.Module):
     dtype: Dtype = jnp.float32
     remat_policy: str = "none"
     dropout_impl: str = "hash"  # hash | jax (see Dropout)
+    # The MLM decoder's hand-written VJP (flax_bert/ops.py); False: plain autodiff, which
+    # also has forward mode (jax.jvp). The loss's cross-entropy follows the same switch.
+    fused_backward: bool = True
 
     def setup(self) -> None:
         self.bert = BertModel(self.config, self.dtype, self.remat_policy, self.dropout_impl)
-        self.cls = BertPreTrainingHeads(self.config, self.dtype)
+        self.cls = BertPreTrainingHeads(self.config, self.dtype, self.fused_backward)
 
     def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
                  deterministic: bool = True,

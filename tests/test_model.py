@@ -93,31 +93,6 @@ def test_decoder_is_tied_to_word_embeddings(params):
     assert float(jnp.max(jnp.abs(row))) > 1e-4
 
 
-def test_tied_decoder_gradients_match_autodiff():
-    """The decoder's hand-written VJP equals autodiff of x @ embedding.T + bias."""
-    from flax_bert.model import tied_decoder
-
-    rng = np.random.default_rng(5)
-    x = jnp.asarray(rng.normal(size=(2, 3, 8)), jnp.float32)  # [B, P, H]
-    emb = jnp.asarray(rng.normal(size=(11, 8)), jnp.float32)  # [V, H]
-    bias = jnp.asarray(rng.normal(size=(11,)), jnp.float32)  # [V]
-    cot = jnp.asarray(rng.normal(size=(2, 3, 11)), jnp.float32)  # [B, P, V]
-
-    def reference(x, emb, bias):
-        return jnp.einsum("bph,vh->bpv", x, emb) + bias
-
-    out, vjp = jax.vjp(tied_decoder, x, emb, bias)
-    ref_out, ref_vjp = jax.vjp(reference, x, emb, bias)
-    np.testing.assert_allclose(out, ref_out, rtol=1e-6)
-    for got, want in zip(vjp(cot), ref_vjp(cot)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    # bfloat16 compute: cotangents in the primals' dtypes, the bias gradient in float32.
-    vjp_bf16 = jax.vjp(tied_decoder, x.astype(jnp.bfloat16), emb.astype(jnp.bfloat16),
-                               bias)[1](cot)
-    assert [g.dtype for g in vjp_bf16] == [jnp.bfloat16, jnp.bfloat16, jnp.float32]
-    np.testing.assert_allclose(vjp_bf16[2], cot.sum((0, 1)), rtol=1e-5)
-
-
 def test_layer_norm_matches_numpy_and_flax_names():
     from flax_bert.model import LayerNorm
 
