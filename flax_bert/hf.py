@@ -508,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "import":
+            read_config(args.hf_dir)  # a bad source fails before the workdir is made
             os.makedirs(args.workdir, exist_ok=True)
             with WorkdirLock(args.workdir):  # no import into a workdir a run writes into
                 target = import_to_workdir(args.hf_dir, args.workdir)

@@ -293,6 +293,7 @@ def test_cli_subprocess_error_exit_code(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "gpt2" in lines[0], proc.stderr
     assert "config.json" in lines[0]
+    assert not (tmp_path / "work").exists()  # nothing made for a bad source
 
 
 def test_bf16_safetensors(tmp_path):
