@@ -107,7 +107,7 @@ def is_dataset_dir(path: str) -> bool:
     )
 
 
-def _lines(path: str) -> Iterator[str]:
+def read_lines(path: str) -> Iterator[str]:
     """A text file's lines (gunzipped when gzip'd, CR/CRLF as LF), read as a stream in
     blocks of whole lines; an unreadable, binary or non-UTF-8 file is a UserError."""
     offset, rest = 0, b""  # offset: bytes before `rest` in the (gunzipped) file
@@ -203,7 +203,7 @@ def _documents(lines: Iterable[str], input_format: str) -> Iterator[Document]:
 
 
 def _file_documents(path: str, input_format: str) -> Iterator[Document]:
-    lines = _lines(path)
+    lines = read_lines(path)
     if input_format == "auto":  # guess from the head, then go on with the stream
         head = list(itertools.islice(lines, AUTO_SAMPLE_LINES * 4))
         input_format = guess_format("\n".join(head))

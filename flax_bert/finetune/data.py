@@ -59,13 +59,13 @@ def _read_rows(path: str) -> tuple[list[dict[str, Any]], list[str]]:
         return ds.to_list(), list(ds.column_names)
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file; check config.data.train / config.data.eval")
-    text = corpus.read_text(path)
+    lines = list(corpus.read_lines(path))
     if path.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz")):
         delimiter = "\t" if ".tsv" in path else ","
-        reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+        reader = csv.DictReader(lines, delimiter=delimiter)
         return list(reader), list(reader.fieldnames or [])
     rows, names = [], {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
