@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from flax_bert import BertConfig, BertForPreTraining, BertModel
+from flax_bert import BertForPreTraining, BertModel
 from flax_bert.training import optimizer, state as state_lib, steps
 from tests.test_train_step import CFG, make_batch, opt_config
 

@@ -17,17 +17,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from flax_bert import checkpoint, hf, workdir as workdir_lib
+from flax_bert import checkpoint, hf
 from flax_bert.config import BertConfig
 from flax_bert.data import vocab as vocab_lib
 from flax_bert.errors import UserError
 from flax_bert.finetune import books, data, steps as ft_steps
 from flax_bert.training import metrics as metrics_lib
-from flax_bert.training import (distributed, optimizer, preemption, sharding,
+from flax_bert.training import (optimizer, preemption, sharding,
                                 state as state_lib, steps)
 from flax_bert.training.loop import (DTYPES, _NonfiniteGuard, _progress_bar, _say,
                                      _TrainMeter, call_sizes, check_same_model,
-                                     check_workdir, global_batch, model_config_from,
+                                     global_batch, model_config_from, run_locked,
                                      save_and_stop, stack_batches)
 
 HEAD = "sequence_classification"
@@ -168,10 +168,7 @@ def evaluate(eval_step: Any, params: Any, arrays: dict[str, np.ndarray], batch_s
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs (or resumes) fine-tuning in `workdir`; returns the final eval metrics."""
-    distributed.maybe_initialize(config.distributed)
-    workdir = check_workdir(workdir)
-    with workdir_lib.locked_for_run(workdir):  # before anything is written
-        return _train_and_evaluate(config, workdir)
+    return run_locked(_train_and_evaluate, config, workdir)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import shutil
 import time
-from typing import Any, Iterable, Iterator, NoReturn
+from typing import Any, Callable, Iterable, Iterator, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -273,12 +273,19 @@ def _say(message: str) -> None:
         tqdm.write(message)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Runs (or resumes) pretraining in `workdir`; returns the final eval metrics."""
+def run_locked(body: Callable[[ml_collections.ConfigDict, str], dict[str, float]],
+               config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """`body(config, workdir)` after jax.distributed is set up and `workdir` is checked
+    and locked (process 0 holds the lock; before anything is written)."""
     distributed.maybe_initialize(config.distributed)
     workdir = check_workdir(workdir)
-    with workdir_lib.locked_for_run(workdir):  # before anything is written
-        return _train_and_evaluate(config, workdir)
+    with workdir_lib.locked_for_run(workdir):
+        return body(config, workdir)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Runs (or resumes) pretraining in `workdir`; returns the final eval metrics."""
+    return run_locked(_train_and_evaluate, config, workdir)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
