@@ -117,6 +117,9 @@ def test_train_and_import_refused_on_a_locked_workdir(setup, reference, tmp_path
     holder, and no file or folder of the workdir touched (contents and mtimes)."""
     workdir = str(tmp_path / "w")
     shutil.copytree(reference, workdir)
+    source = tmp_path / "hf_src"  # config.json only: the lock refuses before weights are read
+    source.mkdir()
+    shutil.copy(os.path.join(workdir, "config.json"), source)
     holder = _hold(workdir)
     try:
         before = _snapshot(workdir)
@@ -125,7 +128,7 @@ def test_train_and_import_refused_on_a_locked_workdir(setup, reference, tmp_path
                                   stderr=subprocess.PIPE, text=True)
                  for cmd in (h.command(workdir, setup["args"]),
                              [sys.executable, "-m", "flax_bert.hf", "import",
-                              str(tmp_path / "no_hf_dir"), f"--workdir={workdir}"])]
+                              str(source), f"--workdir={workdir}"])]
         for proc in procs:
             _, stderr = proc.communicate(timeout=300)
             assert proc.returncode == 2, stderr[-3000:]
