@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from array_record.python.array_record_module import ArrayRecordReader
 
 from flax_bert.data.vocab import SpecialIds
 
@@ -28,10 +29,23 @@ POSITION = np.dtype("<u2")
 MAX_SEQ_LENGTH = np.iinfo(POSITION).max  # positions are stored as uint16
 UINT16_VOCAB_LIMIT = 2**16
 WRITER_OPTIONS = "group_size:1,uncompressed"  # group size 1: fast random access (grain)
+READER_OPTIONS = "readahead_buffer_size:0"  # random access, as grain's ArrayRecordDataSource
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= UINT16_VOCAB_LIMIT else np.dtype("<i4")
+
+
+def open_reader(path) -> ArrayRecordReader:
+    """A random-access reader of one shard (a local or `gs://` path)."""
+    return ArrayRecordReader(str(path), READER_OPTIONS)
+
+
+def read_record(reader: ArrayRecordReader, position: int) -> bytes:
+    """One record. The range form of `read`: its cost does not grow with the file, unlike
+    `read([position])` (which grain's ArrayRecordDataSource uses; ~30x the CPU time on a
+    shard of 50k records)."""
+    return reader.read(position, position + 1)[0]
 
 
 def encode(pairs: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None,
