@@ -339,7 +339,8 @@ def start(opts: PrepareOptions, output_dir: str, *, force: bool = False,
             raise UserError("--num-shards > 1 needs --vocab (a vocab.txt every process shares); "
                             "train one first with a single prepare")
         with tempfile.TemporaryDirectory() as tmp:  # trained locally, then copied
-            trained = vocab_lib.train_vocab(_vocab_sample(opts, [s["path"] for s in sources]),
+            paths = [s["path"] for s in sources]
+            trained = vocab_lib.train_vocab(lambda: _vocab_sample(opts, paths),
                                             opts.vocab_size, opts.lowercase, tmp)
             storage.path(trained).copy(folder / prepared.VOCAB, overwrite=True)
     maker = ShardMaker(opts, output_dir, fingerprint, vocab_path)
