@@ -485,7 +485,8 @@ def finish(plan: Plan, stats: list[dict]) -> dict:
 
 
 def finish_share(plan: Plan, stats: list[dict], shard_index: int, num_shards: int) -> dict:
-    """Record this process's share; the process that sees every share writes meta.json."""
+    """Record this process's share (a share-*.json); the process that sees every share
+    writes meta.json, then removes the shares (meta.json holds all they said)."""
     folder = storage.path(plan.output_dir)
     fp = plan.maker.fingerprint
     name = lambda i: f"share-{fp}-{i:05d}-of-{num_shards:05d}.json"  # noqa: E731
@@ -495,7 +496,14 @@ def finish_share(plan: Plan, stats: list[dict], shard_index: int, num_shards: in
     shares = [folder / name(i) for i in range(num_shards)]
     if not all(p.exists() for p in shares):
         return {}
-    return finish(plan, [s for p in shares for s in json.loads(p.read_text())])
+    try:
+        every = [s for p in shares for s in json.loads(p.read_text())]
+    except FileNotFoundError:  # another process finished at the same time and removed them
+        return prepared.load_meta(plan.output_dir)
+    meta = finish(plan, every)
+    for p in shares:
+        p.unlink(missing_ok=True)
+    return meta
 
 
 def _validate(opts: PrepareOptions) -> None:
