@@ -30,9 +30,9 @@ def run(opts: prepare_lib.PrepareOptions, output_dir: str, beam_args: list[str],
     """Prepare `opts` into output_dir with Beam; returns meta (cached like `prepare`).
 
     A UserError in a worker (an unreadable input, too few documents) travels as data (its
-    message, a str among the tasks and stats) to the last step, which writes its message to ERRORS in the folder instead of meta.json;
-    the launcher raises it here as the same one-line UserError (runners wrap a worker's
-    exception in their own, with its traceback)."""
+    message, a str among the tasks and stats) to the last step, which writes it to ERRORS
+    in the folder instead of meta.json; the launcher raises it here as the same one-line
+    UserError (runners wrap a worker's exception in their own, with its traceback)."""
     import apache_beam as beam  # the optional extra: pip install -e ".[beam]"
     from apache_beam.options.pipeline_options import PipelineOptions
 

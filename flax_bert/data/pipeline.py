@@ -1,8 +1,9 @@
 """grain input pipeline over a prepared folder: shuffle, shard per process, batch, mask.
 
 Records are read from the folder's ArrayRecord shards, one reader per shard opened when
-first read (`records.open_reader`; `records.py` has their format); the files' sizes are checked when the pipeline is made
-and each shard's checksum when it is first read (`prepared.py`).
+first read (`records.open_reader`; `records.py` has their format); the files' sizes are
+checked when the pipeline is made and each shard's checksum when it is first read
+(`prepared.py`).
 
 Shape legend: b per-process batch (global_batch_size // process_count), L max_seq_length,
 P max_predictions_per_seq. Each batch is a dict of NumPy arrays:
