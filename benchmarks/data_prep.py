@@ -105,8 +105,8 @@ def main() -> None:
                                 if args.baseline else [])
     with tempfile.TemporaryDirectory() as tmp:
         bundled = corpus.expand_inputs(d.input[0])
-        sentences = (s for _, doc in corpus.iter_raw_documents(bundled, "auto", "text")
-                     for s in corpus.to_sentences(doc, "auto"))
+        sentences = lambda: (s for _, doc in corpus.iter_raw_documents(  # noqa: E731
+            bundled, "auto", "text") for s in corpus.to_sentences(doc, "auto"))
         vocab = vocab_lib.train_vocab(sentences, args.vocab_size, True, tmp)
         for pattern in args.input:
             files = [os.path.abspath(f) for f in

@@ -31,3 +31,21 @@ def test_direct_runner_equals_local_prepare(tmp_path_factory):
         with open(os.path.join(local_out, name), "rb") as a, \
                 open(os.path.join(beam_out, name), "rb") as b:
             assert a.read() == b.read(), name
+
+
+def test_user_error_in_a_worker_is_one_line(tmp_path_factory, capsys):
+    """A binary input found by a worker process: our one-line error and exit 2 (not the
+    runner's wrapped exception), no meta.json, and no error file left behind."""
+    out, _, _, opts = prepared(tmp_path_factory, shard_mb=SHARD_MB, dynamic_masking=False)
+    bad = tmp_path_factory.mktemp("bad") / "bad.txt"
+    bad.write_bytes(b"some text\n\x00\x01\x02 binary\n")
+    dest = str(tmp_path_factory.mktemp("beam_bad"))
+    code = beam_prepare.main([
+        "--input", *opts.input, str(bad), "--output", dest,
+        "--vocab", os.path.join(out, "vocab.txt"), "--runner", "DirectRunner",
+        "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])
+    assert code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"error: {bad}: binary data (a NUL byte at offset 10), not text; "
+                    f"remove it from --input")
+    assert "meta.json" not in os.listdir(dest) and beam_prepare.ERRORS not in os.listdir(dest)

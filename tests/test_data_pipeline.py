@@ -213,8 +213,10 @@ def test_shares_of_two_processes_give_the_single_prepare(tmp_path):
     shared = str(tmp_path / "shared")
     first = prepare_lib.prepare(given, shared, progress=False, shard_index=1, num_shards=2)
     assert first == {} and not os.path.exists(os.path.join(shared, "meta.json"))
+    assert [f for f in os.listdir(shared) if f.startswith("share-")]  # the first's share
     last = prepare_lib.prepare(given, shared, progress=False, shard_index=0, num_shards=2)
     assert last == single == pipeline.load_meta(shared)
+    assert sorted(os.listdir(shared)) == sorted(os.listdir(tmp_path / "single2"))  # no shares
     with pytest.raises(UserError, match="--num-shards > 1 needs --vocab"):
         prepare_lib.prepare(opts, str(tmp_path / "novocab"), progress=False, shard_index=0,
                             num_shards=2)

@@ -21,7 +21,7 @@ TRAIN = SENTENCES * 20 + [
 
 @pytest.fixture(scope="module")
 def vocab_path(tmp_path_factory):
-    return vocab_lib.train_vocab(TRAIN, 300, True, str(tmp_path_factory.mktemp("vocab")))
+    return vocab_lib.train_vocab(lambda: TRAIN, 300, True, str(tmp_path_factory.mktemp("vocab")))
 
 
 def test_specials_come_first(vocab_path):
@@ -59,3 +59,29 @@ def test_missing_specials_is_a_user_error(tmp_path):
         vocab_lib.read_vocab(str(bad))
     with pytest.raises(UserError, match="no such vocab file"):
         vocab_lib.read_vocab(os.path.join(tmp_path, "nope.txt"))
+
+
+# The reproducer of huggingface/tokenizers#1794, twice (min_frequency is 2): the trainer
+# gave its `##` character pieces ids in hash-map order and broke merge ties by id, so
+# trainings of this text gave two different vocabs (about 1 in 3 runs differed).
+TIES = ["Wel come to the 🤗 Tok en izers libr ary."] * 2
+
+
+def test_training_is_deterministic(tmp_path):
+    vocabs = {
+        open(vocab_lib.train_vocab(lambda: TIES, 1000, True, str(tmp_path / str(i)))).read()
+        for i in range(20)
+    }
+    assert len(vocabs) == 1
+
+
+def test_continuation_pieces_are_the_pre_tokenizers(vocab_path):
+    """The `##` pieces fixed before training are those of the words BertNormalizer and
+    BertPreTokenizer make (accents stripped, Chinese characters alone, punctuation apart)."""
+    text = SENTENCES + TIES + ["中文字 a中b ÉCOLE façade x-y«z» 1.5ᵃ"]
+    tok = vocab_lib._bert_tokenizer(vocab_lib.models.WordPiece(unk_token="[UNK]"), True)
+    words = [w for s in text for w, _ in
+             tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(s))]
+    expected = sorted({"##" + c for w in words for c in w[1:]})
+    assert vocab_lib._continuation_pieces(tok, text) == expected
+    assert "##中" not in expected and "##e" in expected  # sanity of the reference

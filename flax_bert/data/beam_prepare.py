@@ -19,24 +19,47 @@ from __future__ import annotations
 
 import sys
 
-from flax_bert.data import prepare as prepare_lib, prepared
+from flax_bert.data import prepare as prepare_lib, prepared, storage
 from flax_bert.errors import UserError
+
+ERRORS = "beam-errors.txt"  # the first UserError of a failed run (read and removed by run)
 
 
 def run(opts: prepare_lib.PrepareOptions, output_dir: str, beam_args: list[str], *,
         force: bool = False) -> dict:
-    """Prepare `opts` into output_dir with Beam; returns meta (cached like `prepare`)."""
+    """Prepare `opts` into output_dir with Beam; returns meta (cached like `prepare`).
+
+    A UserError in a worker (an unreadable input, too few documents) travels as data (its
+    message, a str among the tasks and stats) to the last step, which writes it to ERRORS
+    in the folder instead of meta.json; the launcher raises it here as the same one-line
+    UserError (runners wrap a worker's exception in their own, with its traceback)."""
     import apache_beam as beam  # the optional extra: pip install -e ".[beam]"
     from apache_beam.options.pipeline_options import PipelineOptions
 
     plan = prepare_lib.start(opts, output_dir, force=force)
     if plan.meta is not None:
         return plan.meta
+    errors = storage.path(output_dir) / ERRORS
+    errors.unlink(missing_ok=True)
 
     def shards(group: tuple[int, list[str]]):
         g, paths = group
-        for part, docs in enumerate(prepare_lib.group_shards(paths, opts)):
-            yield g, part, docs
+        try:
+            for part, docs in enumerate(prepare_lib.group_shards(paths, opts)):
+                yield g, part, docs
+        except UserError as e:
+            yield str(e)
+
+    def make(task):
+        return task if isinstance(task, str) else _caught(plan.maker, task)
+
+    def write_meta(results: list) -> None:
+        failed = [r for r in results if isinstance(r, str)]
+        if not failed:
+            outcome = _caught(prepare_lib.finish, plan, results)
+            failed = [outcome] if isinstance(outcome, str) else []
+        if failed:
+            errors.write_text(min(failed))  # the same message whatever the order
 
     with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
         _ = (
@@ -44,11 +67,23 @@ def run(opts: prepare_lib.PrepareOptions, output_dir: str, beam_args: list[str],
             | "Groups" >> beam.Create(list(enumerate(plan.groups)))
             | "ReadShards" >> beam.FlatMap(shards)
             | "Spread" >> beam.Reshuffle()
-            | "MakeShards" >> beam.Map(plan.maker)
+            | "MakeShards" >> beam.Map(make)
             | "Collect" >> beam.combiners.ToList()
-            | "WriteMeta" >> beam.Map(lambda stats: prepare_lib.finish(plan, stats))
+            | "WriteMeta" >> beam.Map(write_meta)
         )
+    if errors.exists():
+        message = errors.read_text()
+        errors.unlink()
+        raise UserError(message)
     return prepared.load_meta(output_dir)
+
+
+def _caught(fn, *args):
+    """fn(*args), or its UserError's message."""
+    try:
+        return fn(*args)
+    except UserError as e:
+        return str(e)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,7 @@ def create_pairs(
     num_docs = len(doc_offsets) - 1
     max_tokens = max_seq_length - NUM_SPECIAL_IN_PAIR
     rows: list[tuple[np.ndarray, np.ndarray, int, int, int]] = []
+    sent_offsets, doc_offsets = np.asarray(sent_offsets).tolist(), np.asarray(doc_offsets).tolist()
     for _ in range(dupe_factor):
         for d in range(num_docs):
             rows.extend(
@@ -66,17 +67,19 @@ def create_pairs(
                 )
             )
     n = len(rows)
+    len_a = np.fromiter((len(r[0]) for r in rows), np.int32, n)  # [N]
+    len_b = np.fromiter((len(r[1]) for r in rows), np.int32, n)  # [N]
+    label, doc_a, doc_b = (np.fromiter((r[j] for r in rows), np.int32, n) for j in (2, 3, 4))
     input_ids = np.full((n, max_seq_length), special.pad, np.int32)  # [N, L]
-    len_a, len_b = np.zeros(n, np.int32), np.zeros(n, np.int32)
-    label, doc_a, doc_b = np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, np.int32)
-    for i, (a, b, is_random, da, db) in enumerate(rows):
-        la, lb = len(a), len(b)
-        input_ids[i, 0] = special.cls
-        input_ids[i, 1 : 1 + la] = a
-        input_ids[i, 1 + la] = special.sep
-        input_ids[i, 2 + la : 2 + la + lb] = b
-        input_ids[i, 2 + la + lb] = special.sep
-        len_a[i], len_b[i], label[i], doc_a[i], doc_b[i] = la, lb, is_random, da, db
+    pos = np.arange(max_seq_length)[None, :]  # [1, L]
+    la = len_a[:, None]  # [N, 1]
+    in_a = (pos >= 1) & (pos <= la)  # [N, L]
+    in_b = (pos >= la + 2) & (pos < la + 2 + len_b[:, None])  # [N, L]
+    if n:  # row-major: A then B of each row
+        input_ids[in_a | in_b] = np.concatenate([seg for r in rows for seg in r[:2]])
+    input_ids[:, 0] = special.cls
+    input_ids[np.arange(n), 1 + len_a] = special.sep
+    input_ids[np.arange(n), 2 + len_a + len_b] = special.sep
     return dict(
         input_ids=input_ids, len_a=len_a, len_b=len_b, next_sentence_label=label,
         doc_a=doc_a, doc_b=doc_b,
@@ -86,9 +89,10 @@ def create_pairs(
 def _document_pairs(
     tokens, sent_offsets, doc_offsets, d, num_docs, max_tokens, short_seq_prob, rng
 ) -> Iterator[tuple[np.ndarray, np.ndarray, int, int, int]]:
-    """BERT's create_instances_from_document for document d."""
+    """BERT's create_instances_from_document for document d. Sentences of a chunk are
+    consecutive, so a segment is one slice of tokens (sent_offsets a list: fast scalars)."""
     first, last = doc_offsets[d], doc_offsets[d + 1]
-    sent = lambda s: tokens[sent_offsets[s] : sent_offsets[s + 1]]  # noqa: E731
+    span = lambda s, e: tokens[sent_offsets[s] : sent_offsets[e]]  # noqa: E731  sentences [s, e)
     target = max_tokens
     if rng.random() < short_seq_prob:
         target = int(rng.integers(2, max_tokens + 1))
@@ -101,7 +105,7 @@ def _document_pairs(
         if s == last - 1 or length >= target:
             if chunk:
                 a_end = int(rng.integers(1, len(chunk))) if len(chunk) >= 2 else 1
-                a = np.concatenate([sent(c) for c in chunk[:a_end]])
+                a = span(chunk[0], chunk[0] + a_end)
                 random_next = len(chunk) == 1 or rng.random() >= NEXT_PROB
                 if random_next and num_docs > 1:
                     is_random, target_b = NOT_NEXT, max(1, target - len(a))
@@ -114,18 +118,15 @@ def _document_pairs(
                         other = (d + 1) % num_docs
                     o_first, o_last = doc_offsets[other], doc_offsets[other + 1]
                     start = int(rng.integers(o_first, o_last))
-                    pieces, b_len = [], 0
-                    for j in range(start, o_last):
-                        pieces.append(sent(j))
-                        b_len += len(pieces[-1])
-                        if b_len >= target_b:
-                            break
-                    b = np.concatenate(pieces)
+                    end = start + 1  # sentences [start, end) reach target_b or o_last
+                    while end < o_last and sent_offsets[end] - sent_offsets[start] < target_b:
+                        end += 1
+                    b = span(start, end)
                     s -= len(chunk) - a_end  # put the unused sentences back
                     db = other
                 elif len(chunk) > 1:
                     is_random, db = IS_NEXT, d
-                    b = np.concatenate([sent(c) for c in chunk[a_end:]])
+                    b = span(chunk[0] + a_end, chunk[-1] + 1)
                 else:  # one sentence and no other document to draw B from: no pair
                     is_random, db, b = IS_NEXT, d, a[:0]
                 la, lb = _truncate_lengths(len(a), len(b), max_tokens)

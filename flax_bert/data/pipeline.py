@@ -1,8 +1,9 @@
 """grain input pipeline over a prepared folder: shuffle, shard per process, batch, mask.
 
-Records are read from the folder's ArrayRecord shards with grain's ArrayRecordDataSource
-(`records.py` has their format); the files' sizes are checked when the pipeline is made
-and each shard's checksum when it is first read (`prepared.py`).
+Records are read from the folder's ArrayRecord shards, one reader per shard opened when
+first read (`records.open_reader`; `records.py` has their format); the files' sizes are
+checked when the pipeline is made and each shard's checksum when it is first read
+(`prepared.py`).
 
 Shape legend: b per-process batch (global_batch_size // process_count), L max_seq_length,
 P max_predictions_per_seq. Each batch is a dict of NumPy arrays:
@@ -108,31 +109,33 @@ class _Batches:
             )
         self.meta, self.static = meta, not dynamic
         self.names = [shard["name"] for shard in meta["shards"][split]]
-        self.ends = np.cumsum([shard["records"] for shard in meta["shards"][split]])  # [shards]
+        self.counts = np.array([shard["records"] for shard in meta["shards"][split]])  # [shards]
+        self.ends = np.cumsum(self.counts)  # [shards]
         self.special = vocab_lib.SpecialIds(**special)
         self.id_dtype = np.dtype(meta["id_dtype"])
-        self._source = None
-        self._verified: set[int] = set()
+        self._readers: dict[int, Any] = {}
         self._perms: dict[int, np.ndarray] = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_source"], state["_verified"], state["_perms"] = None, set(), {}
+        state["_readers"], state["_perms"] = {}, {}
         return state
+
+    def _reader(self, shard: int):
+        """The shard's reader, opened (after checking its checksum) on first use."""
+        if shard not in self._readers:
+            folder = storage.path(self.dir)
+            prepared.verify_file(folder, self.names[shard], self.meta)
+            self._readers[shard] = records.open_reader(folder / self.names[shard])
+        return self._readers[shard]
 
     def read(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """Decoded records idx [b] of the split; a shard's checksum is checked when it is
         first read (a UserError names an altered shard)."""
-        folder = storage.path(self.dir)
-        if self._source is None:  # "path[0:n]": files are opened when first read
-            self._source = grain.sources.ArrayRecordDataSource(
-                [f"{folder / shard['name']}[0:{shard['records']}]"
-                 for shard in self.meta["shards"][self.split]])
-        for shard in np.unique(np.searchsorted(self.ends, idx, side="right")):
-            if shard not in self._verified:
-                prepared.verify_file(folder, self.names[shard], self.meta)
-                self._verified.add(int(shard))
-        recs = self._source.__getitems__([int(i) for i in idx])
+        shards = np.searchsorted(self.ends, idx, side="right")  # [b]
+        positions = idx - (self.ends - self.counts)[shards]  # [b] record within its shard
+        recs = [records.read_record(self._reader(s), p)
+                for s, p in zip(shards.tolist(), positions.tolist())]
         return records.decode_batch(recs, self.seq, self.preds, self.id_dtype, self.special,
                                     self.static)
 

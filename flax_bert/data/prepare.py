@@ -339,7 +339,8 @@ def start(opts: PrepareOptions, output_dir: str, *, force: bool = False,
             raise UserError("--num-shards > 1 needs --vocab (a vocab.txt every process shares); "
                             "train one first with a single prepare")
         with tempfile.TemporaryDirectory() as tmp:  # trained locally, then copied
-            trained = vocab_lib.train_vocab(_vocab_sample(opts, [s["path"] for s in sources]),
+            paths = [s["path"] for s in sources]
+            trained = vocab_lib.train_vocab(lambda: _vocab_sample(opts, paths),
                                             opts.vocab_size, opts.lowercase, tmp)
             storage.path(trained).copy(folder / prepared.VOCAB, overwrite=True)
     maker = ShardMaker(opts, output_dir, fingerprint, vocab_path)
@@ -484,7 +485,8 @@ def finish(plan: Plan, stats: list[dict]) -> dict:
 
 
 def finish_share(plan: Plan, stats: list[dict], shard_index: int, num_shards: int) -> dict:
-    """Record this process's share; the process that sees every share writes meta.json."""
+    """Record this process's share (a share-*.json); the process that sees every share
+    writes meta.json, then removes the shares (meta.json holds all they said)."""
     folder = storage.path(plan.output_dir)
     fp = plan.maker.fingerprint
     name = lambda i: f"share-{fp}-{i:05d}-of-{num_shards:05d}.json"  # noqa: E731
@@ -494,7 +496,14 @@ def finish_share(plan: Plan, stats: list[dict], shard_index: int, num_shards: in
     shares = [folder / name(i) for i in range(num_shards)]
     if not all(p.exists() for p in shares):
         return {}
-    return finish(plan, [s for p in shares for s in json.loads(p.read_text())])
+    try:
+        every = [s for p in shares for s in json.loads(p.read_text())]
+    except FileNotFoundError:  # another process finished at the same time and removed them
+        return prepared.load_meta(plan.output_dir)
+    meta = finish(plan, every)
+    for p in shares:
+        p.unlink(missing_ok=True)
+    return meta
 
 
 def _validate(opts: PrepareOptions) -> None:

@@ -9,8 +9,10 @@ keeps its own ids, looked up by name in `SpecialIds`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -22,6 +24,7 @@ SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # in id order for a trained vocab
 CONTINUATION_PREFIX = "##"
 MIN_FREQUENCY = 2  # A WordPiece seen once is not worth a vocab slot.
 MAX_CHARS_PER_WORD = 100  # BERT's limit; longer words become [UNK].
+SENTENCES_PER_SCAN = 10_000  # Sentences normalized at a time when listing ## pieces.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,20 +47,26 @@ def _bert_tokenizer(model: models.WordPiece, lowercase: bool) -> Tokenizer:
 
 
 def train_vocab(
-    sentences: Iterable[str], vocab_size: int, lowercase: bool, output_dir: str
+    sentences: Callable[[], Iterable[str]], vocab_size: int, lowercase: bool, output_dir: str
 ) -> str:
-    """Train a WordPiece vocab on `sentences`; write `output_dir/vocab.txt`, return its path."""
+    """Train a WordPiece vocab on the sentences `sentences()` yields (called twice: the
+    text is streamed, not held); write `output_dir/vocab.txt`, return its path.
+
+    Deterministic: the trainer gives the `##` character pieces ids in hash-map order and
+    breaks ties between merges by id, so the same text could give different vocabs
+    (huggingface/tokenizers#1794; not its threads). Those pieces are passed in sorted
+    order as special tokens, which fixes their ids before training."""
     tok = _bert_tokenizer(
         models.WordPiece(unk_token=UNK, max_input_chars_per_word=MAX_CHARS_PER_WORD), lowercase
     )
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=MIN_FREQUENCY,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(SPECIAL_TOKENS) + _continuation_pieces(tok, sentences()),
         continuing_subword_prefix=CONTINUATION_PREFIX,
         show_progress=False,
     )
-    tok.train_from_iterator(sentences, trainer=trainer)
+    tok.train_from_iterator(sentences(), trainer=trainer)
     os.makedirs(output_dir, exist_ok=True)
     trained = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])]
     path = os.path.join(output_dir, "vocab.txt")
@@ -66,12 +75,47 @@ def train_vocab(
     return path
 
 
+def _continuation_pieces(tok: Tokenizer, sentences: Iterable[str]) -> list[str]:
+    """Sorted `##c` for every character c that follows another in a word (the pieces the
+    trainer makes; a superset at worst). A word is a run of characters that are neither
+    whitespace nor punctuation (BertPreTokenizer); characters the normalizer surrounds with
+    spaces (Chinese) are words alone. Found on the raw text, vectorized over code points,
+    then mapped through the normalizer one distinct character at a time."""
+    normalized: dict[str, str] = {}
+    follows: set[int] = set()  # code points after a word character
+    starts: set[int] = set()  # code points starting a word
+    it = iter(sentences)
+    while batch := list(itertools.islice(it, SENTENCES_PER_SCAN)):
+        text = "\n".join(batch)
+        for c in set(text).difference(normalized):
+            normalized[c] = tok.normalizer.normalize_str(c)
+        breaks = [ord(c) for c in set(text) if _breaks_words(c) or
+                  any(_breaks_words(n) for n in normalized[c])]
+        cp = np.frombuffer(text.encode("utf-32-le"), np.uint32)  # [chars]
+        in_word = ~np.isin(cp, breaks)  # [chars]
+        after_word = np.concatenate([[False], in_word[:-1]])  # [chars]
+        follows.update(np.unique(cp[in_word & after_word]).tolist())
+        starts.update(np.unique(cp[in_word & ~after_word]).tolist())
+    pieces = {n for c in follows for n in normalized[chr(c)]}
+    pieces.update(n for c in starts for n in normalized[chr(c)][1:])
+    return sorted(CONTINUATION_PREFIX + c for c in pieces if not _breaks_words(c))
+
+
+def _breaks_words(c: str) -> bool:
+    return c.isspace() or _is_punctuation(c)
+
+
+def _is_punctuation(c: str) -> bool:
+    """BERT's punctuation: ASCII punctuation or a Unicode P* character."""
+    return (c.isascii() and not c.isalnum() and c.isprintable() and not c.isspace()) or \
+        unicodedata.category(c).startswith("P")
+
+
 def _deterministic_order(tokens: list[str]) -> list[str]:
     """Specials, then characters, `##` characters, words, `##` pieces, each sorted.
 
-    The trainer breaks frequency ties in hash-map order, which changes between runs; ids
-    do not matter to WordPiece (longest match), so sorting makes the same corpus give the
-    same vocab.txt (unless a tie falls exactly at the vocab_size cut-off)."""
+    The trainer's ids follow hash-map order in places; ids do not matter to WordPiece
+    (longest match), so sorting gives the same vocab.txt for the same tokens."""
     n = len(CONTINUATION_PREFIX)
 
     def group(t: str) -> tuple[int, str]:
