@@ -230,7 +230,7 @@ class BertOutput(nn.Module):
                  dropout_rng: Array | None = None) -> Array:
         cfg = self.config
         y = ops.per_token(_dense(cfg, cfg.hidden_size, (self.in_axis, "embed"), self.dtype,
-                              "dense"), x)  # [B, S, H]
+                                  "dense"), x)  # [B, S, H]
         y = Dropout(cfg.hidden_dropout_prob, self.dropout_impl)(
             y, deterministic, dropout_rng)  # [B, S, H]
         y = _layer_norm(cfg, self.dtype)(y + residual)  # [B, S, H]
@@ -262,7 +262,7 @@ class BertIntermediate(nn.Module):
     def __call__(self, x: Array) -> Array:
         cfg = self.config
         y = ops.per_token(_dense(cfg, cfg.intermediate_size, ("embed", "mlp"), self.dtype,
-                              "dense"), x)  # [B, S, I]
+                                  "dense"), x)  # [B, S, I]
         y = activation_fn(cfg.hidden_act)(y)  # [B, S, I]
         return nn.with_logical_constraint(y, BATCH_LENGTH_MLP)
 
@@ -409,7 +409,7 @@ class BertPredictionHeadTransform(nn.Module):
     def __call__(self, x: Array) -> Array:
         cfg = self.config
         x = ops.per_token(_dense(cfg, cfg.hidden_size, ("embed", "mlp"), self.dtype, "dense"),
-                       x)  # [B, P, H]
+                           x)  # [B, P, H]
         x = activation_fn(cfg.hidden_act)(x)
         return _layer_norm(cfg, self.dtype)(x)  # [B, P, H]
 
@@ -534,7 +534,7 @@ class BertForTokenClassification(_TaskHead):
             input_ids, token_type_ids, attention_mask, deterministic)  # [B, S, H]
         x = Dropout(self.config.hidden_dropout_prob, self.dropout_impl)(x, deterministic)
         logits = ops.per_token(_dense(self.config, self.num_labels, ("embed", None), self.dtype,
-                                   "classifier"), x)  # [B, S, num_labels]
+                                       "classifier"), x)  # [B, S, num_labels]
         return logits.astype(jnp.float32)
 
 
@@ -548,5 +548,5 @@ class BertForQuestionAnswering(_TaskHead):
         x, _ = self.encoder(add_pooling_layer=False)(
             input_ids, token_type_ids, attention_mask, deterministic)  # [B, S, H]
         logits = ops.per_token(_dense(self.config, 2, ("embed", None), self.dtype, "qa_outputs"),
-                            x).astype(jnp.float32)  # [B, S, 2]
+                                x).astype(jnp.float32)  # [B, S, 2]
         return logits[..., 0], logits[..., 1]
