@@ -85,7 +85,8 @@ def build_parts(config: ml_collections.ConfigDict, seq: int) -> Parts:
     model = BertForPreTraining(cfg, dtype=jnp.dtype(config.train.dtype),
                                remat_policy=config.train.remat_policy,
                                dropout_impl=config.train.dropout_impl,
-                               fused_backward=config.train.fused_backward)
+                               fused_backward=config.train.fused_backward,
+                               attention_impl=config.train.attention_impl)
     tx, schedule = optimizer.make_optimizer(config.optimizer, config.train.steps)
     state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(0), seq)
     return Parts(model, tx, schedule, mesh, state, shardings)

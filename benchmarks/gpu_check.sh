@@ -14,6 +14,9 @@
 #           step 200, then a resume to 300 with the compilation cache warm (BUDGET_TRAIN=240)
 #   seq512  BERT-base, seq 512, batch 32, bf16: ours vs HF eager             (BUDGET_SEQ512=130)
 #   large   BERT-large, seq 128, batch 128, bf16: ours only (MFU)            (BUDGET_LARGE=130)
+#   attn    BERT-base, seq 128, batch 256, bf16, attention dropout 0 (so attention is fused):
+#           ours only, train.attention_impl=auto (cuDNN flash attention) vs explicit
+#           (scores materialised); optional third call, timeout_s 220    (BUDGET_ATTN=200)
 # TRAIN_EXTRA: more train.py flags (a CPU smoke test of the script: a tiny model, 8 steps).
 # Logs go to $OUT/<stage>.log (the device tool brings back what is under $OUT); the last
 # lines printed are a summary of each stage's result lines.
@@ -47,6 +50,13 @@ stage_seq512() {
 }
 stage_large() {
   $BENCH --config large --seq 128 --batch 128 --skip-hf
+}
+stage_attn() {
+  for impl in auto explicit; do
+    echo "attention_impl=$impl"
+    $BENCH --config base --seq 128 --batch 256 --skip-hf --steps 4 --repeats 3 \
+      --override model.attention_probs_dropout_prob=0.0 --override train.attention_impl=$impl
+  done
 }
 
 # Copies stdin to stdout, each line (tqdm's \r updates split too) prefixed with the seconds
@@ -92,9 +102,10 @@ print("train tokens/s by step:", ", ".join("%d: %.0f" % (r["step"], r["tokens_pe
 }
 
 declare -A BUDGET=([base]=${BUDGET_BASE:-240} [train]=${BUDGET_TRAIN:-240}
-                   [seq512]=${BUDGET_SEQ512:-130} [large]=${BUDGET_LARGE:-130})
+                   [seq512]=${BUDGET_SEQ512:-130} [large]=${BUDGET_LARGE:-130}
+                   [attn]=${BUDGET_ATTN:-200})
 for s in ${@:-base train seq512 large}; do
-  [ -n "${BUDGET[$s]:-}" ] || { echo "error: unknown stage $s (base, train, seq512, large)"; exit 2; }
+  [ -n "${BUDGET[$s]:-}" ] || { echo "error: unknown stage $s (base, train, seq512, large, attn)"; exit 2; }
 done
 for stage in "${@:-base train seq512 large}"; do
   for s in $stage; do
@@ -108,10 +119,10 @@ for stage in "${@:-base train seq512 large}"; do
 done
 
 echo "=== summary"
-for s in base train seq512 large; do
+for s in base train seq512 large attn; do
   [ -f "$OUT/$s.log" ] || continue
   echo "--- $s"
-  grep -E '^(config|matmul|ours|hf|ratio|run |cache entries|error|train tokens)|cut at|resumed|first train|eval step|stopped' \
+  grep -E '^(config|matmul|ours|hf|ratio|run |attention_impl|cache entries|error|train tokens)|cut at|resumed|first train|eval step|stopped' \
     "$OUT/$s.log" | grep -v '^ours: build' | cut -c1-240
   grep -E '^ours: build' "$OUT/$s.log"
 done

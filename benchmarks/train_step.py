@@ -52,7 +52,9 @@ JAX_GPU_MEMORY_FRACTION = "0.45"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default="small",
-                   choices=["tiny", "mini", "small", "medium", "base", "large"])
+                   choices=["tiny", "mini", "small", "medium", "base", "large", "default"],
+                   help="A size file, or `default` (the default run's L2/H128/A2; its vocab "
+                        "comes from the data: add --override model.vocab_size=8192).")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--masked-fraction", type=float, default=0.14,

@@ -94,6 +94,12 @@ def get_config() -> ml_collections.ConfigDict:
     # Hand-written backward passes of the MLM decoder and the cross-entropy (flax_bert/ops.py:
     # faster on XLA:CPU); False: plain autodiff, the same numbers.
     t.fused_backward = True
+    # Attention where its probabilities are not needed (no attention dropout in training, no
+    # `attentions` probe): "auto" runs jax.nn.dot_product_attention as cuDNN flash attention
+    # on a GPU where eligible (bfloat16/float16, head size a multiple of 8 up to 128), else
+    # XLA's path; "xla" / "cudnn" force one ("cudnn": a GPU, a 16-bit dtype, right-padded
+    # masks); "explicit" always materialises the [B, N, S, S] scores. flax_bert/ops.py.
+    t.attention_impl = "auto"
     # Persistent compilation cache (jax_compilation_cache_dir): a rerun or resume loads the
     # compiled train/eval steps instead of compiling them again. A relative path is inside
     # the workdir; an absolute one (e.g. ~/.cache/flax_bert/jax) can be shared by runs of

@@ -55,23 +55,12 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
     }[name]
 
 
-def _mix32(x: Array) -> Array:
-    """A 32-bit integer hash with full avalanche (Wellons' "lowbias32"); uint32 -> uint32."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
-
-
 class Dropout(nn.Module):
     """Inverted dropout whose keep mask is hashed from the element index and a key.
 
-    Drop-in for `nn.Dropout` (same call, same "dropout" RNG stream). `impl` "hash" draws two
-    32-bit seeds from the stream and hashes (index ^ seed0) then (^ seed1) with `_mix32`:
-    ~10 integer ops per element that XLA fuses into the consumer, instead of threefry's
-    ~100 (the bits cost ~25% of a CPU train step). `impl` "jax" is `nn.Dropout`
-    (jax.random.bernoulli with the key's own PRNG implementation).
+    Drop-in for `nn.Dropout` (same call, same "dropout" RNG stream). `impl` "hash" is
+    `ops.hash_dropout` (the keep mask hashed from the element index and a key from the
+    stream); "jax" is `nn.Dropout` (jax.random.bernoulli with the key's own PRNG).
     """
 
     rate: float
@@ -87,13 +76,7 @@ class Dropout(nn.Module):
             return nn.Dropout(self.rate)(x, deterministic=False, rng=rng)
         if self.impl != "hash":
             raise ValueError(f"dropout impl {self.impl!r} is unknown; use hash or jax")
-        seed = jax.random.bits(rng, (2,), jnp.uint32)  # [2]
-        index = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)  # same shape as x
-        bits = _mix32(_mix32(index ^ seed[0]) ^ seed[1])  # uniform uint32, shape of x
-        # P(bits < threshold) = rate, to within 2**-32.
-        threshold = jnp.uint32(min(round(self.rate * 2.0 ** 32), 2 ** 32 - 1))
-        keep_scale = jnp.asarray(1.0 / (1.0 - self.rate), x.dtype)
-        return jnp.where(bits >= threshold, x * keep_scale, jnp.zeros((), x.dtype))
+        return ops.hash_dropout(x, self.rate, rng)
 
 
 def _init(config: BertConfig, *axes: str | None) -> nn.initializers.Initializer:
@@ -110,24 +93,9 @@ def _dense(config: BertConfig, features: int, axes: tuple[str | None, str | None
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
 
 
-def _per_token(layer: Callable[[Array], Array], x: Array) -> Array:
-    """Applies a Dense layer to x [..., in] as one [tokens, in] matrix -> [..., out].
-
-    With a [B, S, in] input the weight gradient contracts two axes, which XLA:CPU lowers
-    to a transpose copy and a slower kernel (512 -> 2048, forward + backward: 113 ms for
-    [32, 128, 512] vs 67 ms for [4096, 512]).
-    """
-    y = layer(x.reshape(-1, x.shape[-1]))  # [tokens, out]
-    return y.reshape(*x.shape[:-1], y.shape[-1])
-
-
 class LayerNorm(nn.Module):
-    """LayerNorm over the last axis with `scale` and `bias` (flax's parameter names).
-
-    Statistics in float32 with the two-pass variance mean((x - mean)^2), as PyTorch
-    computes it. (flax's nn.LayerNorm uses E[x^2] - E[x]^2; its forward + backward ran
-    3x slower on XLA:CPU: 14.4 vs 4.7 ms for [32, 128, 512].)
-    """
+    """LayerNorm over the last axis with `scale` and `bias` (flax's parameter names);
+    statistics in float32 (`ops.layer_norm`)."""
 
     epsilon: float
     dtype: Dtype = jnp.float32
@@ -139,11 +107,7 @@ class LayerNorm(nn.Module):
             nn.initializers.ones_init(), ("embed",)), features)  # [H]
         bias = self.param("bias", nn.with_logical_partitioning(
             nn.initializers.zeros_init(), ("embed",)), features)  # [H]
-        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # [..., H]
-        centred = x - jnp.mean(x, axis=-1, keepdims=True)  # [..., H]
-        variance = jnp.mean(centred * centred, axis=-1, keepdims=True)  # [..., 1]
-        y = centred * jax.lax.rsqrt(variance + self.epsilon) * scale + bias  # [..., H]
-        return y.astype(self.dtype)
+        return ops.layer_norm(x, scale, bias, self.epsilon).astype(self.dtype)  # [..., H]
 
 
 def _layer_norm(config: BertConfig, dtype: Dtype, name: str = "LayerNorm") -> LayerNorm:
@@ -203,11 +167,14 @@ class BertSelfAttention(nn.Module):
 
     Q, K and V keep HF's separate `query` / `key` / `value` parameters but are computed by
     one fused [H, 3H] matmul (one larger GEMM forward, and one for the input gradient).
+    `attention_impl` (config.train.attention_impl): how softmax(QK^T/sqrt(D))V runs where
+    the probabilities are not needed (`ops.fused_attention_impl`).
     """
 
     config: BertConfig
     dtype: Dtype = jnp.float32
     dropout_impl: str = "hash"
+    attention_impl: str = "auto"  # auto | xla | cudnn | explicit
 
     @nn.compact
     def __call__(self, x: Array, key_mask: Array, deterministic: bool,
@@ -223,21 +190,21 @@ class BertSelfAttention(nn.Module):
             for name in ("query", "key", "value")))
         kernel = jnp.concatenate(kernels, axis=1).astype(self.dtype)  # [H, 3H]
         bias = jnp.concatenate(biases).astype(self.dtype)  # [3H]
-        qkv = _per_token(lambda t: jnp.dot(t.astype(self.dtype), kernel) + bias, x)  # [B, S, 3H]
+        qkv = ops.per_token(lambda t: jnp.dot(t.astype(self.dtype), kernel) + bias, x)  # [B, S, 3H]
         qkv = qkv.reshape(batch, seq_len, 3, heads, head_dim)  # [B, S, 3, N, D]
         # lax.split (not three slices): its gradient is one concatenate, not three pads + adds.
         q, k, v = (nn.with_logical_constraint(part[:, :, 0], BATCH_LENGTH_HEADS_KV)
                    for part in jax.lax.split(qkv, (1, 1, 1), axis=2))  # [B, S, N, D] each
-        mask = key_mask[:, None, None, :].astype(bool)  # [B, 1, 1, S]: query x key
 
         rate = cfg.attention_probs_dropout_prob
         dropout = not deterministic and rate > 0.0
-        if not dropout and not self.is_mutable_collection("intermediates"):
-            # XLA's fused attention on CPU/TPU; cuDNN flash attention on GPU when eligible.
-            ctx = jax.nn.dot_product_attention(q, k, v, mask=mask)  # [B, S, N, D]
+        fused = ops.fused_attention_impl(self.attention_impl, self.dtype, head_dim)
+        if fused and not dropout and not self.is_mutable_collection("intermediates"):
+            ctx = ops.dot_product_attention(q, k, v, key_mask, fused)  # [B, S, N, D]
         else:
             # Dropout on the attention probabilities, or a probe recording them, needs them
             # materialised. The 1/sqrt(D) scale goes on q ([B, S, N, D]), not on the scores.
+            mask = key_mask[:, None, None, :].astype(bool)  # [B, 1, 1, S]: query x key
             q = q * jnp.asarray(head_dim ** -0.5, q.dtype)  # [B, S, N, D]
             scores = jnp.einsum("bqnd,bknd->bnqk", q, k)  # [B, N, S, S]
             scores = jnp.where(mask, scores.astype(jnp.float32),
@@ -262,8 +229,8 @@ class BertOutput(nn.Module):
     def __call__(self, x: Array, residual: Array, deterministic: bool,
                  dropout_rng: Array | None = None) -> Array:
         cfg = self.config
-        y = _per_token(_dense(cfg, cfg.hidden_size, (self.in_axis, "embed"), self.dtype,
-                              "dense"), x)  # [B, S, H]
+        y = ops.per_token(_dense(cfg, cfg.hidden_size, (self.in_axis, "embed"), self.dtype,
+                                  "dense"), x)  # [B, S, H]
         y = Dropout(cfg.hidden_dropout_prob, self.dropout_impl)(
             y, deterministic, dropout_rng)  # [B, S, H]
         y = _layer_norm(cfg, self.dtype)(y + residual)  # [B, S, H]
@@ -274,12 +241,14 @@ class BertAttention(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32
     dropout_impl: str = "hash"
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array, key_mask: Array, deterministic: bool,
                  dropout_rngs: tuple[Array, Array] | None = None) -> Array:
         rngs = dropout_rngs or (None, None)
-        ctx = BertSelfAttention(self.config, self.dtype, self.dropout_impl, name="self")(
+        ctx = BertSelfAttention(self.config, self.dtype, self.dropout_impl,
+                                self.attention_impl, name="self")(
             x, key_mask, deterministic, rngs[0])
         return BertOutput(self.config, "heads", self.dtype, self.dropout_impl, name="output")(
             ctx, x, deterministic, rngs[1])
@@ -292,8 +261,8 @@ class BertIntermediate(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        y = _per_token(_dense(cfg, cfg.intermediate_size, ("embed", "mlp"), self.dtype,
-                              "dense"), x)  # [B, S, I]
+        y = ops.per_token(_dense(cfg, cfg.intermediate_size, ("embed", "mlp"), self.dtype,
+                                  "dense"), x)  # [B, S, I]
         y = activation_fn(cfg.hidden_act)(y)  # [B, S, I]
         return nn.with_logical_constraint(y, BATCH_LENGTH_MLP)
 
@@ -304,6 +273,7 @@ class BertLayer(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32
     dropout_impl: str = "hash"
+    attention_impl: str = "auto"  # auto | xla | cudnn | explicit (see BertSelfAttention)
 
     @nn.compact
     def __call__(self, x: Array, key_mask: Array, deterministic: bool,
@@ -314,7 +284,8 @@ class BertLayer(nn.Module):
         if not deterministic:
             key = self.make_rng("dropout") if dropout_rng is None else dropout_rng
             rngs = [jax.random.fold_in(key, site) for site in range(3)]
-        x = BertAttention(self.config, self.dtype, self.dropout_impl, name="attention")(
+        x = BertAttention(self.config, self.dtype, self.dropout_impl, self.attention_impl,
+                          name="attention")(
             x, key_mask, deterministic, (rngs[0], rngs[1]))
         h = BertIntermediate(self.config, self.dtype, name="intermediate")(x)  # [B, S, I]
         x = BertOutput(self.config, "mlp", self.dtype, self.dropout_impl, name="output")(
@@ -338,6 +309,7 @@ class BertEncoder(nn.Module):
     dtype: Dtype = jnp.float32
     remat_policy: str = "none"  # none | nothing_saveable | dots_saveable
     dropout_impl: str = "hash"  # hash | jax (see Dropout)
+    attention_impl: str = "auto"  # auto | xla | cudnn | explicit (see BertSelfAttention)
 
     @nn.compact
     def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
@@ -346,7 +318,8 @@ class BertEncoder(nn.Module):
         if self.remat_policy != "none" and not self.is_initializing():
             return self._scan_remat(x, key_mask, deterministic, keys)
         for i in range(num_layers):
-            x = BertLayer(self.config, self.dtype, self.dropout_impl, name=f"layer_{i}")(
+            x = BertLayer(self.config, self.dtype, self.dropout_impl, self.attention_impl,
+                          name=f"layer_{i}")(
                 x, key_mask, deterministic, None if keys is None else keys[i])
         return x  # [B, S, H]
 
@@ -355,7 +328,8 @@ class BertEncoder(nn.Module):
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy {self.remat_policy!r} is unknown; use none or one "
                              f"of {sorted(REMAT_POLICIES)}")
-        layer = BertLayer(self.config, self.dtype, self.dropout_impl, parent=None)
+        layer = BertLayer(self.config, self.dtype, self.dropout_impl, self.attention_impl,
+                          parent=None)
         num_layers = self.config.num_hidden_layers
         per_layer = [nn.unbox(self.variables["params"][f"layer_{i}"]) for i in range(num_layers)]
         stacked = jax.tree.map(lambda *p: jnp.stack(p), *per_layer)  # [L, ...] each
@@ -406,10 +380,12 @@ class BertModel(nn.Module):
     remat_policy: str = "none"
     dropout_impl: str = "hash"  # hash | jax (see Dropout)
     add_pooling_layer: bool = True
+    attention_impl: str = "auto"  # auto | xla | cudnn | explicit (see BertSelfAttention)
 
     def setup(self) -> None:
         self.embeddings = BertEmbeddings(self.config, self.dtype, self.dropout_impl)
-        self.encoder = BertEncoder(self.config, self.dtype, self.remat_policy, self.dropout_impl)
+        self.encoder = BertEncoder(self.config, self.dtype, self.remat_policy, self.dropout_impl,
+                                   self.attention_impl)
         self.pooler = BertPooler(self.config, self.dtype) if self.add_pooling_layer else None
 
     def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
@@ -432,8 +408,8 @@ class BertPredictionHeadTransform(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        x = _per_token(_dense(cfg, cfg.hidden_size, ("embed", "mlp"), self.dtype, "dense"),
-                       x)  # [B, P, H]
+        x = ops.per_token(_dense(cfg, cfg.hidden_size, ("embed", "mlp"), self.dtype, "dense"),
+                           x)  # [B, P, H]
         x = activation_fn(cfg.hidden_act)(x)
         return _layer_norm(cfg, self.dtype)(x)  # [B, P, H]
 
@@ -489,9 +465,11 @@ class BertForPreTraining(nn.Module):
     # The MLM decoder's hand-written VJP (flax_bert/ops.py); False: plain autodiff, which
     # also has forward mode (jax.jvp). The loss's cross-entropy follows the same switch.
     fused_backward: bool = True
+    attention_impl: str = "auto"  # auto | xla | cudnn | explicit (see BertSelfAttention)
 
     def setup(self) -> None:
-        self.bert = BertModel(self.config, self.dtype, self.remat_policy, self.dropout_impl)
+        self.bert = BertModel(self.config, self.dtype, self.remat_policy, self.dropout_impl,
+                              attention_impl=self.attention_impl)
         self.cls = BertPreTrainingHeads(self.config, self.dtype, self.fused_backward)
 
     def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
@@ -518,10 +496,11 @@ class _TaskHead(nn.Module):
     dtype: Dtype = jnp.float32
     remat_policy: str = "none"
     dropout_impl: str = "hash"  # hash | jax (see Dropout)
+    attention_impl: str = "auto"  # auto | xla | cudnn | explicit (see BertSelfAttention)
 
     def encoder(self, add_pooling_layer: bool) -> BertModel:
         return BertModel(self.config, self.dtype, self.remat_policy, self.dropout_impl,
-                         add_pooling_layer, name="bert")
+                         add_pooling_layer, self.attention_impl, name="bert")
 
 
 class BertForSequenceClassification(_TaskHead):
@@ -554,8 +533,8 @@ class BertForTokenClassification(_TaskHead):
         x, _ = self.encoder(add_pooling_layer=False)(
             input_ids, token_type_ids, attention_mask, deterministic)  # [B, S, H]
         x = Dropout(self.config.hidden_dropout_prob, self.dropout_impl)(x, deterministic)
-        logits = _per_token(_dense(self.config, self.num_labels, ("embed", None), self.dtype,
-                                   "classifier"), x)  # [B, S, num_labels]
+        logits = ops.per_token(_dense(self.config, self.num_labels, ("embed", None), self.dtype,
+                                       "classifier"), x)  # [B, S, num_labels]
         return logits.astype(jnp.float32)
 
 
@@ -568,6 +547,6 @@ class BertForQuestionAnswering(_TaskHead):
                  deterministic: bool = True) -> tuple[Array, Array]:
         x, _ = self.encoder(add_pooling_layer=False)(
             input_ids, token_type_ids, attention_mask, deterministic)  # [B, S, H]
-        logits = _per_token(_dense(self.config, 2, ("embed", None), self.dtype, "qa_outputs"),
-                            x).astype(jnp.float32)  # [B, S, 2]
+        logits = ops.per_token(_dense(self.config, 2, ("embed", None), self.dtype, "qa_outputs"),
+                                x).astype(jnp.float32)  # [B, S, 2]
         return logits[..., 0], logits[..., 1]

@@ -334,7 +334,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     model = BertForPreTraining(model_config, dtype=DTYPES[train_cfg.dtype],
                                remat_policy=train_cfg.remat_policy,
                                dropout_impl=train_cfg.dropout_impl,
-                               fused_backward=train_cfg.fused_backward)
+                               fused_backward=train_cfg.fused_backward,
+                               attention_impl=train_cfg.attention_impl)
     tx, schedule = optimizer.make_optimizer(config.optimizer, train_cfg.steps)
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
 
