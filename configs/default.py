@@ -108,7 +108,14 @@ def get_config() -> ml_collections.ConfigDict:
     t.compilation_cache_dir = "jax_cache"
     t.log_every = 100  # Steps between training metric rows (host sync only then).
     t.eval_every = 1000  # Steps between evaluations on the held-out split (0 = only at end).
-    t.eval_batches = 0  # Batches per evaluation (0 = the whole held-out split).
+    # Batches of each periodic evaluation: a fixed subset (the first batches of the
+    # held-out split), a curve point at a fraction of the cost; 0 = the whole split. 40 of
+    # the bundled corpus's 232 held-out batches (1,280 of 7,415 pairs) take ~1/6 of a
+    # whole-split eval.
+    t.eval_batches = 40
+    # Batches of the final evaluation (the run's result, the README's figures): 0 = the
+    # whole held-out split.
+    t.final_eval_batches = 0
     t.max_consecutive_nonfinite = 5  # Skipped non-finite steps in a row before stopping.
     t.stop_after = 0  # Save and stop after this step (0 = run to `steps`); rerun to go on.
 

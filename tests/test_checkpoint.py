@@ -195,27 +195,30 @@ class _FakeCheckpointer:
         self.closed = True
 
 
-@pytest.mark.parametrize("limit,per_call", [(1, 1), (3, 1), (3, 2), (3, 4)])
-def test_nonfinite_guard_stops_at_the_configured_count(limit, per_call):
-    """The loop reads a call's skip flags after dispatching the next call; the stop comes
-    exactly when the run of skipped steps reaches the limit (a finite step resets the
-    count), also when the run spans calls of several steps."""
+@pytest.mark.parametrize("limit,per_call,log_every", [(1, 1, 1), (3, 1, 2), (3, 2, 4),
+                                                      (3, 4, 8)])
+def test_nonfinite_guard_stops_at_the_configured_count(limit, per_call, log_every):
+    """The loop leaves each call's skip flags on the device and checks them at log steps;
+    the stop comes at the first check after the run of skipped steps reaches the limit (a
+    finite step resets the count), also when the run spans calls of several steps, and
+    names the steps of that run."""
     from flax_bert.errors import UserError
-    from flax_bert.training.loop import _NonfiniteGuard
+    from flax_bert.training.loop import NonfiniteGuard
 
     # A run of limit-1 skips (reset by a finite step), then a run of `limit` skips.
-    flags = [0, 0] + [1] * (limit - 1) + [0] + [1] * limit + [0] * (2 * per_call)
+    flags = [0, 0] + [1] * (limit - 1) + [0] + [1] * limit + [0] * (2 * log_every)
     first_bad = limit + 3
     last = first_bad + limit - 1
     ckpt = _FakeCheckpointer()
-    guard = _NonfiniteGuard(0, limit, ckpt)
+    guard = NonfiniteGuard(0, limit, ckpt)
     with pytest.raises(UserError) as e:
         for first in range(1, len(flags) + 1, per_call):
-            dispatched = first + per_call - 1  # the call of steps first..dispatched
-            guard.check_previous()
-            guard.push(first, np.float32(flags[first - 1:dispatched]))
-        guard.check_previous()
-    # Raised while the call after the one holding step `last` ran: no extra host sync.
-    assert (dispatched - 1) // per_call == (last - 1) // per_call + 1
+            done = first + per_call - 1  # the call of steps first..done
+            guard.push(first, np.float32(flags[first - 1:done]))
+            if done % log_every == 0:
+                guard.check()
+        guard.check()
+    # Raised at the first log step at or after `last`: no host sync between.
+    assert done == -(-last // log_every) * log_every
     assert f"for {limit} consecutive steps (steps {first_bad}-{last} skipped" in str(e.value)
     assert ckpt.closed and "\n" not in str(e.value)

@@ -4,6 +4,7 @@ continued pretraining of an imported Hugging Face checkpoint, exported back."""
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,10 +20,12 @@ TINY = ["--config.model.hidden_size=32", "--config.model.num_hidden_layers=2",
         "--config.data.max_seq_length=32", "--config.data.max_predictions_per_seq=5",
         "--config.data.vocab_size=300", "--config.data.eval_fraction=0.2",
         "--config.data.num_workers=1", "--config.train.global_batch_size=16",
-        "--config.train.log_every=5", "--config.train.eval_every=10",
+        "--config.train.log_every=4", "--config.train.eval_every=8",
         "--config.train.eval_batches=2", "--config.optimizer.warmup_steps=5",
-        "--config.checkpoint.every=10", "--config.train.phase1_seq_length=16",
+        "--config.checkpoint.every=8", "--config.train.phase1_seq_length=16",
         "--config.train.phase1_batch_size=32"]  # phase1_fraction as in the default run
+# Logs, evals, checkpoints and the phase switch (step 8 of 20) fall on multiples of the
+# default steps_per_call (4): every call has 4 steps, one compile per phase.
 
 
 def train(workdir, *extra, check=True):
@@ -48,17 +51,24 @@ def test_train_writes_metrics_events_and_plots(corpus, tmp_path):
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     train_rows = [r for r in rows if r["split"] == "train"]
     eval_rows = [r for r in rows if r["split"] == "eval"]
-    assert [r["step"] for r in train_rows] == [5, 10, 15, 20]
-    assert [r["step"] for r in eval_rows] == [10, 20]
+    assert [r["step"] for r in train_rows] == [4, 8, 12, 16, 20]
+    assert [r["step"] for r in eval_rows] == [8, 16, 20]
     for key in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy",
                 "learning_rate", "grad_norm", "tokens_per_sec"):
         assert all(np.isfinite(r[key]) for r in train_rows), key
     assert all("mlm_perplexity" in r for r in eval_rows)
+    # Periodic evals read eval_batches (2) batches of 16; the final one the whole split,
+    # and reports its time and the final save's.
+    assert [r["examples"] for r in eval_rows[:2]] == [32, 32]
+    assert eval_rows[-1]["examples"] > 32
+    assert eval_rows[-1]["eval_seconds"] > 0 and eval_rows[-1]["save_seconds"] > 0
+    assert "eval_seconds" not in eval_rows[0]
+    assert re.search(r"final eval \d+\.\d s, final save \d+\.\d s", log)
     assert train_rows[-1]["mlm_loss"] < train_rows[0]["mlm_loss"]
     assert glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*"))
     for name in ("loss.png", "accuracy.png", "config.json", "vocab.txt"):
         assert (workdir / name).stat().st_size > 0, name
-    assert {"10", "20"} <= set(os.listdir(workdir / "checkpoints"))
+    assert {"8", "16", "20"} <= set(os.listdir(workdir / "checkpoints"))
     # Phase 1 (the default's first 40% of steps) trained on 16-token examples, 32 a batch.
     meta = json.load(open(workdir / "data_phase1" / "meta.json"))
     assert (meta["max_seq_length"], meta["max_predictions_per_seq"]) == (16, 3)
@@ -89,7 +99,9 @@ def test_continued_pretraining_of_an_hf_checkpoint(corpus, tmp_path):
     workdir = tmp_path / "run"
     subprocess.run([sys.executable, "-m", "flax_bert.hf", "import", str(hf_dir),
                     f"--workdir={workdir}"], cwd=ROOT, check=True, timeout=300)
-    result = train(workdir, f"--config.data.input={corpus}", "--config.train.steps=10",
+    # One phase, two calls of 4 steps: one train-step compile, no phase-1 data to prepare.
+    result = train(workdir, f"--config.data.input={corpus}", "--config.train.steps=8",
+                   "--config.train.phase1_fraction=0",
                    "--config.model.max_position_embeddings=512")
     assert "initialising from" in result.stdout + result.stderr
     out = tmp_path / "exported"

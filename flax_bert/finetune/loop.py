@@ -23,12 +23,10 @@ from flax_bert.data import vocab as vocab_lib
 from flax_bert.errors import UserError
 from flax_bert.finetune import books, data, steps as ft_steps
 from flax_bert.training import metrics as metrics_lib
-from flax_bert.training import (optimizer, preemption, sharding,
-                                state as state_lib, steps)
-from flax_bert.training.loop import (DTYPES, _NonfiniteGuard, _progress_bar, _say,
-                                     _TrainMeter, call_sizes, check_same_model,
-                                     global_batch, model_config_from, run_locked,
-                                     save_and_stop, stack_batches)
+from flax_bert.training import optimizer, sharding, state as state_lib, steps
+from flax_bert.training.loop import (DTYPES, DeviceFeed, Evaluations, TrainMeter, call_sizes,
+                                     check_same_model, final_eval_and_save, global_batch,
+                                     model_config_from, resume, run_locked, say, train_calls)
 
 HEAD = "sequence_classification"
 RUN_FILE = "finetune.json"  # {"labels": [...], "start": Start.description}
@@ -145,7 +143,7 @@ def _data_paths(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, s
     out = os.path.join(workdir, BOOKS_DIR)
     if jax.process_index() == 0:
         counts = books.build(config.books, out)
-        _say(f"book task in {out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        say(f"book task in {out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("book task built")
@@ -199,8 +197,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     tokenizer = data.make_tokenizer(start.vocab, config.data.lowercase, seq_len)
     train_arrays = data.encode(train_examples, tokenizer, labels)
     eval_arrays = data.encode(eval_examples, tokenizer, labels)  # unknown labels: an error
-    _say(f"{len(labels)} labels, {len(train_examples.labels)} train and "
-         f"{len(eval_examples.labels)} eval examples; starting from {start.description}")
+    say(f"{len(labels)} labels, {len(train_examples.labels)} train and "
+        f"{len(eval_examples.labels)} eval examples; starting from {start.description}")
 
     mesh = sharding.make_mesh(config.mesh)
     model = hf.make_model(model_config, HEAD, len(labels), dtype=DTYPES[t.dtype],
@@ -214,10 +212,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         state = state.replace(params=dict(state.params, bert=encoder))
     train_iter = data.make_train_iterator(train_arrays, t.global_batch_size, config.seed,
                                           jax.process_index(), jax.process_count())
-    state, dropout_rng, restored_step = ckpt.restore(state, dropout_rng, train_iter)
-    begin = int(state.step)
-    if restored_step is not None:
-        _say(f"resumed from {ckpt.directory}/{restored_step} at step {begin}")
+    state, dropout_rng, begin = resume(ckpt, state, dropout_rng, train_iter)
     if writer_process:
         model_config.to_json_file(os.path.join(workdir, checkpoint.CONFIG_FILE))
         with open(os.path.join(workdir, RUN_FILE), "w", encoding="utf-8") as f:
@@ -233,50 +228,25 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                                       model=model, tx=tx, schedule=schedule)
     eval_step = steps.jit_eval_step(mesh, state_shardings.params, model=model,
                                     eval_fn=ft_steps.eval_step)
-
-    def run_eval(step: int) -> dict[str, float]:
-        row = evaluate(eval_step, state.params, eval_arrays, t.eval_batch_size, mesh)
-        writer.write(step, row, split="eval")
-        _say(f"eval step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
-        return row
-
-    meter = _TrainMeter(ft_steps.summarize_train)
-    guard = _NonfiniteGuard(int(state.nonfinite_run), t.max_consecutive_nonfinite, ckpt)
-    done = begin
-    with preemption.PreemptionWatch() as watch, _progress_bar(begin, t.steps,
-                                                              writer_process) as bar:
-        for size in call_sizes(begin, t.steps, t.steps_per_call,
-                               every=(t.log_every, t.eval_every, ckpt.every),
-                               at=(t.stop_after,)):
-            batches = global_batch(stack_batches([next(train_iter) for _ in range(size)]),
-                                   mesh, stacked=True)
-            state, call_metrics = train_step(state, batches, dropout_rng)
-            first, done = done + 1, done + size
-            guard.check_previous()
-            guard.push(first, call_metrics["skipped"])
-            meter.add(call_metrics, size, batches["input_ids"].size)
-            bar.update(size)
-            if done % t.log_every == 0 or done == t.steps:
-                row = meter.summary()
-                row["learning_rate"] = float(schedule(done - 1))
-                writer.write(done, row)
-            if t.eval_every and done % t.eval_every == 0 and done < t.steps:
-                run_eval(done)
-            if done < t.steps and (watch.reached(done) or done == t.stop_after):
-                save_and_stop(done, t.stop_after, watch, guard, ckpt, writer, state,
-                              dropout_rng, train_iter)
-            ckpt.save(done, state, dropout_rng, train_iter)
-        guard.check_previous()
-
-    final = run_eval(t.steps)
-    ckpt.save(t.steps, state, dropout_rng, train_iter, force=True)
-    ckpt.close()
+    example = data.eval_batches(eval_arrays, t.eval_batch_size, jax.process_index(),
+                                jax.process_count())[0]
+    evals = Evaluations(  # every eval reads the whole eval set
+        eval_step, state.params, example, mesh,
+        lambda params, final: evaluate(eval_step, params, eval_arrays, t.eval_batch_size, mesh),
+        writer)
+    feed = DeviceFeed(train_iter, call_sizes(begin, t.steps, t.steps_per_call,
+                                             every=(t.log_every, t.eval_every, ckpt.every),
+                                             at=(t.stop_after,)), mesh)
+    state = train_calls(state, dropout_rng, begin, feed, train_step, t=t, ckpt=ckpt,
+                        writer=writer, meter=TrainMeter(ft_steps.summarize_train),
+                        evals=evals, schedule=schedule)
+    final = final_eval_and_save(t.steps, state, dropout_rng, feed, evals, ckpt)
     if writer_process:
         for path in metrics_lib.plot_curves(workdir, PLOTS):
-            _say(f"wrote {path}")
+            say(f"wrote {path}")
         hf.save_pretrained(model_config, jax.device_get(state.params), export_dir,
                            vocab=os.path.join(workdir, checkpoint.VOCAB_FILE), head=HEAD,
                            labels=labels)
-        _say(f"exported transformers BertForSequenceClassification to {export_dir}")
+        say(f"exported transformers BertForSequenceClassification to {export_dir}")
     writer.close()
     return final

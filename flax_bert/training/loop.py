@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -146,17 +148,25 @@ def call_sizes(start: int, total: int, steps_per_call: int, every: Iterable[int]
         done += size
 
 
+def first_batch(batches: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The first held-out batch; a UserError if there is none."""
+    for batch in batches:
+        return batch
+    raise UserError("the held-out split is empty; raise config.data.eval_fraction")
+
+
 def evaluate(eval_step: Any, params: Any, batches: Iterable[dict[str, np.ndarray]],
              mesh: Mesh, max_batches: int) -> dict[str, float]:
+    """MLM and NSP metrics over the first `max_batches` (0: all) of `batches` (not
+    empty: see first_batch), and the number of examples read."""
     totals = None
     for i, local in enumerate(batches):
         if max_batches and i >= max_batches:
             break
         sums = eval_step(params, global_batch(local, mesh))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    if totals is None:
-        raise UserError("the held-out split is empty; raise config.data.eval_fraction")
-    return losses.summarize(jax.device_get(totals))
+    totals = jax.device_get(totals)
+    return dict(losses.summarize(totals), examples=float(totals["nsp_count"]))
 
 
 @jax.jit
@@ -177,7 +187,7 @@ def _pretraining_summary(totals: dict[str, Any]) -> dict[str, float]:
     return losses.summarize({k: totals[k] for k in SUM_KEYS})
 
 
-class _TrainMeter:
+class TrainMeter:
     """Sums step metrics on device between log points; one host sync per log row.
     `summarize` turns the summed metrics into the row's means (losses, accuracies)."""
 
@@ -208,30 +218,30 @@ class _TrainMeter:
         return row
 
 
-class _NonfiniteGuard:
-    """Counts consecutive skipped (non-finite) steps on the host, one call behind.
+class NonfiniteGuard:
+    """Stops the run after `limit` consecutive skipped (non-finite) steps.
 
-    The skip flags of a call are read after the next call has been dispatched, so the
-    host waits only for a call that is already finished: no stall of the device pipeline.
+    Each call's skip flags stay on the device until `check` reads all of them at once (the
+    loop calls it at log steps, before checkpoints and at the end): no host sync per call.
+    The stop names the steps of the run that reached the limit.
     """
 
     def __init__(self, run: int, limit: int, ckpt: checkpoint.TrainCheckpointer):
         self.run, self.limit, self.ckpt = run, limit, ckpt
-        self.pending: tuple[int, jax.Array] | None = None
+        self.pending: list[tuple[int, jax.Array]] = []
 
     def push(self, first_step: int, skipped: jax.Array) -> None:
         """`skipped`: [K] flags of steps first_step, first_step + 1, ..."""
-        self.pending = (first_step, skipped)
+        self.pending.append((first_step, skipped))
 
-    def check_previous(self) -> None:
-        if self.pending is None:
-            return
-        first_step, flags = self.pending
-        self.pending = None
-        for step, skipped in enumerate(np.asarray(flags), start=first_step):
-            self.run = self.run + 1 if skipped else 0
-            if self.limit and self.run >= self.limit:
-                self._stop(step)
+    def check(self) -> None:
+        pending, self.pending = self.pending, []
+        flags = jax.device_get([skipped for _, skipped in pending])
+        for (first_step, _), call_flags in zip(pending, flags):
+            for step, skipped in enumerate(np.asarray(call_flags), start=first_step):
+                self.run = self.run + 1 if skipped else 0
+                if self.limit and self.run >= self.limit:
+                    self._stop(step)
 
     def _stop(self, step: int) -> None:
         self.ckpt.close()
@@ -242,12 +252,86 @@ class _NonfiniteGuard:
             f"lower config.optimizer.learning_rate or check the data")
 
 
+class DeviceFeed:
+    """The train calls' stacked batches ([K, rows, ...] per call) on the devices, in order.
+
+    `prefetch`, called right after a call is dispatched, builds the next call's batches and
+    starts their transfer while that call runs (double buffering: the input of a call is
+    on its way before the host blocks on a log row, an eval or a save).
+    As the checkpoint's data item, it saves the data position after the calls handed out,
+    not after the one prefetched.
+    """
+
+    def __init__(self, data_iter: Any, sizes: Iterable[int], mesh: Mesh):
+        self.data_iter, self.mesh = data_iter, mesh
+        self._sizes = iter(sizes)
+        self._next: tuple[int, dict[str, jax.Array]] | None = None
+        self._position: Any = None  # data_iter's state before the prefetched call
+
+    def __iter__(self) -> DeviceFeed:
+        return self
+
+    def __next__(self) -> tuple[int, dict[str, jax.Array]]:
+        """(K, the call's [K, rows, ...] global arrays)."""
+        self.prefetch()
+        if self._next is None:
+            raise StopIteration
+        call, self._next = self._next, None
+        return call
+
+    def prefetch(self) -> None:
+        """Builds and puts the next call's batches (a no-op if done or already there)."""
+        if self._next is not None or (size := next(self._sizes, None)) is None:
+            return
+        self._position = self.data_iter.get_state()
+        local = stack_batches([next(self.data_iter) for _ in range(size)])
+        self._next = (size, global_batch(local, self.mesh, stacked=True))
+
+    def get_state(self) -> bytes:
+        """The data position after the calls handed out, as grain's checkpoint stores it."""
+        position = self._position if self._next is not None else self.data_iter.get_state()
+        return json.dumps(position, indent=4).encode()
+
+
+class Evaluations:
+    """Held-out evaluations: the eval step is compiled in a background thread once the
+    first train call is running (the first eval does not wait for a compile), and each
+    eval's row is written and printed.
+
+    `metrics(params, final)` evaluates: periodic evals (final=False) may read a subset."""
+
+    def __init__(self, eval_step: Any, params: Any, example: dict[str, np.ndarray],
+                 mesh: Mesh, metrics: Callable[[Any, bool], dict[str, float]],
+                 writer: metrics_lib.MetricWriter) -> None:
+        self.metrics, self.writer = metrics, writer
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params)
+        batch = global_batch(example, mesh)
+        self._compile = lambda: eval_step.lower(abstract, batch).compile()
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._compiled: concurrent.futures.Future | None = None
+
+    def compile_in_background(self) -> None:
+        if self._compiled is None:
+            self._compiled = self._pool.submit(self._compile)
+            self._pool.shutdown(wait=False)  # the thread ends with its compile
+
+    def compute(self, params: Any, final: bool) -> dict[str, float]:
+        self.compile_in_background()
+        self._compiled.result()  # jit reuses the compiled executable
+        return self.metrics(params, final)
+
+    def write(self, step: int, row: dict[str, float]) -> None:
+        self.writer.write(step, row, split="eval")
+        say(f"eval step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
+
+
 def save_and_stop(step: int, stop_after: int, watch: preemption.PreemptionWatch,
-                  guard: _NonfiniteGuard, ckpt: checkpoint.TrainCheckpointer,
+                  guard: NonfiniteGuard, ckpt: checkpoint.TrainCheckpointer,
                   writer: metrics_lib.MetricWriter, *save_args: Any) -> NoReturn:
-    """Saves a checkpoint of `save_args` (state, rng, data iterator) at `step` and stops
+    """Saves a checkpoint of `save_args` (state, rng, data feed) at `step` and stops
     the run: at config.train.stop_after (exit 0) or on a signal (its exit code)."""
-    guard.check_previous()
+    guard.check()
     ckpt.save(step, *save_args, force=True)
     ckpt.close()
     writer.close()
@@ -261,16 +345,83 @@ def save_and_stop(step: int, stop_after: int, watch: preemption.PreemptionWatch,
         f"command to resume", watch.exit_code)
 
 
-def _progress_bar(start: int, total: int, enabled: bool) -> Any:
+def progress_bar(start: int, total: int, enabled: bool) -> Any:
     from tqdm import tqdm
     return tqdm(initial=start, total=total, desc="train", unit="step", disable=not enabled,
                 dynamic_ncols=True, mininterval=1.0)
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     if jax.process_index() == 0:
         from tqdm import tqdm
         tqdm.write(message)
+
+
+def resume(ckpt: checkpoint.TrainCheckpointer, state: Any, rng: jax.Array,
+           data_iter: Any) -> tuple[Any, jax.Array, int]:
+    """`state`, `rng` and `data_iter` from the newest checkpoint, if any; returns the
+    state, the rng and the step training begins at."""
+    state, rng, restored_step = ckpt.restore(state, rng, data_iter)
+    begin = int(state.step)
+    if restored_step is not None:
+        say(f"resumed from {ckpt.directory}/{restored_step} at step {begin}")
+    return state, rng, begin
+
+
+def train_calls(state: Any, rng: jax.Array, begin: int, feed: DeviceFeed, train_step: Any,
+                *, t: ml_collections.ConfigDict, ckpt: checkpoint.TrainCheckpointer,
+                writer: metrics_lib.MetricWriter, meter: TrainMeter,
+                evals: Evaluations, schedule: optax.Schedule,
+                log_fields: Callable[[Any], dict[str, float]] = lambda state: {}) -> Any:
+    """Runs `train_step` on each call of `feed` from step `begin` to `t.steps`: metric rows
+    every `t.log_every` steps (with `log_fields(state)`), evals every `t.eval_every`,
+    checkpoints, the stop at `t.stop_after` or on a signal. The host reads device values
+    only at log, eval and checkpoint steps. Returns the final state."""
+    writer_process = jax.process_index() == 0
+    guard = NonfiniteGuard(int(state.nonfinite_run), t.max_consecutive_nonfinite, ckpt)
+    done = begin
+    with preemption.PreemptionWatch() as watch, progress_bar(begin, t.steps,
+                                                             writer_process) as bar:
+        for size, batches in feed:
+            state, call_metrics = train_step(state, batches, rng)
+            feed.prefetch()  # the next call's input goes to the devices while this one runs
+            evals.compile_in_background()
+            first, done = done + 1, done + size
+            guard.push(first, call_metrics["skipped"])
+            meter.add(call_metrics, size, batches["input_ids"].size)
+            bar.update(size)
+            if done % t.log_every == 0 or done == t.steps:
+                guard.check()
+                row = meter.summary()
+                row.update(log_fields(state))  # after step `done`
+                row["learning_rate"] = float(schedule(done - 1))
+                writer.write(done, row)
+            if t.eval_every and done % t.eval_every == 0 and done < t.steps:
+                evals.write(done, evals.compute(state.params, final=False))
+            if done < t.steps and (watch.reached(done) or done == t.stop_after):
+                save_and_stop(done, t.stop_after, watch, guard, ckpt, writer, state, rng, feed)
+            if done % ckpt.every == 0:
+                guard.check()  # no checkpoint after a stop was due
+            ckpt.save(done, state, rng, feed)
+        guard.check()
+    return state
+
+
+def final_eval_and_save(step: int, state: Any, rng: jax.Array, feed: DeviceFeed,
+                        evals: Evaluations, ckpt: checkpoint.TrainCheckpointer
+                        ) -> dict[str, float]:
+    """The final eval (written with its time and the final save's: eval_seconds,
+    save_seconds) and the final checkpoint, committed; returns the eval metrics."""
+    start = time.perf_counter()
+    final = evals.compute(state.params, final=True)
+    eval_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    ckpt.save(step, state, rng, feed, force=True)  # no-op if saved
+    ckpt.close()  # waits for the async save to be committed
+    save_seconds = time.perf_counter() - start
+    say(f"final eval {eval_seconds:.1f} s, final save {save_seconds:.1f} s")
+    evals.write(step, dict(final, eval_seconds=eval_seconds, save_seconds=save_seconds))
+    return final
 
 
 def run_locked(body: Callable[[ml_collections.ConfigDict, str], dict[str, float]],
@@ -303,7 +454,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     data_config = ml_collections.ConfigDict(config.data)
     if not data_config.vocab and os.path.isfile(pretrained_vocab):
         data_config.vocab = pretrained_vocab
-        _say(f"tokenizing with {pretrained_vocab}")
+        say(f"tokenizing with {pretrained_vocab}")
     data_dir = data_config.prepared_dir or os.path.join(workdir, "data")
     phase1 = None  # one phase unless config.train.phase1_fraction > 0
     if phase1_steps := check_phase1(config):
@@ -344,17 +495,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     if ckpt.latest_step() is None and os.path.isdir(pretrained):
         check_same_model(pretrained, model_config)
         init_params = checkpoint.load_params(pretrained)
-        _say(f"initialising from {pretrained} (continued pretraining)")
+        say(f"initialising from {pretrained} (continued pretraining)")
     state, state_shardings = state_lib.create_train_state(
         model, tx, mesh, init_rng, meta["max_seq_length"], params=init_params)
 
     train_iter = pipeline.make_train_iterator(
         data_dir, data_config, global_batch_size=train_cfg.global_batch_size, seed=config.seed,
         phase1=phase1)
-    state, dropout_rng, restored_step = ckpt.restore(state, dropout_rng, train_iter)
-    start = int(state.step)
-    if restored_step is not None:
-        _say(f"resumed from {ckpt.directory}/{restored_step} at step {start}")
+    state, dropout_rng, start = resume(ckpt, state, dropout_rng, train_iter)
     if writer_process:
         model_config.to_json_file(os.path.join(workdir, checkpoint.CONFIG_FILE))
     writer = metrics_lib.MetricWriter(workdir, enabled=writer_process)
@@ -365,53 +513,29 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                                       grad_accum_steps=train_cfg.grad_accum_steps)
     eval_step = steps.jit_eval_step(mesh, state_shardings.params, model=model)
 
-    def run_eval(step: int) -> dict[str, float]:
-        batches = pipeline.make_eval_iterator(
-            data_dir, data_config, global_batch_size=train_cfg.global_batch_size)
-        row = evaluate(eval_step, state.params, batches, mesh, train_cfg.eval_batches)
-        writer.write(step, row, split="eval")
-        _say(f"eval step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
-        return row
+    def eval_batches() -> Iterable[dict[str, np.ndarray]]:
+        return pipeline.make_eval_iterator(data_dir, data_config,
+                                           global_batch_size=train_cfg.global_batch_size)
 
+    def eval_metrics(params: Any, final: bool) -> dict[str, float]:
+        return evaluate(eval_step, params, eval_batches(), mesh,
+                        train_cfg.final_eval_batches if final else train_cfg.eval_batches)
+
+    evals = Evaluations(eval_step, state.params, first_batch(eval_batches()), mesh,
+                        eval_metrics, writer)
     if phase1 and start < phase1.steps:
-        _say(f"phase 1: steps 1-{phase1.steps} on {train_cfg.phase1_seq_length}-token examples "
-             f"({phase1.prepared_dir}), then {meta['max_seq_length']}-token examples")
-    meter = _TrainMeter()
-    guard = _NonfiniteGuard(int(state.nonfinite_run), train_cfg.max_consecutive_nonfinite, ckpt)
-    stop_after = train_cfg.stop_after
-    sizes = call_sizes(start, train_cfg.steps, train_cfg.steps_per_call,
-                       every=(train_cfg.log_every, train_cfg.eval_every, ckpt.every),
-                       at=(phase1.steps if phase1 else 0, stop_after))
-    done = start
-    with preemption.PreemptionWatch() as watch, _progress_bar(
-            start, train_cfg.steps, writer_process) as bar:
-        for size in sizes:
-            batches = global_batch(stack_batches([next(train_iter) for _ in range(size)]),
-                                   mesh, stacked=True)
-            state, call_metrics = train_step(state, batches, dropout_rng)
-            first, done = done + 1, done + size
-            guard.check_previous()  # the previous call's skip flags: it is done by now
-            guard.push(first, call_metrics["skipped"])
-            meter.add(call_metrics, size, batches["input_ids"].size)
-            bar.update(size)
-            if done % train_cfg.log_every == 0 or done == train_cfg.steps:
-                row = meter.summary()
-                row["param_norm"] = float(_global_norm(state.params))  # after step `done`
-                row["learning_rate"] = float(schedule(done - 1))
-                writer.write(done, row)
-            if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done < train_cfg.steps:
-                run_eval(done)
-            if done < train_cfg.steps and (watch.reached(done) or done == stop_after):
-                save_and_stop(done, stop_after, watch, guard, ckpt, writer, state, dropout_rng,
-                              train_iter)
-            ckpt.save(done, state, dropout_rng, train_iter)
-        guard.check_previous()
-
-    final = run_eval(train_cfg.steps)
-    ckpt.save(train_cfg.steps, state, dropout_rng, train_iter, force=True)  # no-op if saved
-    ckpt.close()
+        say(f"phase 1: steps 1-{phase1.steps} on {train_cfg.phase1_seq_length}-token examples "
+            f"({phase1.prepared_dir}), then {meta['max_seq_length']}-token examples")
+    feed = DeviceFeed(train_iter, call_sizes(
+        start, train_cfg.steps, train_cfg.steps_per_call,
+        every=(train_cfg.log_every, train_cfg.eval_every, ckpt.every),
+        at=(phase1.steps if phase1 else 0, train_cfg.stop_after)), mesh)
+    state = train_calls(state, dropout_rng, start, feed, train_step, t=train_cfg, ckpt=ckpt,
+                        writer=writer, meter=TrainMeter(), evals=evals, schedule=schedule,
+                        log_fields=lambda s: {"param_norm": float(_global_norm(s.params))})
+    final = final_eval_and_save(train_cfg.steps, state, dropout_rng, feed, evals, ckpt)
     if writer_process:
         for path in metrics_lib.plot_curves(workdir):
-            _say(f"wrote {path}")
+            say(f"wrote {path}")
     writer.close()
     return final
