@@ -163,8 +163,9 @@ class TrainCheckpointer:
                 raise UserError(
                     f"{self.directory}/{step} holds one param set per encoder layer "
                     f"(encoder/{LEGACY_LAYER}, ...), written before the layers were stacked "
-                    f"(encoder/{model_lib.LAYERS}); it cannot be resumed: export it "
-                    f"(python -m flax_bert.hf export) and start a new --workdir from it")
+                    f"(encoder/{model_lib.LAYERS}), and cannot be resumed; carry its weights "
+                    f"into a new workdir: python -m flax_bert.hf export --workdir "
+                    f"{self.workdir} OUT, then python -m flax_bert.hf import OUT --workdir NEW")
             if old != new:
                 diff = [(a, b) for a, b in zip(old, new) if a != b] or [(old[:1], new[:1])]
                 (name, old_shape), (_, new_shape) = diff[0]

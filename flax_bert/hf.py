@@ -191,7 +191,7 @@ def _param_shapes(config: BertConfig, head: str = "pretraining",
     import jax
 
     shapes = jax.eval_shape(lambda: _per_layer(nn.unbox(_init(config, head, num_labels, 0))))
-    return jax.tree.map(lambda s: tuple(s.shape), nn.unbox(shapes))
+    return jax.tree.map(lambda s: tuple(s.shape), shapes)
 
 
 def _init_params(config: BertConfig, seed: int, head: str = "pretraining",
