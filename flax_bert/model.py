@@ -378,7 +378,7 @@ class BertEncoder(nn.Module):
         layers = nn.scan(layer, variable_axes={"params": 0, "intermediates": 0},
                          split_rngs={"params": True},
                          in_axes=(nn.broadcast, nn.broadcast, 0), length=num_layers,
-                         metadata_params={nn.PARTITION_NAME: "layers"})
+                         metadata_params={nn.PARTITION_NAME: "layers"})  # logical axis
         keys = None if deterministic else jax.random.split(self.make_rng("dropout"), num_layers)
         x, _ = layers(self.config, self.dtype, self.dropout_impl, name=LAYERS)(
             x, key_mask, deterministic, keys)  # [B, S, H]

@@ -166,8 +166,8 @@ class _DropoutKey(nn.Module):
         return self.make_rng("dropout")
 
 
-@pytest.mark.parametrize("remat_policy", ["none", "nothing_saveable"])
-@pytest.mark.parametrize("deterministic", [True, False])
+@pytest.mark.parametrize("remat_policy, deterministic", [
+    ("none", True), ("none", False), ("nothing_saveable", False)])
 def test_scanned_encoder_equals_unrolled_layers(remat_policy, deterministic):
     """The encoder's one nn.scan over stacked params = a per-layer loop of BertLayer on
     row i of each param, layer i with dropout key split i; the rows differ (split init)."""
