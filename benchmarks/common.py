@@ -6,7 +6,6 @@ import importlib
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -82,11 +81,7 @@ def build_parts(config: ml_collections.ConfigDict, seq: int) -> Parts:
     cfg = BertConfig(**config.model.to_dict())
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}),
                               jax.devices()[:1])
-    model = BertForPreTraining(cfg, dtype=jnp.dtype(config.train.dtype),
-                               remat_policy=config.train.remat_policy,
-                               dropout_impl=config.train.dropout_impl,
-                               fused_backward=config.train.fused_backward,
-                               attention_impl=config.train.attention_impl)
+    model = BertForPreTraining(cfg, **loop.model_options(config.train))
     tx, schedule = optimizer.make_optimizer(config.optimizer, config.train.steps)
     state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(0), seq)
     return Parts(model, tx, schedule, mesh, state, shardings)

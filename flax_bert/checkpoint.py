@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from flax_bert import model as model_lib
 from flax_bert import workdir as workdir_lib
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
@@ -49,6 +50,7 @@ PRETRAINED_DIR = "pretrained"
 VOCAB_FILE = "vocab.txt"  # In a workdir, an export dir and an HF dir alike.
 ARRAY_ITEMS = ("params", "opt_state", "train")  # orbax Standard items of a train checkpoint
 DATA_ITEM = "data"
+LEGACY_LAYER = "layer_0"  # the encoder's first layer, in params saved before it was stacked
 
 
 class SaveFailed(UserError):
@@ -84,7 +86,9 @@ def load_params(path: str) -> Any:
     """Parameters as host NumPy arrays, from an export directory, a workdir (its newest
     readable checkpoint) or one checkpoint folder `WORKDIR/checkpoints/<step>`.
 
-    Only the `params` item is read; the optimizer state is never opened.
+    Only the `params` item is read; the optimizer state is never opened. Params saved
+    with one set per encoder layer (`encoder/layer_i`, before the layers were one scan)
+    come back stacked (`encoder/layers`), as the model now takes them.
     """
     path = os.path.abspath(path)
     if os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
@@ -109,7 +113,11 @@ def load_params(path: str) -> Any:
     else:
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(os.path.join(path, PARAMS_DIR))
-    return jax.tree.map(np.asarray, params)
+    params = jax.tree.map(np.asarray, params)
+    encoder = params.get("bert", {}).get("encoder", {})
+    if LEGACY_LAYER in encoder:
+        params["bert"]["encoder"] = model_lib.stack_layers(encoder)
+    return params
 
 
 def _shapes(tree: Any) -> list[tuple[str, tuple[int, ...]]]:
@@ -151,6 +159,13 @@ class TrainCheckpointer:
             return
         if saved_params is not None:
             old, new = _shapes(saved_params), _shapes(abstract["params"])
+            if any(f"['{LEGACY_LAYER}']" in name for name, _ in old):
+                raise UserError(
+                    f"{self.directory}/{step} holds one param set per encoder layer "
+                    f"(encoder/{LEGACY_LAYER}, ...), written before the layers were stacked "
+                    f"(encoder/{model_lib.LAYERS}), and cannot be resumed; carry its weights "
+                    f"into a new workdir: python -m flax_bert.hf export --workdir "
+                    f"{self.workdir} OUT, then python -m flax_bert.hf import OUT --workdir NEW")
             if old != new:
                 diff = [(a, b) for a, b in zip(old, new) if a != b] or [(old[:1], new[:1])]
                 (name, old_shape), (_, new_shape) = diff[0]

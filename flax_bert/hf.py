@@ -5,6 +5,7 @@ An HF BERT directory holds `config.json`, the weights in `model.safetensors` (or
 
 Mapping (HF name -> our param path under `BertForPreTraining`):
     bert.embeddings.X.weight          -> bert/embeddings/X/embedding          [rows, H]
+    bert.encoder.layer.i.Y            -> bert/encoder/layers/Y, row i          [L, ...]
     *.dense / query / key / value     -> .../kernel = weight.T [in, out], bias
     *.LayerNorm.weight|gamma, bias|beta -> .../LayerNorm/scale, bias
     cls.predictions.bias              -> cls/predictions/bias                 [V]
@@ -34,6 +35,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from flax_bert import checkpoint
+from flax_bert import model as model_lib
 from flax_bert.checkpoint import CHECKPOINTS_DIR, PRETRAINED_DIR, VOCAB_FILE
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
@@ -99,7 +101,9 @@ def name_map(config: BertConfig, head: str = "pretraining") -> list[tuple[str, P
     """Every (HF name, our param path, is_dense_kernel) of the model of `head` (HEADS).
 
     HF names are those of the transformers class (with the `bert.` prefix); dense kernels
-    are stored transposed: torch's weight is [out, in], our kernel [in, out].
+    are stored transposed: torch's weight is [out, in], our kernel [in, out]. Encoder
+    layers are named per layer, `bert/encoder/layer_i/...`: the layout `_per_layer` gives
+    our stacked params.
     """
     out: list[tuple[str, Path, bool]] = []
     emb = ("bert", "embeddings")
@@ -147,14 +151,24 @@ def _set(tree: Params, path: Path, value: Any) -> None:
     tree[path[-1]] = value
 
 
+def _per_layer(params: Params) -> Params:
+    """Params with the encoder's stacked layers split into `layer_i` (see name_map)."""
+    encoder = model_lib.unstack_layers(params["bert"]["encoder"])
+    return params | {"bert": params["bert"] | {"encoder": encoder}}
+
+
+def _stacked(params: Params) -> Params:
+    """The inverse of `_per_layer`: our model's layout."""
+    encoder = model_lib.stack_layers(params["bert"]["encoder"])
+    return params | {"bert": params["bert"] | {"encoder": encoder}}
+
+
 def make_model(config: BertConfig, head: str = "pretraining",
                num_labels: int = DEFAULT_NUM_LABELS, **kwargs: Any) -> Any:
     """Our Linen model of `head` (HEADS); `kwargs` go to its constructor (dtype, ...)."""
-    from flax_bert import model
-
     if head not in HEADS:
         raise UserError(f"head {head!r} is unknown; use one of {', '.join(HEADS)}")
-    cls = getattr(model, HEADS[head].architecture)
+    cls = getattr(model_lib, HEADS[head].architecture)
     if HEADS[head].labelled:
         kwargs["num_labels"] = num_labels
     return cls(config, **kwargs)
@@ -171,22 +185,24 @@ def _init(config: BertConfig, head: str, num_labels: int, seed: int) -> Any:
 
 def _param_shapes(config: BertConfig, head: str = "pretraining",
                   num_labels: int = DEFAULT_NUM_LABELS) -> Params:
-    """Our param tree's shapes for `config`, without allocating anything."""
+    """Our param tree's shapes for `config`, per layer (name_map's layout), without
+    allocating anything."""
     import flax.linen as nn
     import jax
 
-    shapes = jax.eval_shape(lambda: _init(config, head, num_labels, 0))
-    return jax.tree.map(lambda s: tuple(s.shape), nn.unbox(shapes))
+    shapes = jax.eval_shape(lambda: _per_layer(nn.unbox(_init(config, head, num_labels, 0))))
+    return jax.tree.map(lambda s: tuple(s.shape), shapes)
 
 
 def _init_params(config: BertConfig, seed: int, head: str = "pretraining",
                  num_labels: int = DEFAULT_NUM_LABELS) -> Params:
-    """Freshly initialised params of the model of `head`, as host float32 arrays."""
+    """Freshly initialised params of the model of `head`, as host float32 arrays, per layer
+    (name_map's layout)."""
     import flax.linen as nn
     import jax
 
-    params = _init(config, head, num_labels, seed)
-    return jax.tree.map(lambda x: np.asarray(x, np.float32), nn.unbox(params))
+    params = _per_layer(nn.unbox(_init(config, head, num_labels, seed)))
+    return jax.tree.map(lambda x: np.asarray(x, np.float32), params)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -379,7 +395,7 @@ def load_pretrained(path: str, seed: int = 0, head: str = "pretraining",
         if decoder_weight.shape != word.shape or not np.array_equal(decoder_weight, word):
             raise UserError(f"{weight_file}: {_TIED_DECODER_WEIGHT} differs from the word "
                             f"embeddings; only tied MLM decoders are supported")
-    return config, params
+    return config, _stacked(params)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -406,6 +422,11 @@ def to_state_dict(config: BertConfig, params: Params,
 
     params = nn.unbox(params)
     shapes = _param_shapes(config, head, num_labels_of(params, head))
+    try:
+        params = _per_layer(params)
+    except (KeyError, TypeError) as e:
+        raise UserError(f"params: bert/encoder/{model_lib.LAYERS} is missing; pass the params "
+                        f"of {HEADS[head].architecture} for this config") from e
     out: dict[str, np.ndarray] = {}
     for hf, ours, is_kernel in name_map(config, head):
         try:

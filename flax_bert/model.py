@@ -6,9 +6,11 @@ Shape legend: B batch, S sequence length, H hidden_size, N num_attention_heads,
 D head_dim (= H / N), I intermediate_size, V vocab_size, P predictions per example.
 
 Parameter names follow Hugging Face's PyTorch BERT (`embeddings/word_embeddings`,
-`encoder/layer_0/attention/self/query`, `cls/predictions/transform/dense`, ...), so that
-`flax_bert.hf` maps state dicts 1:1. Every parameter carries logical axis names (`vocab`,
-`embed`, `heads`, `mlp`); `flax_bert.training.sharding` maps them onto the device mesh.
+`encoder/layer/0/attention/self/query`, `cls/predictions/transform/dense`, ...), so that
+`flax_bert.hf` maps state dicts 1:1; the encoder's layers are one stacked tree,
+`encoder/layers/attention/self/query/kernel` [L, H, H] (row i: HF's layer i), which one
+`nn.scan` runs. Every parameter carries logical axis names (`layers`, `vocab`, `embed`,
+`heads`, `mlp`); `flax_bert.training.sharding` maps them onto the device mesh.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flax_bert import ops
 from flax_bert.config import BertConfig
@@ -268,7 +271,10 @@ class BertIntermediate(nn.Module):
 
 
 class BertLayer(nn.Module):
-    """Post-LN transformer encoder layer: attention -> add&LN -> FFN -> add&LN."""
+    """Post-LN transformer encoder layer: attention -> add&LN -> FFN -> add&LN.
+
+    Returns (output [B, S, H], None): the (carry, per-step output) of a `nn.scan` step.
+    """
 
     config: BertConfig
     dtype: Dtype = jnp.float32
@@ -277,7 +283,7 @@ class BertLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, key_mask: Array, deterministic: bool,
-                 dropout_rng: Array | None = None) -> Array:
+                 dropout_rng: Array | None = None) -> tuple[Array, None]:
         """`dropout_rng`: this layer's dropout key (default: drawn from the "dropout" stream);
         its three dropout sites use fold_in(dropout_rng, 0 | 1 | 2)."""
         rngs = [None] * 3
@@ -291,18 +297,38 @@ class BertLayer(nn.Module):
         x = BertOutput(self.config, "mlp", self.dtype, self.dropout_impl, name="output")(
             h, x, deterministic, rngs[2])  # [B, S, H]
         self.sow("intermediates", "hidden_states", x)
-        return x
+        return x, None
+
+
+LAYERS = "layers"  # The encoder's stacked layers: params and intermediates [L, ...] each.
+
+
+def unstack_layers(tree: dict[str, Any]) -> dict[str, Any]:
+    """{"layers": leaves [L, ...]} -> {"layer_0": leaves [...], ..., "layer_{L-1}": ...}:
+    the per-layer layout of HF's names and of recorded intermediates. Other keys are kept."""
+    rest = dict(tree)
+    stacked = rest.pop(LAYERS)
+    num_layers = jax.tree.leaves(stacked)[0].shape[0]
+    return rest | {f"layer_{i}": jax.tree.map(lambda a: a[i], stacked)
+                   for i in range(num_layers)}
+
+
+def stack_layers(tree: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `unstack_layers`, on host arrays: {"layer_i": ...} -> {"layers": ...}."""
+    rest = dict(tree)
+    per_layer = []
+    while f"layer_{len(per_layer)}" in rest:
+        per_layer.append(rest.pop(f"layer_{len(per_layer)}"))
+    return rest | {LAYERS: jax.tree.map(lambda *a: np.stack(a), *per_layer)}
 
 
 class BertEncoder(nn.Module):
-    """The stack of layers `layer_0` ... `layer_{L-1}` (HF names, one parameter set each).
-
-    Layer i's dropout key is split i of one key drawn from the "dropout" stream, in both
-    paths, so remat changes memory and time, never the numbers. Without remat the layers
-    are unrolled. With remat the layers' parameters are stacked and the layer runs in a
-    `lax.scan` under `jax.checkpoint`: XLA:CPU drops the optimization barriers that keep an
-    unrolled recomputation from being merged (CSE) with the forward pass, which made
-    `nn.remat` a no-op there; a scan's backward loop must recompute each layer in turn.
+    """The L layers as one `nn.scan` over stacked parameters `layers/...` ([L, ...] each,
+    logical axis `layers`), as MaxText's scan_layers: one layer is traced and compiled
+    once, whatever L. Layer i's dropout key is split i of one key drawn from the "dropout"
+    stream. With remat the scanned layer is `nn.remat`: the scan's backward loop recomputes
+    each layer in turn (an unrolled recomputation XLA:CPU would merge with the forward
+    pass). Recorded intermediates are stacked too, [L, ...] under `layers`.
     """
 
     config: BertConfig
@@ -310,45 +336,26 @@ class BertEncoder(nn.Module):
     remat_policy: str = "none"  # none | nothing_saveable | dots_saveable
     dropout_impl: str = "hash"  # hash | jax (see Dropout)
     attention_impl: str = "auto"  # auto | xla | cudnn | explicit (see BertSelfAttention)
+    scan_layers: bool = True  # False: the same stacked params, the loop unrolled (unroll=L)
 
     @nn.compact
     def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
         num_layers = self.config.num_hidden_layers
+        layer = BertLayer
+        if self.remat_policy != "none":
+            if self.remat_policy not in REMAT_POLICIES:
+                raise ValueError(f"remat_policy {self.remat_policy!r} is unknown; use none or "
+                                 f"one of {sorted(REMAT_POLICIES)}")
+            layer = nn.remat(layer, policy=REMAT_POLICIES[self.remat_policy],
+                             prevent_cse=False, static_argnums=(3,))  # 3: deterministic
+        layers = nn.scan(layer, variable_axes={"params": 0, "intermediates": 0},
+                         split_rngs={"params": True},
+                         in_axes=(nn.broadcast, nn.broadcast, 0), length=num_layers,
+                         unroll=1 if self.scan_layers else num_layers,
+                         metadata_params={nn.PARTITION_NAME: "layers"})  # logical axis
         keys = None if deterministic else jax.random.split(self.make_rng("dropout"), num_layers)
-        if self.remat_policy != "none" and not self.is_initializing():
-            return self._scan_remat(x, key_mask, deterministic, keys)
-        for i in range(num_layers):
-            x = BertLayer(self.config, self.dtype, self.dropout_impl, self.attention_impl,
-                          name=f"layer_{i}")(
-                x, key_mask, deterministic, None if keys is None else keys[i])
-        return x  # [B, S, H]
-
-    def _scan_remat(self, x: Array, key_mask: Array, deterministic: bool,
-                    keys: Array | None) -> Array:
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"remat_policy {self.remat_policy!r} is unknown; use none or one "
-                             f"of {sorted(REMAT_POLICIES)}")
-        layer = BertLayer(self.config, self.dtype, self.dropout_impl, self.attention_impl,
-                          parent=None)
-        num_layers = self.config.num_hidden_layers
-        per_layer = [nn.unbox(self.variables["params"][f"layer_{i}"]) for i in range(num_layers)]
-        stacked = jax.tree.map(lambda *p: jnp.stack(p), *per_layer)  # [L, ...] each
-        record = self.is_mutable_collection("intermediates")
-
-        def body(h: Array, xs: tuple[Any, Array | None]) -> tuple[Array, Any]:
-            params, key = xs
-            if not record:
-                return layer.apply({"params": params}, h, key_mask, deterministic, key), None
-            h, variables = layer.apply({"params": params}, h, key_mask, deterministic, key,
-                                       mutable="intermediates")
-            return h, variables["intermediates"]
-
-        body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
-        x, recorded = jax.lax.scan(body, x, (stacked, keys))  # [B, S, H]; [L, ...] each
-        if record:  # Unstacked into the unrolled path's layout: layer_i/...
-            for i in range(num_layers):
-                self.put_variable("intermediates", f"layer_{i}",
-                                  jax.tree.map(lambda r: r[i], recorded))
+        x, _ = layers(self.config, self.dtype, self.dropout_impl, self.attention_impl,
+                      name=LAYERS)(x, key_mask, deterministic, keys)  # [B, S, H]
         return x
 
 
@@ -381,11 +388,16 @@ class BertModel(nn.Module):
     dropout_impl: str = "hash"  # hash | jax (see Dropout)
     add_pooling_layer: bool = True
     attention_impl: str = "auto"  # auto | xla | cudnn | explicit (see BertSelfAttention)
+    scan_layers: bool = True  # see BertEncoder
 
     def setup(self) -> None:
         self.embeddings = BertEmbeddings(self.config, self.dtype, self.dropout_impl)
-        self.encoder = BertEncoder(self.config, self.dtype, self.remat_policy, self.dropout_impl,
-                                   self.attention_impl)
+        # The encoder's intermediates leave it per layer (layer_i/...), as HF numbers them.
+        unstacked = nn.map_variables(
+            BertEncoder, "intermediates", mutable=True,
+            trans_out_fn=lambda v: {col: unstack_layers(t) for col, t in v.items()})
+        self.encoder = unstacked(self.config, self.dtype, self.remat_policy, self.dropout_impl,
+                                 self.attention_impl, self.scan_layers)
         self.pooler = BertPooler(self.config, self.dtype) if self.add_pooling_layer else None
 
     def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
@@ -466,10 +478,11 @@ class BertForPreTraining(nn.Module):
     # also has forward mode (jax.jvp). The loss's cross-entropy follows the same switch.
     fused_backward: bool = True
     attention_impl: str = "auto"  # auto | xla | cudnn | explicit (see BertSelfAttention)
+    scan_layers: bool = True  # see BertEncoder
 
     def setup(self) -> None:
         self.bert = BertModel(self.config, self.dtype, self.remat_policy, self.dropout_impl,
-                              attention_impl=self.attention_impl)
+                              attention_impl=self.attention_impl, scan_layers=self.scan_layers)
         self.cls = BertPreTrainingHeads(self.config, self.dtype, self.fused_backward)
 
     def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
@@ -497,10 +510,11 @@ class _TaskHead(nn.Module):
     remat_policy: str = "none"
     dropout_impl: str = "hash"  # hash | jax (see Dropout)
     attention_impl: str = "auto"  # auto | xla | cudnn | explicit (see BertSelfAttention)
+    scan_layers: bool = True  # see BertEncoder
 
     def encoder(self, add_pooling_layer: bool) -> BertModel:
         return BertModel(self.config, self.dtype, self.remat_policy, self.dropout_impl,
-                         add_pooling_layer, self.attention_impl, name="bert")
+                         add_pooling_layer, self.attention_impl, self.scan_layers, name="bert")
 
 
 class BertForSequenceClassification(_TaskHead):

@@ -152,8 +152,8 @@ def test_finetune_resumes_exactly_and_exports_to_transformers(task, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, once, twice)
 
     # Started from the pretrained encoder: 8 steps of lr <= 1e-3 move a weight < 0.01.
-    pre = checkpoint.load_params(str(task / "pre"))["bert"]["encoder"]["layer_0"]
-    kernel = once["bert"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"]
+    pre = checkpoint.load_params(str(task / "pre"))["bert"]["encoder"]["layers"]
+    kernel = once["bert"]["encoder"]["layers"]["attention"]["self"]["query"]["kernel"]
     assert np.max(np.abs(kernel - pre["attention"]["self"]["query"]["kernel"])) < 0.01
 
     rows = _rows(tmp_path / "once")

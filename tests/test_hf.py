@@ -126,7 +126,7 @@ def test_parity_bert_model_and_pytorch_bin(tmp_path):
     assert "bert.pooler" not in message  # The pooler is in the file.
     state = model.state_dict()
     np.testing.assert_array_equal(
-        params["bert"]["encoder"]["layer_1"]["attention"]["self"]["query"]["kernel"],
+        params["bert"]["encoder"]["layers"]["attention"]["self"]["query"]["kernel"][1],
         state["encoder.layer.1.attention.self.query.weight"].numpy().T)
     np.testing.assert_array_equal(params["bert"]["embeddings"]["LayerNorm"]["scale"],
                                   state["embeddings.LayerNorm.weight"].numpy())
@@ -307,7 +307,7 @@ def test_bf16_safetensors(tmp_path):
     safetensors.torch.save_file(state, str(tmp_path / hf.SAFETENSORS_FILE), metadata={"format": "pt"})
     _, params = hf.load_pretrained(str(tmp_path))
     np.testing.assert_array_equal(
-        params["bert"]["encoder"]["layer_0"]["output"]["dense"]["kernel"],
+        params["bert"]["encoder"]["layers"]["output"]["dense"]["kernel"][0],
         state["bert.encoder.layer.0.output.dense.weight"].float().numpy().T)
 
 

@@ -84,8 +84,8 @@ def test_export_loads_in_transformers(tmp_path, head):
     _, back = hf.load_pretrained(str(tmp_path), head=head)  # and back, bit for bit
     layer = hf.HEADS[head].groups[0]
     np.testing.assert_array_equal(back[layer]["kernel"], head_params[layer]["kernel"])
-    np.testing.assert_array_equal(back["bert"]["encoder"]["layer_1"]["output"]["dense"]["kernel"],
-                                  head_params["bert"]["encoder"]["layer_1"]["output"]["dense"]["kernel"])
+    np.testing.assert_array_equal(back["bert"]["encoder"]["layers"]["output"]["dense"]["kernel"],
+                                  head_params["bert"]["encoder"]["layers"]["output"]["dense"]["kernel"])
 
 
 def test_pretraining_checkpoint_into_classifier(tmp_path):

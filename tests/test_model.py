@@ -1,6 +1,8 @@
 """Model core: parameter counts, padding invariance, tied decoder, masked-position path,
 dropout, config validation."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ import numpy as np
 import pytest
 
 from flax_bert import BertConfig, BertForPreTraining, BertModel
+from flax_bert.model import BertEncoder, BertLayer
 
 SMALL = BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                    intermediate_size=64, max_position_embeddings=64)
@@ -49,7 +52,7 @@ def test_init_follows_bert(params):
     emb = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
     assert abs(float(jnp.std(emb)) - SMALL.initializer_range) < 0.003
     assert float(jnp.max(jnp.abs(emb))) <= 2 * SMALL.initializer_range / 0.87 + 1e-6
-    ln = params["bert"]["encoder"]["layer_0"]["output"]["LayerNorm"]
+    ln = params["bert"]["encoder"]["layers"]["output"]["LayerNorm"]  # [L, H] each
     np.testing.assert_array_equal(ln["scale"], 1.0)
     np.testing.assert_array_equal(ln["bias"], 0.0)
 
@@ -151,8 +154,52 @@ def test_remat_gives_same_outputs_and_grads(params):
     ref = jax.grad(loss)(params, "none")
     for policy in ("nothing_saveable", "dots_saveable"):
         got = jax.grad(loss)(params, policy)
-        # Remat runs the layers in a lax.scan: same dropout masks, float32 sums reordered.
+        # Remat recomputes each scanned layer: same dropout masks, float32 sums reordered.
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), ref, got)
+
+
+class _DropoutKey(nn.Module):
+    """The first key a top-level module draws from the "dropout" stream (as BertEncoder's)."""
+
+    @nn.compact
+    def __call__(self):
+        return self.make_rng("dropout")
+
+
+@pytest.mark.parametrize("remat_policy, deterministic, scan_layers", [
+    ("none", True, True), ("none", False, True), ("nothing_saveable", False, True),
+    ("none", False, False)])
+def test_scanned_encoder_equals_unrolled_layers(remat_policy, deterministic, scan_layers):
+    """The encoder's one nn.scan over stacked params (looped, or unrolled by scan_layers=False)
+    = a per-layer loop of BertLayer on row i of each param, layer i with dropout key split i;
+    the rows differ (split init)."""
+    cfg = dataclasses.replace(SMALL, num_hidden_layers=3)
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(3, 12, cfg.hidden_size)).astype(np.float32)  # [B, S, H]
+    mask = np.ones((3, 12), np.int32)
+    mask[1, 9:] = 0
+    encoder = BertEncoder(cfg, remat_policy=remat_policy, scan_layers=scan_layers)
+    params = nn.unbox(encoder.init(jax.random.key(0), x, mask, True)["params"])
+    kernels = params["layers"]["intermediate"]["dense"]["kernel"]  # [L, H, I]
+    assert kernels.shape == (3, cfg.hidden_size, cfg.intermediate_size)
+    assert not np.allclose(kernels[0], kernels[1])
+    rngs = {"dropout": jax.random.key(3)}
+    got = jax.jit(lambda p: encoder.apply({"params": p}, x, mask, deterministic, rngs=rngs))(
+        params)  # [B, S, H]
+
+    @jax.jit
+    def unrolled(p):
+        keys = jax.random.split(_DropoutKey().apply({}, rngs=rngs), cfg.num_hidden_layers)
+        h = x
+        for i in range(cfg.num_hidden_layers):
+            h, _ = BertLayer(cfg).apply({"params": jax.tree.map(lambda a: a[i], p["layers"])},
+                                        h, mask, deterministic, keys[i])
+        return h  # [B, S, H]
+
+    np.testing.assert_allclose(got, unrolled(params), atol=1e-6, rtol=0)
+    if not deterministic:  # dropout was on: the output differs from the deterministic one
+        off = encoder.apply({"params": params}, x, mask, True)
+        assert float(jnp.max(jnp.abs(got - off))) > 1e-2
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits(params):

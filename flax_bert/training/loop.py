@@ -26,6 +26,13 @@ from flax_bert.training import metrics as metrics_lib
 from flax_bert.training import distributed, optimizer, preemption, sharding, state as state_lib, steps
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def model_options(train_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """BertForPreTraining's settings from config.train: compute dtype, remat, kernels."""
+    return dict(dtype=DTYPES[train_cfg.dtype], remat_policy=train_cfg.remat_policy,
+                dropout_impl=train_cfg.dropout_impl, fused_backward=train_cfg.fused_backward,
+                attention_impl=train_cfg.attention_impl, scan_layers=train_cfg.scan_layers)
 # BertConfig fields that shape training but not the parameters.
 TRAINING_ONLY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob",
                         "initializer_range")
@@ -482,11 +489,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
             raise UserError(f"config.train.{field} ({train_cfg[field]}) must divide by "
                             f"processes x grad_accum_steps")
     mesh = sharding.make_mesh(config.mesh)
-    model = BertForPreTraining(model_config, dtype=DTYPES[train_cfg.dtype],
-                               remat_policy=train_cfg.remat_policy,
-                               dropout_impl=train_cfg.dropout_impl,
-                               fused_backward=train_cfg.fused_backward,
-                               attention_impl=train_cfg.attention_impl)
+    model = BertForPreTraining(model_config, **model_options(train_cfg))
     tx, schedule = optimizer.make_optimizer(config.optimizer, train_cfg.steps)
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
 

@@ -23,6 +23,7 @@ BATCH_AXES = ("data", "fsdp")
 
 LOGICAL_AXIS_RULES = (
     # Weights.
+    ("layers", None),  # the encoder's stacked layers (scanned over, never split)
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("heads", "tensor"),
