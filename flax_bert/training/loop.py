@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import json
@@ -26,6 +27,9 @@ from flax_bert.training import metrics as metrics_lib
 from flax_bert.training import distributed, optimizer, preemption, sharding, state as state_lib, steps
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Train calls the host may dispatch ahead of the devices: enough to keep them busy while the
+# host builds the next input; more would only queue input batches in device memory.
+CALLS_IN_FLIGHT = 2
 
 
 def model_options(train_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -383,15 +387,20 @@ def train_calls(state: Any, rng: jax.Array, begin: int, feed: DeviceFeed, train_
     """Runs `train_step` on each call of `feed` from step `begin` to `t.steps`: metric rows
     every `t.log_every` steps (with `log_fields(state)`), evals every `t.eval_every`,
     checkpoints, the stop at `t.stop_after` or on a signal. The host reads device values
-    only at log, eval and checkpoint steps. Returns the final state."""
+    only at log, eval and checkpoint steps, and runs at most CALLS_IN_FLIGHT calls ahead of
+    the devices. Returns the final state."""
     writer_process = jax.process_index() == 0
     guard = NonfiniteGuard(int(state.nonfinite_run), t.max_consecutive_nonfinite, ckpt)
     done = begin
     with preemption.PreemptionWatch() as watch, progress_bar(begin, t.steps,
                                                              writer_process) as bar:
+        in_flight: collections.deque = collections.deque()
         for size, batches in feed:
             state, call_metrics = train_step(state, batches, rng)
             feed.prefetch()  # the next call's input goes to the devices while this one runs
+            in_flight.append(call_metrics["skipped"])
+            if len(in_flight) > CALLS_IN_FLIGHT:  # bounds the queued calls and their input
+                in_flight.popleft().block_until_ready()
             evals.compile_in_background()
             first, done = done + 1, done + size
             guard.push(first, call_metrics["skipped"])
