@@ -1,4 +1,5 @@
-"""Helpers for the checkpoint / CLI tests: a tiny corpus, tiny train.py runs, comparisons."""
+"""Helpers for the checkpoint / CLI tests: a tiny corpus, tiny train.py runs, comparisons.
+Its session fixtures are registered in tests/conftest.py (once for the whole session)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from typing import Any
@@ -28,6 +30,7 @@ TINY = [
     f"--config.checkpoint.every={EVERY}", "--config.checkpoint.keep=3",
 ]
 TIMING_KEYS = ("tokens_per_sec", "steps_per_sec")
+CACHE_LOG_MODULES = "jax._src.compiler,jax._src.compilation_cache"  # cache hit/write lines
 
 
 def write_corpus(path: str) -> None:
@@ -41,14 +44,20 @@ def write_corpus(path: str) -> None:
         f.write("\n\n".join(docs) + "\n")
 
 
-def env(devices: int, cache_dir: str) -> dict[str, str]:
+def env(devices: int, cache_dir: str | None) -> dict[str, str]:
     """Subprocess env: `devices` CPU devices; a shared compilation cache (same programs,
-    same numbers; it only saves compile time)."""
-    e = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    same numbers; it only saves compile time). With cache_dir None, jax's cache is left to
+    the run's config.train.compilation_cache_dir and jax logs its cache hits and writes."""
+    e = {k: v for k, v in os.environ.items()
+         if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
     e.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+             JAX_PLATFORMS="cpu")
+    if cache_dir is None:
+        e.update(JAX_DEBUG_LOG_MODULES=CACHE_LOG_MODULES)
+    else:
+        e.update(JAX_COMPILATION_CACHE_DIR=cache_dir,
+                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     return e
 
 
@@ -56,13 +65,19 @@ def command(workdir: str, args: list[str]) -> list[str]:
     return [sys.executable, "train.py", f"--workdir={workdir}", *args]
 
 
-def run(workdir: str, args: list[str], cache_dir: str, devices: int = 8,
+def run(workdir: str, args: list[str], cache_dir: str | None, devices: int = 8,
         expect_rc: int | None = 0) -> subprocess.CompletedProcess:
     p = subprocess.run(command(workdir, args), cwd=ROOT, env=env(devices, cache_dir),
                        capture_output=True, text=True, timeout=300)
     if expect_rc is not None:
         assert p.returncode == expect_rc, p.stderr[-3000:]
     return p
+
+
+def cache_use(stderr: str) -> tuple[int, int]:
+    """(cache hits, cache writes) in the stderr of a run with env(..., cache_dir=None)."""
+    return (stderr.count("Persistent compilation cache hit"),
+            stderr.count("to persistent compilation cache with key"))
 
 
 def train_rows(workdir: str) -> dict[int, dict[str, float]]:
@@ -118,6 +133,7 @@ def setup(tmp_path_factory) -> dict:
     config.data.input = corpus
     config.data.vocab_size = 200
     config.data.max_seq_length = 32
+    config.data.num_workers = 1  # no worker processes to start (the data is the same)
     prepared = str(root / "prepared")
     prepare.prepare_from_config(config.data, prepared)
     vocab = pipeline.load_meta(prepared)["vocab_size"]
@@ -128,8 +144,20 @@ def setup(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def reference(setup) -> str:
-    """An uninterrupted 12-step run on 8 devices (mesh data=2 x fsdp=4)."""
+def reference_run(setup) -> dict:
+    """An uninterrupted 12-step run on 8 devices (mesh data=2 x fsdp=4) with its own empty
+    compilation cache, set the user's way (config.train.compilation_cache_dir); the cache
+    is then copied into the shared one. Returns its workdir, cache folder, the cache's
+    file names and (cache hits, cache writes) of the run."""
     workdir = str(setup["root"] / "reference")
-    run(workdir, setup["args"], setup["cache"])
-    return workdir
+    cache = str(setup["root"] / "reference_cache")
+    p = run(workdir, setup["args"] + [f"--config.train.compilation_cache_dir={cache}"], None)
+    shutil.copytree(cache, setup["cache"], dirs_exist_ok=True)
+    return {"workdir": workdir, "cache": cache, "entries": sorted(os.listdir(cache)),
+            "use": cache_use(p.stderr)}
+
+
+@pytest.fixture(scope="session")
+def reference(reference_run) -> str:
+    """The reference run's workdir."""
+    return reference_run["workdir"]

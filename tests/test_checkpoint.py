@@ -13,9 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from flax_bert import checkpoint
+from flax_bert import checkpoint, workdir as workdir_lib
 from tests import ckpt_helpers as h
-from tests.ckpt_helpers import reference, setup  # noqa: F401  (session fixtures)
 
 K = 5  # stop_after step of the interrupted runs (between saves at 4 and 8)
 
@@ -137,13 +136,17 @@ def test_broken_checkpoints_fall_back(setup, reference):
     assert sorted(os.listdir(ckpt_dir), key=int) == ["4", "8", "12"]
 
 
-def test_sigterm_saves_current_step(setup):
+def test_sigterm_saves_current_step_and_frees_the_lock(setup):
+    """A running train.py holds the workdir's lock; SIGTERM saves a checkpoint at the
+    current step, exits 128 + SIGTERM and frees the lock."""
     workdir = str(setup["root"] / "sigterm")
     args = setup["args"] + ["--config.train.steps=400", "--config.checkpoint.every=1000"]
     proc = subprocess.Popen(h.command(workdir, args), cwd=h.ROOT, env=h.env(8, setup["cache"]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = os.path.join(workdir, "metrics.jsonl")
     assert _wait(proc, lambda: os.path.exists(metrics) and os.path.getsize(metrics) > 0)
+    with pytest.raises(workdir_lib.WorkdirInUse, match=f"pid {proc.pid} since"):
+        workdir_lib.WorkdirLock(workdir).acquire()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
@@ -152,6 +155,8 @@ def test_sigterm_saves_current_step(setup):
     assert steps == [last_logged] and 0 < last_logged < 400  # saved at the current step
     assert f"interrupted at step {last_logged}; checkpoint saved" in err
     assert "Traceback" not in err
+    with workdir_lib.WorkdirLock(workdir):  # free once the run has ended
+        pass
 
 
 def test_load_params_reads_no_optimizer_state(reference, tmp_path):

@@ -11,7 +11,6 @@ import pytest
 
 from flax_bert.workdir import LOCK_FILE
 from tests import ckpt_helpers as h
-from tests.ckpt_helpers import reference, setup  # noqa: F401  (session fixtures)
 
 # name -> (extra args, expected fragment of the error line); each runs on a copy of the
 # reference workdir unless the name starts with "workdir_".

@@ -5,34 +5,17 @@ import os
 import subprocess
 import sys
 
-from tests.test_train_e2e import ROOT, TINY, corpus  # noqa: F401  (corpus: a fixture)
-
-LOG_MODULES = "jax._src.compiler,jax._src.compilation_cache"  # jax's cache hit/write lines
+from tests import ckpt_helpers as h
 
 
-def _train(workdir, corpus_path, cache_dir, prepared) -> tuple[int, int]:
-    """(cache hits, cache writes) of one short train.py run."""
-    env = {**{k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"},
-           "JAX_DEBUG_LOG_MODULES": LOG_MODULES}
-    result = subprocess.run(
-        [sys.executable, "train.py", f"--workdir={workdir}", *TINY,
-         f"--config.data.input={corpus_path}", f"--config.data.prepared_dir={prepared}",
-         "--config.train.phase1_fraction=0", "--config.train.steps=4",
-         "--config.train.eval_every=0", "--config.train.eval_batches=1",
-         f"--config.train.compilation_cache_dir={cache_dir}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return (result.stderr.count("Persistent compilation cache hit"),
-            result.stderr.count("to persistent compilation cache with key"))
-
-
-def test_second_run_reads_every_program_from_the_cache(corpus, tmp_path):  # noqa: F811
-    cache, prepared = tmp_path / "cache", tmp_path / "prepared"
-    hits, writes = _train(tmp_path / "run1", corpus, cache, prepared)
-    entries = sorted(os.listdir(cache))
+def test_second_run_reads_every_program_from_the_cache(setup, reference_run, tmp_path):
+    """The first process is the reference run (its own empty cache, from its config)."""
+    cache, entries = reference_run["cache"], reference_run["entries"]
+    hits, writes = reference_run["use"]
     assert hits == 0 and writes == len(entries) > 5, entries  # train/eval steps, init, ...
-    hits, writes = _train(tmp_path / "run2", corpus, cache, prepared)
-    assert (hits, writes) == (len(entries), 0)
+    p = h.run(str(tmp_path / "run2"),
+              setup["args"] + [f"--config.train.compilation_cache_dir={cache}"], None)
+    assert h.cache_use(p.stderr) == (len(entries), 0)
     assert sorted(os.listdir(cache)) == entries
 
 
@@ -49,7 +32,7 @@ def test_relative_cache_dir_is_in_the_workdir_and_empty_disables(tmp_path):
         env = {**{k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"},
                **env}
         return subprocess.run([sys.executable, "-c", ENABLE_AND_JIT, cache_dir, str(workdir)],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+                              cwd=h.ROOT, env=env, capture_output=True, text=True, timeout=120,
                               check=True).stdout.strip()
 
     assert run("jax_cache", tmp_path / "run") == str(tmp_path / "run" / "jax_cache")
