@@ -102,7 +102,7 @@ def name_map(config: BertConfig, head: str = "pretraining") -> list[tuple[str, P
 
     HF names are those of the transformers class (with the `bert.` prefix); dense kernels
     are stored transposed: torch's weight is [out, in], our kernel [in, out]. Encoder
-    layers are named per layer, `bert/encoder/layer_i/...`: the layout `_per_layer` gives
+    layers are named per layer, `bert/encoder/layer_i/...`: the layout `per_layer` gives
     our stacked params.
     """
     out: list[tuple[str, Path, bool]] = []
@@ -151,14 +151,14 @@ def _set(tree: Params, path: Path, value: Any) -> None:
     tree[path[-1]] = value
 
 
-def _per_layer(params: Params) -> Params:
+def per_layer(params: Params) -> Params:
     """Params with the encoder's stacked layers split into `layer_i` (see name_map)."""
     encoder = model_lib.unstack_layers(params["bert"]["encoder"])
     return params | {"bert": params["bert"] | {"encoder": encoder}}
 
 
 def _stacked(params: Params) -> Params:
-    """The inverse of `_per_layer`: our model's layout."""
+    """The inverse of `per_layer`: our model's layout."""
     encoder = model_lib.stack_layers(params["bert"]["encoder"])
     return params | {"bert": params["bert"] | {"encoder": encoder}}
 
@@ -190,7 +190,7 @@ def _param_shapes(config: BertConfig, head: str = "pretraining",
     import flax.linen as nn
     import jax
 
-    shapes = jax.eval_shape(lambda: _per_layer(nn.unbox(_init(config, head, num_labels, 0))))
+    shapes = jax.eval_shape(lambda: per_layer(nn.unbox(_init(config, head, num_labels, 0))))
     return jax.tree.map(lambda s: tuple(s.shape), shapes)
 
 
@@ -201,7 +201,7 @@ def _init_params(config: BertConfig, seed: int, head: str = "pretraining",
     import flax.linen as nn
     import jax
 
-    params = _per_layer(nn.unbox(_init(config, head, num_labels, seed)))
+    params = per_layer(nn.unbox(_init(config, head, num_labels, seed)))
     return jax.tree.map(lambda x: np.asarray(x, np.float32), params)
 
 
@@ -423,7 +423,7 @@ def to_state_dict(config: BertConfig, params: Params,
     params = nn.unbox(params)
     shapes = _param_shapes(config, head, num_labels_of(params, head))
     try:
-        params = _per_layer(params)
+        params = per_layer(params)
     except (KeyError, TypeError) as e:
         raise UserError(f"params: bert/encoder/{model_lib.LAYERS} is missing; pass the params "
                         f"of {HEADS[head].architecture} for this config") from e

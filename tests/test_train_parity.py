@@ -162,7 +162,7 @@ def _param_groups(model: torch.nn.Module, model_config, params: dict,
                   opt: ml_collections.ConfigDict) -> list[dict]:
     """torch param groups from our decay mask (optimizer.decay_mask of our `params`),
     matched by HF name."""
-    decayed = optimizer.decay_mask(params)
+    decayed = optimizer.decay_mask(hf.per_layer(params))  # name_map's per-layer layout
     mask = {hf_name: functools.reduce(operator.getitem, path, decayed)
             for hf_name, path, _ in hf.name_map(model_config)}
     groups = {True: [], False: []}

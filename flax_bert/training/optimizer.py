@@ -28,9 +28,18 @@ def make_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
+# Parameter names that weight decay skips: biases and LayerNorm scales (google-research/bert
+# excludes "bias" and "LayerNorm"; our LayerNorm's other parameter is its bias).
+NO_DECAY = ("bias", "scale")
+
+
 def decay_mask(params: Any) -> Any:
-    """Weight decay applies to matrices only: LayerNorm scales and biases are 1-D."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    """Weight decay applies to kernels and embeddings, not to biases or LayerNorm scales.
+    By name, not by rank: the encoder's stacked layers make a bias [L, H]."""
+    def decayed(path: tuple, _: Any) -> bool:
+        name = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1]
+        return name not in NO_DECAY
+    return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def make_optimizer(opt: ml_collections.ConfigDict,
