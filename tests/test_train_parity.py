@@ -229,7 +229,9 @@ def _rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-@pytest.mark.parametrize("name,learning_rate,clip", [("adamw", 5e-3, 2.0), ("lamb", 2e-2, 3.0)])
+# Rates where training is steady: at 5e-3, AdamW's gradient norm spiked to 28 on this data,
+# and the spike grew fp32 round-off into 1e-3 differences between any two implementations.
+@pytest.mark.parametrize("name,learning_rate,clip", [("adamw", 2e-3, 2.0), ("lamb", 2e-2, 3.0)])
 def test_trains_like_transformers(data, tmp_path, name, learning_rate, clip):
     meta, batches = data
     config = _config(name, learning_rate, clip)

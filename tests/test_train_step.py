@@ -4,6 +4,7 @@ accumulation, overfitting, schedule and weight-decay mask."""
 import jax
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from configs import default
@@ -175,3 +176,24 @@ def test_call_sizes_end_on_every_log_eval_checkpoint_and_stop_step():
     assert sizes == [4, 1, 2, 2, 4, 4, 4, 4, 2]  # ends 7, 8, 10, 12, 16, 20, 24, 28, 30
     assert list(call_sizes(0, 12, 4, every=(4,), at=())) == [4, 4, 4]
     assert list(call_sizes(5, 5, 4, every=(4,), at=())) == []
+
+
+def test_lamb_trust_ratio_is_per_layer():
+    """Each row of the stacked layers gets its own ||param|| / ||update||, equal to optax's
+    scale_by_trust_ratio on that layer alone; unstacked tensors are one tensor."""
+    rng = np.random.default_rng(0)
+    params = {"layers": {"kernel": rng.normal(size=(3, 4, 5)).astype(np.float32)},
+              "embedding": rng.normal(size=(6, 4)).astype(np.float32)}
+    updates = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32) * 1e-2,
+                           params)
+    updates["layers"]["kernel"][1] = 0.0  # a zero update keeps ratio 1 (as optax)
+    got, _ = optimizer.scale_by_layerwise_trust_ratio().update(updates, None, params)
+    plain = optax.scale_by_trust_ratio()
+    for i in range(3):
+        want, _ = plain.update(updates["layers"]["kernel"][i], None,
+                               params["layers"]["kernel"][i])
+        np.testing.assert_allclose(got["layers"]["kernel"][i], want, rtol=1e-6)
+    want, _ = plain.update(updates["embedding"], None, params["embedding"])
+    np.testing.assert_allclose(got["embedding"], want, rtol=1e-6)
+    whole, _ = plain.update(updates["layers"]["kernel"], None, params["layers"]["kernel"])
+    assert not np.allclose(got["layers"]["kernel"], whole)  # not one ratio for the stack

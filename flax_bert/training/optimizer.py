@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+
+from flax_bert.model import LAYERS
 
 
 def make_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -37,9 +40,30 @@ def decay_mask(params: Any) -> Any:
     """Weight decay applies to kernels and embeddings, not to biases or LayerNorm scales.
     By name, not by rank: the encoder's stacked layers make a bias [L, H]."""
     def decayed(path: tuple, _: Any) -> bool:
-        name = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1]
-        return name not in NO_DECAY
+        return _names(path)[-1] not in NO_DECAY
     return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def _names(path: tuple) -> list[str]:
+    return [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+
+
+def scale_by_layerwise_trust_ratio() -> optax.GradientTransformation:
+    """LAMB's trust ratio ||param|| / ||update|| (optax.scale_by_trust_ratio: 1 where either
+    is 0) per tensor, where each row of the encoder's stacked layers (`layers/...`, [L, ...])
+    is its own tensor, as it is in the paper's unrolled model."""
+
+    def update_fn(updates: Any, state: optax.EmptyState, params: Any) -> tuple[Any, Any]:
+        def scale(path: tuple, update: jax.Array, param: jax.Array) -> jax.Array:
+            axes = tuple(range(1, param.ndim)) if LAYERS in _names(path) else None
+            param_norm = jnp.sqrt(jnp.sum(jnp.square(param), axis=axes, keepdims=True))
+            update_norm = jnp.sqrt(jnp.sum(jnp.square(update), axis=axes, keepdims=True))
+            ratio = jnp.where((param_norm == 0) | (update_norm == 0), 1.0,
+                              param_norm / update_norm)
+            return update * ratio.astype(update.dtype)
+        return jax.tree_util.tree_map_with_path(scale, updates, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def make_optimizer(opt: ml_collections.ConfigDict,
@@ -49,8 +73,11 @@ def make_optimizer(opt: ml_collections.ConfigDict,
         core = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                            weight_decay=opt.weight_decay, mask=decay_mask)
     elif opt.name == "lamb":
-        core = optax.lamb(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                          weight_decay=opt.weight_decay, mask=decay_mask)
+        core = optax.chain(  # optax.lamb, with the trust ratio per layer
+            optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
+            optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
+            scale_by_layerwise_trust_ratio(),
+            optax.scale_by_learning_rate(schedule))
     else:
         raise ValueError(f"config.optimizer.name {opt.name!r} is unknown; use adamw or lamb")
     if opt.grad_clip_norm > 0:
