@@ -37,6 +37,8 @@ def model_options(train_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     return dict(dtype=DTYPES[train_cfg.dtype], remat_policy=train_cfg.remat_policy,
                 dropout_impl=train_cfg.dropout_impl, fused_backward=train_cfg.fused_backward,
                 attention_impl=train_cfg.attention_impl, scan_layers=train_cfg.scan_layers)
+
+
 # BertConfig fields that shape training but not the parameters.
 TRAINING_ONLY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob",
                         "initializer_range")
