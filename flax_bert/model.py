@@ -34,6 +34,7 @@ BATCH_LENGTH_HEADS_KV = ("activation_batch", "activation_length", "activation_he
 BATCH_LENGTH_MLP = ("activation_batch", "activation_length", "activation_mlp")
 BATCH_LENGTH_VOCAB = ("activation_batch", "activation_length", "activation_vocab")
 
+DROPOUT_IMPLS = ("hash", "jax")  # config.train.dropout_impl values (see Dropout)
 REMAT_POLICIES = {
     "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
@@ -78,7 +79,7 @@ class Dropout(nn.Module):
         if self.impl == "jax":
             return nn.Dropout(self.rate)(x, deterministic=False, rng=rng)
         if self.impl != "hash":
-            raise ValueError(f"dropout impl {self.impl!r} is unknown; use hash or jax")
+            raise ValueError(f"dropout impl {self.impl!r} is unknown; use one of {DROPOUT_IMPLS}")
         return ops.hash_dropout(x, self.rate, rng)
 
 

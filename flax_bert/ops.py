@@ -1,7 +1,7 @@
 """Kernels written for speed on one platform, each beside the plain form it must equal.
 
 model.py calls these where the paper's formula has a faster form on some platform:
-attention (`jax.nn.dot_product_attention`: XLA's fused path, cuDNN flash attention on a
+the encoder's layer loop (scanned or unrolled), attention (`jax.nn.dot_product_attention`: XLA's fused path, cuDNN flash attention on a
 GPU), the dropout keep mask (an integer hash), LayerNorm (two-pass variance), Dense layers
 over a [tokens, in] matrix (`per_token`), and the MLM head's fused backward passes.
 tests/test_ops.py checks each against its plain form.
@@ -23,11 +23,29 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
+# config.train.scan_layers values (configs/default.py).
+SCAN_LAYERS = ("auto", "scan", "unroll")
 # config.train.attention_impl values (configs/default.py).
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "explicit")
 # What cuDNN flash attention takes (jax checks it again, with an error, at lowering).
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 _CUDNN_MAX_HEAD_DIM = 128  # 256 on Hopper and later; 128 holds on every cuDNN GPU.
+
+
+# ---- The encoder's layer loop ----------------------------------------------------------------
+def scan_layers(choice: str, platform: str | None = None) -> bool:
+    """Whether the encoder runs its stacked layers as a loop (True) or unrolled (False), for
+    config value `choice` on `platform` (default: jax's backend).
+
+    "auto": the loop on GPUs and TPUs, where one layer compiled once cuts the compile time
+    (BERT-base ~2x, large ~5x); unrolled on the CPU, where XLA fuses across the layers
+    (BERT-Small's step ~5% faster, benchmarks/README.md). "scan" / "unroll" force one.
+    """
+    if choice not in SCAN_LAYERS:
+        raise ValueError(f"scan_layers {choice!r} is unknown; use one of {SCAN_LAYERS}")
+    if choice == "auto":
+        return (platform or jax.default_backend()) != "cpu"
+    return choice == "scan"
 
 
 # ---- Attention: softmax(q k^T / sqrt(D)) v over the non-padding keys --------------------

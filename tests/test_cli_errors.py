@@ -34,6 +34,13 @@ CASES = {
                            "config.data.max_seq_length (32)"),
     "steps_per_call": (["--config.train.steps_per_call=0"],
                        "config.train.steps_per_call (0) must be >= 1"),
+    # Choice fields are checked before anything runs (dropout_impl was unused at rate 0).
+    "dtype_choice": (["--config.train.dtype=fp8"],
+                     "config.train.dtype='fp8' is unknown; use one of: float32, bfloat16"),
+    "dropout_choice": (["--config.train.dropout_impl=bernoulli"],
+                       "config.train.dropout_impl='bernoulli' is unknown; use one of: hash, jax"),
+    "scan_choice": (["--config.train.scan_layers=True"],
+                    "config.train.scan_layers='True' is unknown; use one of: auto, scan, unroll"),
     "workdir_is_file": ([], "is a file; pass a directory"),
     "workdir_not_creatable": ([], "cannot be created"),
 }

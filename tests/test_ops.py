@@ -125,6 +125,20 @@ def test_fused_attention_impl_choice():
         ops.fused_attention_impl("flash", jnp.float32, 64)
 
 
+def test_scan_layers_choice():
+    """auto: unrolled on the CPU, the loop on GPUs and TPUs; the train config's "auto"
+    reaches the model resolved. (The loop equals the unrolled layers: tests/test_model.py.)"""
+    from configs import default
+    from flax_bert.training import loop
+
+    assert not ops.scan_layers("auto", "cpu")
+    assert ops.scan_layers("auto", "gpu") and ops.scan_layers("auto", "tpu")
+    assert ops.scan_layers("scan", "cpu") and not ops.scan_layers("unroll", "gpu")
+    assert loop.model_options(default.get_config().train)["scan_layers"] is False
+    with pytest.raises(ValueError, match="scan_layers True is unknown"):
+        ops.scan_layers(True, "cpu")
+
+
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 5e-2)])
 def test_self_attention_fused_equals_explicit(dtype, tol):
     """BertSelfAttention gives the same context either way, with padding."""

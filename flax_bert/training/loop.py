@@ -18,11 +18,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from flax_bert import checkpoint, losses, workdir as workdir_lib
+from flax_bert import checkpoint, losses, ops, workdir as workdir_lib
 from flax_bert.config import BertConfig
 from flax_bert.data import examples, pipeline, prepare, prepared
 from flax_bert.errors import UserError
-from flax_bert.model import BertForPreTraining
+from flax_bert.model import DROPOUT_IMPLS, REMAT_POLICIES, BertForPreTraining
 from flax_bert.training import metrics as metrics_lib
 from flax_bert.training import distributed, optimizer, preemption, sharding, state as state_lib, steps
 
@@ -36,7 +36,28 @@ def model_options(train_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     """BertForPreTraining's settings from config.train: compute dtype, remat, kernels."""
     return dict(dtype=DTYPES[train_cfg.dtype], remat_policy=train_cfg.remat_policy,
                 dropout_impl=train_cfg.dropout_impl, fused_backward=train_cfg.fused_backward,
-                attention_impl=train_cfg.attention_impl, scan_layers=train_cfg.scan_layers)
+                attention_impl=train_cfg.attention_impl,
+                scan_layers=ops.scan_layers(train_cfg.scan_layers))
+
+
+def check_choices(config: ml_collections.ConfigDict) -> None:
+    """Each choice field that `config` has (config.train's kernels and dtype, the
+    optimizer's name and decay) holds one of its values: a UserError naming the field and
+    the values otherwise, before anything is prepared or compiled."""
+    choices = {
+        ("train", "dtype"): tuple(DTYPES),
+        ("train", "remat_policy"): ("none", *REMAT_POLICIES),
+        ("train", "dropout_impl"): DROPOUT_IMPLS,
+        ("train", "attention_impl"): ops.ATTENTION_IMPLS,
+        ("train", "scan_layers"): ops.SCAN_LAYERS,
+        ("optimizer", "name"): optimizer.NAMES,
+        ("optimizer", "decay"): optimizer.DECAYS,
+    }
+    for (section, field), allowed in choices.items():
+        value = config[section].get(field, allowed[0])
+        if value not in allowed:
+            raise UserError(f"config.{section}.{field}={value!r} is unknown; use one of: "
+                            f"{', '.join(allowed)}")
 
 
 # BertConfig fields that shape training but not the parameters.
@@ -444,8 +465,10 @@ def final_eval_and_save(step: int, state: Any, rng: jax.Array, feed: DeviceFeed,
 
 def run_locked(body: Callable[[ml_collections.ConfigDict, str], dict[str, float]],
                config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """`body(config, workdir)` after jax.distributed is set up and `workdir` is checked
-    and locked (process 0 holds the lock; before anything is written)."""
+    """`body(config, workdir)` after the config's choices are checked, jax.distributed is
+    set up and `workdir` is checked and locked (process 0 holds the lock; before anything
+    is written)."""
+    check_choices(config)
     distributed.maybe_initialize(config.distributed)
     workdir = check_workdir(workdir)
     with workdir_lib.locked_for_run(workdir):

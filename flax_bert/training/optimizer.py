@@ -12,6 +12,10 @@ import optax
 from flax_bert.model import LAYERS
 
 
+NAMES = ("adamw", "lamb")  # config.optimizer.name values
+DECAYS = ("linear", "cosine", "constant")  # config.optimizer.decay values
+
+
 def make_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
     """Linear warmup from 0 to the peak, then linear/cosine decay (or constant)."""
     peak, warmup = opt.learning_rate, opt.warmup_steps
@@ -24,8 +28,7 @@ def make_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
     elif opt.decay == "constant":
         decay = optax.constant_schedule(peak)
     else:
-        raise ValueError(f"config.optimizer.decay {opt.decay!r} is unknown; "
-                         "use linear, cosine or constant")
+        raise ValueError(f"config.optimizer.decay {opt.decay!r} is unknown; use one of {DECAYS}")
     if warmup == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
@@ -79,7 +82,7 @@ def make_optimizer(opt: ml_collections.ConfigDict,
             scale_by_layerwise_trust_ratio(),
             optax.scale_by_learning_rate(schedule))
     else:
-        raise ValueError(f"config.optimizer.name {opt.name!r} is unknown; use adamw or lamb")
+        raise ValueError(f"config.optimizer.name {opt.name!r} is unknown; use one of {NAMES}")
     if opt.grad_clip_norm > 0:
         core = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), core)
     return core, schedule
