@@ -103,9 +103,9 @@ def get_config() -> ml_collections.ConfigDict:
     t.attention_impl = "auto"
     # The encoder's layers (params stacked [L, ...] either way): "scan" runs them as one
     # nn.scan, so one layer is compiled once whatever L (BERT-base compiles ~2x, large ~5x
-    # faster); "unroll" unrolls the same scan (XLA may then fuse across layers); "auto" is
-    # "unroll" on the CPU (BERT-Small's step ~5% faster) and "scan" elsewhere.
-    # flax_bert/ops.py.
+    # faster); "unroll" unrolls the same scan (XLA may then fuse across layers; on the CPU
+    # remat then saves no memory); "auto" is "unroll" on the CPU without remat (BERT-Small's
+    # step ~5% faster) and "scan" otherwise. flax_bert/ops.py.
     t.scan_layers = "auto"
     # Persistent compilation cache (jax_compilation_cache_dir): a rerun or resume loads the
     # compiled train/eval steps instead of compiling them again. A relative path is inside

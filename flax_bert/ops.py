@@ -33,18 +33,20 @@ _CUDNN_MAX_HEAD_DIM = 128  # 256 on Hopper and later; 128 holds on every cuDNN G
 
 
 # ---- The encoder's layer loop ----------------------------------------------------------------
-def scan_layers(choice: str, platform: str | None = None) -> bool:
+def scan_layers(choice: str, remat_policy: str = "none", platform: str | None = None) -> bool:
     """Whether the encoder runs its stacked layers as a loop (True) or unrolled (False), for
-    config value `choice` on `platform` (default: jax's backend).
+    config value `choice` with `remat_policy` on `platform` (default: jax's backend).
 
-    "auto": the loop on GPUs and TPUs, where one layer compiled once cuts the compile time
-    (BERT-base ~2x, large ~5x); unrolled on the CPU, where XLA fuses across the layers
-    (BERT-Small's step ~5% faster, benchmarks/README.md). "scan" / "unroll" force one.
+    "auto": unrolled on the CPU without remat, where XLA fuses across the layers
+    (BERT-Small's step ~5% faster, benchmarks/README.md); the loop otherwise: on GPUs and
+    TPUs one layer compiled once cuts the compile time (BERT-base ~2x, large ~5x), and
+    remat needs it (unrolled, XLA:CPU merges the recomputation into the forward pass and
+    saves no memory). "scan" / "unroll" force one.
     """
     if choice not in SCAN_LAYERS:
         raise ValueError(f"scan_layers {choice!r} is unknown; use one of {SCAN_LAYERS}")
     if choice == "auto":
-        return (platform or jax.default_backend()) != "cpu"
+        return (platform or jax.default_backend()) != "cpu" or remat_policy != "none"
     return choice == "scan"
 
 

@@ -126,17 +126,54 @@ def test_fused_attention_impl_choice():
 
 
 def test_scan_layers_choice():
-    """auto: unrolled on the CPU, the loop on GPUs and TPUs; the train config's "auto"
-    reaches the model resolved. (The loop equals the unrolled layers: tests/test_model.py.)"""
+    """auto: unrolled on the CPU without remat, else the loop (GPUs, TPUs, remat: unrolled,
+    remat saves no memory on XLA:CPU); the train config's "auto" reaches the model
+    resolved. (The loop equals the unrolled layers: tests/test_model.py.)"""
     from configs import default
     from flax_bert.training import loop
 
-    assert not ops.scan_layers("auto", "cpu")
-    assert ops.scan_layers("auto", "gpu") and ops.scan_layers("auto", "tpu")
-    assert ops.scan_layers("scan", "cpu") and not ops.scan_layers("unroll", "gpu")
-    assert loop.model_options(default.get_config().train)["scan_layers"] is False
+    assert not ops.scan_layers("auto", platform="cpu")
+    assert ops.scan_layers("auto", platform="gpu") and ops.scan_layers("auto", platform="tpu")
+    assert ops.scan_layers("auto", "nothing_saveable", "cpu")
+    assert ops.scan_layers("scan", platform="cpu")
+    assert not ops.scan_layers("unroll", platform="gpu")
+    assert not ops.scan_layers("unroll", "dots_saveable", "cpu")
+    train = default.get_config().train
+    assert loop.model_options(train)["scan_layers"] is False
+    train.remat_policy = "nothing_saveable"
+    assert loop.model_options(train)["scan_layers"] is True
     with pytest.raises(ValueError, match="scan_layers True is unknown"):
-        ops.scan_layers(True, "cpu")
+        ops.scan_layers(True)
+
+
+def test_remat_saves_memory_with_auto_layers():
+    """With scan_layers "auto" (unrolled on the CPU without remat), asking for remat still
+    cuts the gradient's compiled temporaries: auto picks the loop then (unrolled, XLA:CPU
+    would merge the recomputation into the forward pass and save nothing)."""
+    from configs import default
+    from flax_bert import BertConfig, BertForPreTraining
+    from flax_bert.training import loop, steps
+    from tests.test_train_step import make_batch
+
+    cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, max_position_embeddings=32)
+    batch = make_batch(np.random.default_rng(0), 64)
+    params = jax.jit(BertForPreTraining(cfg).init)(
+        jax.random.key(0), batch["input_ids"], batch["token_type_ids"],
+        batch["attention_mask"], masked_positions=batch["masked_positions"])["params"]
+    temp = {}
+    for policy in ("none", "nothing_saveable"):
+        train = default.get_config().train
+        train.remat_policy = policy
+        model = BertForPreTraining(cfg, **loop.model_options(train))
+
+        def loss(params, model=model):
+            sums = steps.forward_sums(model, params, batch, False, jax.random.key(1))
+            return sums["mlm_loss_sum"] + sums["nsp_loss_sum"]
+
+        compiled = jax.jit(jax.grad(loss)).lower(params).compile()
+        temp[policy] = compiled.memory_analysis().temp_size_in_bytes
+    assert temp["nothing_saveable"] < 0.7 * temp["none"], temp
 
 
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 5e-2)])

@@ -37,7 +37,7 @@ def model_options(train_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     return dict(dtype=DTYPES[train_cfg.dtype], remat_policy=train_cfg.remat_policy,
                 dropout_impl=train_cfg.dropout_impl, fused_backward=train_cfg.fused_backward,
                 attention_impl=train_cfg.attention_impl,
-                scan_layers=ops.scan_layers(train_cfg.scan_layers))
+                scan_layers=ops.scan_layers(train_cfg.scan_layers, train_cfg.remat_policy))
 
 
 def check_choices(config: ml_collections.ConfigDict) -> None:
