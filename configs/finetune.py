@@ -68,6 +68,9 @@ def get_config() -> ml_collections.ConfigDict:
     t.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
     t.dropout = 0.1  # Hidden and attention dropout while fine-tuning (BERT's).
     t.dropout_impl = "hash"  # hash | jax (see configs/default.py).
+    t.remat_policy = "none"  # none | nothing_saveable | dots_saveable (per encoder layer).
+    t.attention_impl = "auto"  # auto | xla | cudnn | explicit (see configs/default.py).
+    t.scan_layers = "auto"  # auto | scan | unroll: the encoder's layer loop (configs/default.py).
     t.compilation_cache_dir = "jax_cache"  # Persistent compile cache (see configs/default.py).
     t.log_every = 50  # Steps between training metric rows.
     t.eval_every = 200  # Steps between evaluations on data.eval (0 = only at the end).

@@ -24,9 +24,10 @@ from flax_bert.errors import UserError
 from flax_bert.finetune import books, data, steps as ft_steps
 from flax_bert.training import metrics as metrics_lib
 from flax_bert.training import optimizer, sharding, state as state_lib, steps
-from flax_bert.training.loop import (DTYPES, DeviceFeed, Evaluations, TrainMeter, call_sizes,
-                                     check_same_model, final_eval_and_save, global_batch,
-                                     model_config_from, resume, run_locked, say, train_calls)
+from flax_bert.training.loop import (DeviceFeed, Evaluations, TrainMeter, call_sizes,
+                                     check_same_model, encoder_options, final_eval_and_save,
+                                     global_batch, model_config_from, resume, run_locked, say,
+                                     train_calls)
 
 HEAD = "sequence_classification"
 RUN_FILE = "finetune.json"  # {"labels": [...], "start": Start.description}
@@ -201,8 +202,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         f"{len(eval_examples.labels)} eval examples; starting from {start.description}")
 
     mesh = sharding.make_mesh(config.mesh)
-    model = hf.make_model(model_config, HEAD, len(labels), dtype=DTYPES[t.dtype],
-                          dropout_impl=t.dropout_impl)
+    model = hf.make_model(model_config, HEAD, len(labels), **encoder_options(t))
     tx, schedule = optimizer.make_optimizer(config.optimizer, t.steps)
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     ckpt = checkpoint.TrainCheckpointer(workdir, config.checkpoint)

@@ -32,12 +32,18 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CALLS_IN_FLIGHT = 2
 
 
-def model_options(train_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-    """BertForPreTraining's settings from config.train: compute dtype, remat, kernels."""
+def encoder_options(train_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Settings of a BertModel-based model from config.train: compute dtype, remat,
+    dropout, attention and layer-loop kernels (pretraining and fine-tuning heads)."""
     return dict(dtype=DTYPES[train_cfg.dtype], remat_policy=train_cfg.remat_policy,
-                dropout_impl=train_cfg.dropout_impl, fused_backward=train_cfg.fused_backward,
-                attention_impl=train_cfg.attention_impl,
+                dropout_impl=train_cfg.dropout_impl, attention_impl=train_cfg.attention_impl,
                 scan_layers=ops.scan_layers(train_cfg.scan_layers, train_cfg.remat_policy))
+
+
+def model_options(train_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """BertForPreTraining's settings from config.train: the encoder's, and the MLM head's
+    fused backward passes."""
+    return encoder_options(train_cfg) | dict(fused_backward=train_cfg.fused_backward)
 
 
 def check_choices(config: ml_collections.ConfigDict) -> None:
