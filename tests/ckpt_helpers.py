@@ -3,8 +3,10 @@ Its session fixtures are registered in tests/conftest.py (once for the whole ses
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import operator
 import os
 import random
 import shutil
@@ -72,6 +74,18 @@ def run(workdir: str, args: list[str], cache_dir: str | None, devices: int = 8,
     if expect_rc is not None:
         assert p.returncode == expect_rc, p.stderr[-3000:]
     return p
+
+
+def with_flags(config: Any, flags: list[str]) -> Any:
+    """`config` with train.py-style `--config.section.field=value` flags applied in place
+    (each value cast to the field's type), for runs in the test process."""
+    for flag in flags:
+        key, value = flag.removeprefix("--config.").split("=", 1)
+        *path, field = key.split(".")
+        section = functools.reduce(operator.getitem, path, config)
+        old = section[field]
+        section[field] = value == "True" if isinstance(old, bool) else type(old)(value)
+    return config
 
 
 def cache_use(stderr: str) -> tuple[int, int]:
