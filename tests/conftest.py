@@ -15,8 +15,9 @@ import jax  # noqa: E402
 
 # A program compiled again in this process (the same train step in another run of a test,
 # e.g. a resumed fine-tune) is loaded from disk instead: the same executable, the same
-# numbers, only the compile time saved. Set before the first compile (jax reads it then);
-# subprocesses do not inherit it (the checkpoint tests give theirs a cache of their own).
+# numbers, only the compile time saved. Set before the first compile (jax reads it then).
+# Subprocesses do not inherit it; the checkpoint tests' train.py runs are pointed at it
+# (tests/ckpt_helpers.py), so that they and the runs in this process share programs.
 _JAX_CACHE = tempfile.mkdtemp(prefix="flax_bert_tests_jax_cache_")
 atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
