@@ -3,8 +3,12 @@ Its session fixtures are registered in tests/conftest.py (once for the whole ses
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import io
 import json
+import operator
 import os
 import random
 import shutil
@@ -74,6 +78,31 @@ def run(workdir: str, args: list[str], cache_dir: str | None, devices: int = 8,
     return p
 
 
+def with_flags(config: Any, flags: list[str]) -> Any:
+    """`config` with train.py-style `--config.section.field=value` flags applied in place
+    (each value cast to the field's type), for runs in the test process."""
+    for flag in flags:
+        key, value = flag.removeprefix("--config.").split("=", 1)
+        *path, field = key.split(".")
+        section = functools.reduce(operator.getitem, path, config)
+        old = section[field]
+        section[field] = value == "True" if isinstance(old, bool) else type(old)(value)
+    return config
+
+
+def train_here(workdir: str, args: list[str]) -> tuple[str, str]:
+    """What `train.py --workdir=workdir *args` runs, in this process (its 8 devices, the
+    programs from the session's compilation cache: no start-up per run); returns what it
+    printed (stdout, stderr)."""
+    from configs import default
+    from flax_bert.training import loop
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        loop.train_and_evaluate(with_flags(default.get_config(), args), workdir)
+    return out.getvalue(), err.getvalue()
+
+
 def cache_use(stderr: str) -> tuple[int, int]:
     """(cache hits, cache writes) in the stderr of a run with env(..., cache_dir=None)."""
     return (stderr.count("Persistent compilation cache hit"),
@@ -122,7 +151,9 @@ def tree_hash(path: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def setup(tmp_path_factory) -> dict:
-    """Corpus, prepared data (tokenizer trained once), compile cache, base args."""
+    """Corpus, prepared data (tokenizer trained once), compile cache, base args. The
+    compile cache is this process's own (conftest.py): the train.py processes and the runs
+    in this process share their programs."""
     from configs import default
     from flax_bert.data import pipeline, prepare
 
@@ -139,8 +170,8 @@ def setup(tmp_path_factory) -> dict:
     vocab = pipeline.load_meta(prepared)["vocab_size"]
     args = TINY + [f"--config.data.input={corpus}", f"--config.data.prepared_dir={prepared}",
                    f"--config.model.vocab_size={vocab}"]
-    return {"root": root, "args": args, "cache": str(root / "jax_cache"), "vocab": vocab,
-            "prepared": prepared}
+    return {"root": root, "args": args, "cache": jax.config.jax_compilation_cache_dir,
+            "vocab": vocab, "prepared": prepared}
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ def main() -> None:
         "process_id": process_id}))
     from tests import test_train_step as t  # the same model, batches and optimizer
     assert jax.device_count() == 8 and jax.local_device_count() == 4
-    _, losses = t.run_steps({"data": 8, "fsdp": 1, "tensor": 1}, t.global_batches())
+    _, losses = t.data_parallel_run()
     print(json.dumps(losses))
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from flax_bert import checkpoint, workdir as workdir_lib
+from flax_bert.training import preemption
 from tests import ckpt_helpers as h
 
 K = 5  # stop_after step of the interrupted runs (between saves at 4 and 8)
@@ -21,10 +22,12 @@ K = 5  # stop_after step of the interrupted runs (between saves at 4 and 8)
 
 @pytest.fixture(scope="module")
 def stopped(setup) -> str:
-    """A run of the same command stopped after step K (checkpoint at K); left unresumed."""
+    """A run of the same command stopped after step K (checkpoint at K); left unresumed.
+    (Run in this process, as the resumes that check the state alone; the stop and resume
+    of a train.py process are checked in the kill -9, SIGTERM and device-count tests.)"""
     workdir = str(setup["root"] / "stopped")
-    p = h.run(workdir, setup["args"] + [f"--config.train.stop_after={K}"], setup["cache"])
-    assert f"stopped after step {K}" in p.stderr
+    with pytest.raises(preemption.Interrupted, match=f"stopped after step {K}"):
+        h.train_here(workdir, setup["args"] + [f"--config.train.stop_after={K}"])
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", str(K)]
     return workdir
 
@@ -38,8 +41,8 @@ def _assert_same_final_state(workdir: str, reference: str) -> None:
 def test_exact_resume(setup, reference, stopped):
     workdir = str(setup["root"] / "resumed")
     shutil.copytree(stopped, workdir)
-    p = h.run(workdir, setup["args"], setup["cache"])
-    assert f"resumed from {workdir}/checkpoints/{K} at step {K}" in p.stdout
+    out, _ = h.train_here(workdir, setup["args"])
+    assert f"resumed from {workdir}/checkpoints/{K} at step {K}" in out
     _assert_same_final_state(workdir, reference)
     rows, ref_rows = h.train_rows(workdir), h.train_rows(reference)
     assert sorted(rows) == list(range(1, h.STEPS + 1))
@@ -53,10 +56,11 @@ def test_steps_per_call_match_single_steps_and_resume(setup, reference):
     as the reference's one step per call."""
     workdir = str(setup["root"] / "per_call")
     args = setup["args"] + ["--config.train.steps_per_call=4", "--config.train.log_every=4"]
-    h.run(workdir, args + [f"--config.train.stop_after={K}"], setup["cache"])
+    with pytest.raises(preemption.Interrupted, match=f"stopped after step {K}"):
+        h.train_here(workdir, args + [f"--config.train.stop_after={K}"])
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", str(K)]
-    p = h.run(workdir, args, setup["cache"])
-    assert f"resumed from {workdir}/checkpoints/{K} at step {K}" in p.stdout
+    out, _ = h.train_here(workdir, args)
+    assert f"resumed from {workdir}/checkpoints/{K} at step {K}" in out
     _assert_same_final_state(workdir, reference)
     assert sorted(h.train_rows(workdir)) == [4, 8, 12]
 
@@ -111,6 +115,9 @@ def test_kill9_mid_training_and_mid_save_then_resume(setup, reference):
     assert not [n for n in os.listdir(ckpt_dir) if "tmp" in n]
 
 
+# orbax's restore of the truncated checkpoint fails with reads in flight; their coroutines
+# and event loop are collected later, in this process (an unraisable warning each).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_broken_checkpoints_fall_back(setup, reference):
     """Newest (12) truncated, next (8) missing a file: warns twice, resumes from 4, keeps 4."""
     workdir = str(setup["root"] / "broken")
@@ -126,9 +133,9 @@ def test_broken_checkpoints_fall_back(setup, reference):
     os.remove(os.path.join(ckpt_dir, "8", "opt_state", "manifest.ocdbt"))
     # load_params reads only `params`: it skips 12 and reads 8's intact params.
     h.assert_bitwise(checkpoint.load_params(workdir), h.restore_item(reference, 8, "params"))
-    p = h.run(workdir, setup["args"], setup["cache"])
-    assert "/12 is broken" in p.stderr and "/8 is broken" in p.stderr, p.stderr
-    assert f"resumed from {ckpt_dir}/4 at step 4" in p.stdout
+    out, err = h.train_here(workdir, setup["args"])
+    assert "/12 is broken" in err and "/8 is broken" in err, err
+    assert f"resumed from {ckpt_dir}/4 at step 4" in out
     assert h.tree_hash(os.path.join(ckpt_dir, "4")) == good  # the good checkpoint untouched
     broken = sorted(os.listdir(os.path.join(workdir, checkpoint.BROKEN_DIR)))
     assert [name.split("-")[0] for name in broken] == ["12", "8"]  # moved aside, not deleted

@@ -135,16 +135,21 @@ def test_gcs_output_without_gcsfs_is_a_one_line_error(tmp_path):
         prepare_lib.prepare(opts, "gs://b/prep", progress=False)
 
 
-def test_cli_reports_errors_in_one_line(tmp_path):
-    for path, message in _bad_inputs(tmp_path).values():
-        proc = subprocess.run(
-            [sys.executable, "-m", "flax_bert.data.prepare", "--input", path,
-             "--output", str(tmp_path / "out"), "--vocab-size", "100", "--num-workers", "1"],
-            cwd=ROOT, capture_output=True, text=True,
-        )
-        assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
-        assert message in proc.stderr and "Traceback" not in proc.stderr
+def test_cli_reports_errors_in_one_line(tmp_path, capsys):
+    """Every bad input through the CLI's main (in this process); the first also as a real
+    process (its exit code, no traceback)."""
+    for i, (path, message) in enumerate(_bad_inputs(tmp_path).values()):
+        argv = ["--input", path, "--output", str(tmp_path / "out"), "--vocab-size", "100",
+                "--num-workers", "1"]
+        if i == 0:
+            proc = subprocess.run([sys.executable, "-m", "flax_bert.data.prepare", *argv],
+                                  cwd=ROOT, capture_output=True, text=True)
+            rc, stderr = proc.returncode, proc.stderr
+        else:
+            rc, stderr = prepare_lib.main(argv), capsys.readouterr().err
+        assert rc == 2, stderr
+        assert stderr.count("\n") == 1 and stderr.startswith("error: ")
+        assert message in stderr and "Traceback" not in stderr
 
 
 def test_cli_prepares(tmp_path):

@@ -15,7 +15,7 @@ from flax_bert import checkpoint, hf
 from flax_bert.data import split, vocab as vocab_lib
 from flax_bert.finetune import books, data, loop, steps as ft_steps
 from flax_bert.training import preemption
-from tests import finetune_fixtures as fx
+from tests import ckpt_helpers as h, finetune_fixtures as fx
 
 COLUMNS = data.Columns("text", "text_pair", "label")
 
@@ -114,10 +114,7 @@ def _config(pretrained: str, train: str, eval_: str, **overrides):
     config = ft_config.get_config()
     config.init.checkpoint = pretrained
     config.data.train, config.data.eval = train, eval_
-    for flag in fx.TINY_RUN:
-        key, value = flag[len("--config."):].split("=")
-        section, field = key.split(".")
-        config[section][field] = type(config[section][field])(value)
+    h.with_flags(config, fx.TINY_RUN)
     for key, value in overrides.items():
         section, field = key.split("__")
         config[section][field] = value

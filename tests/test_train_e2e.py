@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests import ckpt_helpers as h
 from tests.data_fixtures import marker_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,11 +77,14 @@ def test_train_writes_metrics_events_and_plots(corpus, tmp_path):
     assert "phase 1: steps 1-8 on 16-token examples" in log
 
 
-def test_continued_pretraining_of_an_hf_checkpoint(corpus, tmp_path):
+def test_continued_pretraining_of_an_hf_checkpoint(corpus, tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
+    from configs import default
+    from flax_bert import hf
     from flax_bert.data import prepare as prepare_lib
     from flax_bert.data import vocab as vocab_lib
+    from flax_bert.training import loop
 
     # An HF model whose vocab is a WordPiece vocab trained on the corpus.
     opts = prepare_lib.PrepareOptions(input=(corpus,), vocab_size=300, max_seq_length=32,
@@ -96,17 +100,17 @@ def test_continued_pretraining_of_an_hf_checkpoint(corpus, tmp_path):
     shutil.copyfile(tmp_path / "prep" / "vocab.txt", hf_dir / "vocab.txt")
     assert len(vocab_lib.read_vocab(str(hf_dir / "vocab.txt"))) == meta["vocab_size"]
 
+    # In this process: train.py's CLI runs in the test above, flax_bert.hf's in test_hf.
     workdir = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "flax_bert.hf", "import", str(hf_dir),
-                    f"--workdir={workdir}"], cwd=ROOT, check=True, timeout=300)
+    assert hf.main(["import", str(hf_dir), f"--workdir={workdir}"]) == 0
     # One phase, two calls of 4 steps: one train-step compile, no phase-1 data to prepare.
-    result = train(workdir, f"--config.data.input={corpus}", "--config.train.steps=8",
-                   "--config.train.phase1_fraction=0",
-                   "--config.model.max_position_embeddings=512")
-    assert "initialising from" in result.stdout + result.stderr
+    config = h.with_flags(default.get_config(), TINY + [
+        f"--config.data.input={corpus}", "--config.train.steps=8",
+        "--config.train.phase1_fraction=0", "--config.model.max_position_embeddings=512"])
+    loop.train_and_evaluate(config, str(workdir))
+    assert "initialising from" in capsys.readouterr().out
     out = tmp_path / "exported"
-    subprocess.run([sys.executable, "-m", "flax_bert.hf", "export", f"--workdir={workdir}",
-                    str(out)], cwd=ROOT, check=True, timeout=300)
+    assert hf.main(["export", f"--workdir={workdir}", str(out)]) == 0
 
     model, info = transformers.BertForPreTraining.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]

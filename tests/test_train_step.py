@@ -1,6 +1,9 @@
 """The sharded train step: mesh layouts agree with one device, FSDP shards, gradient
 accumulation, overfitting, schedule and weight-decay mask."""
 
+import functools
+from typing import Any
+
 import jax
 import ml_collections
 import numpy as np
@@ -69,6 +72,16 @@ def global_batches() -> list[dict[str, np.ndarray]]:
     return [make_batch(rng, 16) for _ in range(3)]
 
 
+DATA_PARALLEL = {"data": 8, "fsdp": 1, "tensor": 1}
+
+
+@functools.cache
+def data_parallel_run() -> tuple[Any, list[float]]:
+    """run_steps on the 8-device data-parallel mesh over global_batches(): (state, losses),
+    computed once a session (the mesh-layout and the two-process tests compare with it)."""
+    return run_steps(DATA_PARALLEL, global_batches())
+
+
 @pytest.fixture(scope="module")
 def batches():
     return global_batches()
@@ -80,13 +93,14 @@ def single_device(batches):
 
 
 @pytest.mark.parametrize("mesh_shape", [
-    {"data": 8, "fsdp": 1, "tensor": 1},
+    DATA_PARALLEL,
     {"data": 2, "fsdp": 4, "tensor": 1},
     {"data": 4, "fsdp": 1, "tensor": 2},
 ])
 def test_mesh_layouts_match_one_device(batches, single_device, mesh_shape):
     ref_state, ref_losses = single_device
-    state, losses = run_steps(mesh_shape, batches)
+    state, losses = (data_parallel_run() if mesh_shape == DATA_PARALLEL
+                     else run_steps(mesh_shape, batches))
     np.testing.assert_allclose(losses, ref_losses, atol=1e-5, rtol=0)
     diff = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
                         state.params, ref_state.params)

@@ -211,8 +211,8 @@ def test_disk_full_at_checkpoint_save_then_bitwise_resume(setup, reference, tmpf
     assert rows == list(range(1, len(rows) + 1)) and 8 <= len(rows) < h.STEPS
 
     os.remove(ballast)
-    p = h.run(workdir, setup["args"], setup["cache"])
-    assert f"resumed from {ckpt_dir}/4 at step 4" in p.stdout
+    out, _ = h.train_here(workdir, setup["args"])  # the rerun, in this process
+    assert f"resumed from {ckpt_dir}/4 at step 4" in out
     assert sorted(os.listdir(ckpt_dir), key=int) == ["4", "8", "12"]  # the partial 8 is gone
     _assert_same_final_state(workdir, reference)
     ref_rows, rows = h.train_rows(reference), h.train_rows(workdir)
