@@ -70,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
     # ---- Training loop. -------------------------------------------------------------------
     t = config.train = ml_collections.ConfigDict()
     t.steps = 4500  # Optimizer steps, both phases.
-    t.global_batch_size = 32  # Examples per optimizer step, over all hosts and devices.
+    t.global_batch_size = 28  # Examples per optimizer step, over all hosts and devices.
     # Two phases, as BERT trained (128 tokens for 90% of the steps, then 512): the first
     # phase1_fraction of the steps use examples of phase1_seq_length tokens (prepared next
     # to the main data, same vocab and held-out documents) at phase1_batch_size; the rest
@@ -79,7 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
     # neighbours sooner than over 128), at a quarter of the cost per example.
     t.phase1_fraction = 0.4  # 0: one phase at data.max_seq_length.
     t.phase1_seq_length = 32
-    t.phase1_batch_size = 64
+    t.phase1_batch_size = 48
     t.grad_accum_steps = 1  # Micro-batches per optimizer step (global batch split this way).
     # Optimizer steps per jit'd call, a lax.scan over that many batches (BERT's
     # iterations_per_loop). Logs, evals, checkpoints, the phase switch and preemption act
