@@ -1,10 +1,11 @@
 """The default run (`python train.py`): every knob of a pretraining run, commented.
 
 It pretrains a BERT-Tiny-sized model (L2/H128/A2) on the bundled corpus in ~14 minutes on
-a 2-core CPU on a slow day (see README), to held-out MLM accuracy ~0.31 and NSP ~0.75: no dropout (the corpus is seen only a few times), small batches and a high learning
-rate to get the most optimizer steps out of the budget, and a short-sequence first phase.
-The size files (tiny.py, mini.py, ...) start from here and set a published BERT size with
-the papers' recipe.
+a 2-core CPU on a slow day (see README), to held-out MLM accuracy ~0.31 and NSP ~0.75: no
+dropout (the corpus is seen only a few times), small batches and a high learning rate to
+get the most optimizer steps out of the budget, and a short-sequence first phase. The size
+files (tiny.py, mini.py, ...) start from here and set a published BERT size with the
+papers' recipe.
 Any field can be overridden on the command line:
       python train.py --config configs/tiny.py --config.train.steps=200
 """

@@ -1,9 +1,10 @@
 """Kernels written for speed on one platform, each beside the plain form it must equal.
 
 model.py calls these where the paper's formula has a faster form on some platform:
-the encoder's layer loop (scanned or unrolled), attention (`jax.nn.dot_product_attention`: XLA's fused path, cuDNN flash attention on a
-GPU), the dropout keep mask (an integer hash), LayerNorm (two-pass variance), Dense layers
-over a [tokens, in] matrix (`per_token`), and the MLM head's fused backward passes.
+the encoder's layer loop (scanned or unrolled), attention (`jax.nn.dot_product_attention`:
+XLA's fused path, cuDNN flash attention on a GPU), the dropout keep mask (an integer hash),
+LayerNorm (two-pass variance), Dense layers over a [tokens, in] matrix (`per_token`), and
+the MLM head's fused backward passes.
 tests/test_ops.py checks each against its plain form.
 
 The MLM head's tied decoder and the cross-entropy have hand-written backward passes
