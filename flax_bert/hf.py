@@ -36,12 +36,11 @@ import numpy as np
 
 from flax_bert import checkpoint
 from flax_bert import model as model_lib
-from flax_bert.checkpoint import CHECKPOINTS_DIR, PRETRAINED_DIR, VOCAB_FILE
+from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
-from flax_bert.workdir import WorkdirLock
+from flax_bert.workdir import CONFIG_FILE, VOCAB_FILE, Paths, WorkdirLock
 
-CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 TORCH_FILE = "pytorch_model.bin"
 
@@ -164,14 +163,14 @@ def _stacked(params: Params) -> Params:
 
 
 def make_model(config: BertConfig, head: str = "pretraining",
-               num_labels: int = DEFAULT_NUM_LABELS, **kwargs: Any) -> Any:
-    """Our Linen model of `head` (HEADS); `kwargs` go to its constructor (dtype, ...)."""
+               num_labels: int = DEFAULT_NUM_LABELS, compute: Compute = Compute()) -> Any:
+    """Our Linen model of `head` (HEADS), computing as `compute` says."""
     if head not in HEADS:
         raise UserError(f"head {head!r} is unknown; use one of {', '.join(HEADS)}")
     cls = getattr(model_lib, HEADS[head].architecture)
     if HEADS[head].labelled:
-        kwargs["num_labels"] = num_labels
-    return cls(config, **kwargs)
+        return cls(config, compute, num_labels=num_labels)
+    return cls(config, compute)
 
 
 def _init(config: BertConfig, head: str, num_labels: int, seed: int) -> Any:
@@ -481,18 +480,27 @@ def save_pretrained(config: BertConfig, params: Params, path: str,
 
 def import_to_workdir(hf_dir: str, workdir: str) -> str:
     """Imports an HF directory into `workdir/pretrained` (an export dir); returns its path."""
-    target = os.path.join(workdir, PRETRAINED_DIR)
+    paths = Paths(workdir)
+    target = paths.pretrained
     if os.path.exists(target):
         raise UserError(f"{target} already exists; remove it or choose another --workdir")
-    if os.path.exists(os.path.join(workdir, CHECKPOINTS_DIR)):
-        raise UserError(f"{os.path.join(workdir, CHECKPOINTS_DIR)} exists: the workdir already "
-                        f"has training checkpoints; choose a fresh --workdir")
+    if os.path.exists(paths.checkpoints):
+        raise UserError(f"{paths.checkpoints} exists: the workdir already has training "
+                        f"checkpoints; choose a fresh --workdir")
     config, params = load_pretrained(hf_dir)
     checkpoint.save_params(target, config, params)
     vocab = os.path.join(hf_dir, VOCAB_FILE)
     if os.path.isfile(vocab):
         shutil.copyfile(vocab, os.path.join(target, VOCAB_FILE))
     return target
+
+
+def own_vocab(path: str) -> str | None:
+    """The vocab.txt a run folder (its own, or its imported model's), an export or a Hugging
+    Face folder was trained with, if it has one."""
+    found = [p for p in (os.path.join(path, VOCAB_FILE),
+                         os.path.join(Paths(path).pretrained, VOCAB_FILE)) if os.path.isfile(p)]
+    return found[0] if found else None
 
 
 def export_from_workdir(workdir: str, out_dir: str, vocab: str | None = None) -> None:
@@ -506,12 +514,7 @@ def export_from_workdir(workdir: str, out_dir: str, vocab: str | None = None) ->
     except FileNotFoundError as e:
         raise UserError(f"{workdir}: no model found ({e.filename or e}); pass a workdir "
                         f"with a checkpoint or an export directory") from e
-    if vocab is None:
-        found = [p for p in (os.path.join(workdir, VOCAB_FILE),
-                             os.path.join(workdir, PRETRAINED_DIR, VOCAB_FILE))
-                 if os.path.isfile(p)]
-        vocab = found[0] if found else None
-    save_pretrained(config, params, out_dir, vocab=vocab)
+    save_pretrained(config, params, out_dir, vocab=vocab or own_vocab(workdir))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_bert import ops
+from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
 
 Array = jax.Array
@@ -33,12 +34,6 @@ BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed
 BATCH_LENGTH_HEADS_KV = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
 BATCH_LENGTH_MLP = ("activation_batch", "activation_length", "activation_mlp")
 BATCH_LENGTH_VOCAB = ("activation_batch", "activation_length", "activation_vocab")
-
-DROPOUT_IMPLS = ("hash", "jax")  # config.train.dropout_impl values (see Dropout)
-REMAT_POLICIES = {
-    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-}
 
 
 def _gelu_erf(x: Array) -> Array:
@@ -78,8 +73,6 @@ class Dropout(nn.Module):
         rng = self.make_rng("dropout") if rng is None else rng
         if self.impl == "jax":
             return nn.Dropout(self.rate)(x, deterministic=False, rng=rng)
-        if self.impl != "hash":
-            raise ValueError(f"dropout impl {self.impl!r} is unknown; use one of {DROPOUT_IMPLS}")
         return ops.hash_dropout(x, self.rate, rng)
 
 
@@ -122,22 +115,21 @@ class BertEmbeddings(nn.Module):
     """Sum of word, segment (token type) and learned position embeddings; LN; dropout."""
 
     config: BertConfig
-    dtype: Dtype = jnp.float32
-    dropout_impl: str = "hash"
+    compute: Compute = Compute()
 
     def setup(self) -> None:
-        cfg = self.config
+        cfg, dtype = self.config, self.compute.jnp_dtype
         self.word_embeddings = nn.Embed(
-            cfg.vocab_size, cfg.hidden_size, dtype=self.dtype,
+            cfg.vocab_size, cfg.hidden_size, dtype=dtype,
             embedding_init=_init(cfg, "vocab", "embed"))
         self.position_embeddings = nn.Embed(
-            cfg.max_position_embeddings, cfg.hidden_size, dtype=self.dtype,
+            cfg.max_position_embeddings, cfg.hidden_size, dtype=dtype,
             embedding_init=_init(cfg, None, "embed"))
         self.token_type_embeddings = nn.Embed(
-            cfg.type_vocab_size, cfg.hidden_size, dtype=self.dtype,
+            cfg.type_vocab_size, cfg.hidden_size, dtype=dtype,
             embedding_init=_init(cfg, None, "embed"))
-        self.LayerNorm = _layer_norm(cfg, self.dtype)
-        self.dropout = Dropout(cfg.hidden_dropout_prob, self.dropout_impl)
+        self.LayerNorm = _layer_norm(cfg, dtype)
+        self.dropout = Dropout(cfg.hidden_dropout_prob, self.compute.dropout_impl)
 
     def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
         seq_len = input_ids.shape[1]
@@ -171,19 +163,17 @@ class BertSelfAttention(nn.Module):
 
     Q, K and V keep HF's separate `query` / `key` / `value` parameters but are computed by
     one fused [H, 3H] matmul (one larger GEMM forward, and one for the input gradient).
-    `attention_impl` (config.train.attention_impl): how softmax(QK^T/sqrt(D))V runs where
-    the probabilities are not needed (`ops.fused_attention_impl`).
+    `compute.attention_impl`: how softmax(QK^T/sqrt(D))V runs where the probabilities are
+    not needed (`ops.fused_attention_impl`).
     """
 
     config: BertConfig
-    dtype: Dtype = jnp.float32
-    dropout_impl: str = "hash"
-    attention_impl: str = "auto"  # auto | xla | cudnn | explicit
+    compute: Compute = Compute()
 
     @nn.compact
     def __call__(self, x: Array, key_mask: Array, deterministic: bool,
                  dropout_rng: Array | None = None) -> Array:
-        cfg = self.config
+        cfg, dtype = self.config, self.compute.jnp_dtype
         batch, seq_len, hidden = x.shape
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
 
@@ -192,9 +182,9 @@ class BertSelfAttention(nn.Module):
                          nn.with_logical_partitioning(nn.initializers.zeros_init(), ("heads",)),
                          name=name)()
             for name in ("query", "key", "value")))
-        kernel = jnp.concatenate(kernels, axis=1).astype(self.dtype)  # [H, 3H]
-        bias = jnp.concatenate(biases).astype(self.dtype)  # [3H]
-        qkv = ops.per_token(lambda t: jnp.dot(t.astype(self.dtype), kernel) + bias, x)  # [B, S, 3H]
+        kernel = jnp.concatenate(kernels, axis=1).astype(dtype)  # [H, 3H]
+        bias = jnp.concatenate(biases).astype(dtype)  # [3H]
+        qkv = ops.per_token(lambda t: jnp.dot(t.astype(dtype), kernel) + bias, x)  # [B, S, 3H]
         qkv = qkv.reshape(batch, seq_len, 3, heads, head_dim)  # [B, S, 3, N, D]
         # lax.split (not three slices): its gradient is one concatenate, not three pads + adds.
         q, k, v = (nn.with_logical_constraint(part[:, :, 0], BATCH_LENGTH_HEADS_KV)
@@ -202,7 +192,7 @@ class BertSelfAttention(nn.Module):
 
         rate = cfg.attention_probs_dropout_prob
         dropout = not deterministic and rate > 0.0
-        fused = ops.fused_attention_impl(self.attention_impl, self.dtype, head_dim)
+        fused = ops.fused_attention_impl(self.compute.attention_impl, dtype, head_dim)
         if fused and not dropout and not self.is_mutable_collection("intermediates"):
             ctx = ops.dot_product_attention(q, k, v, key_mask, fused)  # [B, S, N, D]
         else:
@@ -213,9 +203,9 @@ class BertSelfAttention(nn.Module):
             scores = jnp.einsum("bqnd,bknd->bnqk", q, k)  # [B, N, S, S]
             scores = jnp.where(mask, scores.astype(jnp.float32),
                                jnp.finfo(jnp.float32).min)  # [B, N, S, S]
-            probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)  # [B, N, S, S]
+            probs = jax.nn.softmax(scores, axis=-1).astype(dtype)  # [B, N, S, S]
             self.sow("intermediates", "attention_probs", probs)  # before dropout
-            probs = Dropout(rate, self.dropout_impl)(probs, not dropout, dropout_rng)
+            probs = Dropout(rate, self.compute.dropout_impl)(probs, not dropout, dropout_rng)
             ctx = jnp.einsum("bnqk,bknd->bqnd", probs, v)  # [B, S, N, D]
         ctx = nn.with_logical_constraint(ctx, BATCH_LENGTH_HEADS_KV)
         return ctx.reshape(batch, seq_len, cfg.hidden_size)  # [B, S, H]
@@ -226,47 +216,43 @@ class BertOutput(nn.Module):
 
     config: BertConfig
     in_axis: str  # Logical name of the input features: "heads" or "mlp".
-    dtype: Dtype = jnp.float32
-    dropout_impl: str = "hash"
+    compute: Compute = Compute()
 
     @nn.compact
     def __call__(self, x: Array, residual: Array, deterministic: bool,
                  dropout_rng: Array | None = None) -> Array:
-        cfg = self.config
-        y = ops.per_token(_dense(cfg, cfg.hidden_size, (self.in_axis, "embed"), self.dtype,
+        cfg, dtype = self.config, self.compute.jnp_dtype
+        y = ops.per_token(_dense(cfg, cfg.hidden_size, (self.in_axis, "embed"), dtype,
                                   "dense"), x)  # [B, S, H]
-        y = Dropout(cfg.hidden_dropout_prob, self.dropout_impl)(
+        y = Dropout(cfg.hidden_dropout_prob, self.compute.dropout_impl)(
             y, deterministic, dropout_rng)  # [B, S, H]
-        y = _layer_norm(cfg, self.dtype)(y + residual)  # [B, S, H]
+        y = _layer_norm(cfg, dtype)(y + residual)  # [B, S, H]
         return nn.with_logical_constraint(y, BATCH_LENGTH_EMBED)
 
 
 class BertAttention(nn.Module):
     config: BertConfig
-    dtype: Dtype = jnp.float32
-    dropout_impl: str = "hash"
-    attention_impl: str = "auto"
+    compute: Compute = Compute()
 
     @nn.compact
     def __call__(self, x: Array, key_mask: Array, deterministic: bool,
                  dropout_rngs: tuple[Array, Array] | None = None) -> Array:
         rngs = dropout_rngs or (None, None)
-        ctx = BertSelfAttention(self.config, self.dtype, self.dropout_impl,
-                                self.attention_impl, name="self")(
+        ctx = BertSelfAttention(self.config, self.compute, name="self")(
             x, key_mask, deterministic, rngs[0])
-        return BertOutput(self.config, "heads", self.dtype, self.dropout_impl, name="output")(
+        return BertOutput(self.config, "heads", self.compute, name="output")(
             ctx, x, deterministic, rngs[1])
 
 
 class BertIntermediate(nn.Module):
     config: BertConfig
-    dtype: Dtype = jnp.float32
+    compute: Compute = Compute()
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        y = ops.per_token(_dense(cfg, cfg.intermediate_size, ("embed", "mlp"), self.dtype,
-                                  "dense"), x)  # [B, S, I]
+        y = ops.per_token(_dense(cfg, cfg.intermediate_size, ("embed", "mlp"),
+                                  self.compute.jnp_dtype, "dense"), x)  # [B, S, I]
         y = activation_fn(cfg.hidden_act)(y)  # [B, S, I]
         return nn.with_logical_constraint(y, BATCH_LENGTH_MLP)
 
@@ -278,9 +264,7 @@ class BertLayer(nn.Module):
     """
 
     config: BertConfig
-    dtype: Dtype = jnp.float32
-    dropout_impl: str = "hash"
-    attention_impl: str = "auto"  # auto | xla | cudnn | explicit (see BertSelfAttention)
+    compute: Compute = Compute()
 
     @nn.compact
     def __call__(self, x: Array, key_mask: Array, deterministic: bool,
@@ -291,11 +275,10 @@ class BertLayer(nn.Module):
         if not deterministic:
             key = self.make_rng("dropout") if dropout_rng is None else dropout_rng
             rngs = [jax.random.fold_in(key, site) for site in range(3)]
-        x = BertAttention(self.config, self.dtype, self.dropout_impl, self.attention_impl,
-                          name="attention")(
+        x = BertAttention(self.config, self.compute, name="attention")(
             x, key_mask, deterministic, (rngs[0], rngs[1]))
-        h = BertIntermediate(self.config, self.dtype, name="intermediate")(x)  # [B, S, I]
-        x = BertOutput(self.config, "mlp", self.dtype, self.dropout_impl, name="output")(
+        h = BertIntermediate(self.config, self.compute, name="intermediate")(x)  # [B, S, I]
+        x = BertOutput(self.config, "mlp", self.compute, name="output")(
             h, x, deterministic, rngs[2])  # [B, S, H]
         self.sow("intermediates", "hidden_states", x)
         return x, None
@@ -327,47 +310,42 @@ class BertEncoder(nn.Module):
     """The L layers as one `nn.scan` over stacked parameters `layers/...` ([L, ...] each,
     logical axis `layers`), as MaxText's scan_layers: one layer is traced and compiled
     once, whatever L. Layer i's dropout key is split i of one key drawn from the "dropout"
-    stream. With remat the scanned layer is `nn.remat`: the scan's backward loop recomputes
-    each layer in turn (an unrolled recomputation XLA:CPU would merge with the forward
-    pass). Recorded intermediates are stacked too, [L, ...] under `layers`.
+    stream. `compute.scan` False unrolls the same scan (unroll=L). With remat the scanned
+    layer is `nn.remat`: the scan's backward loop recomputes each layer in turn (an
+    unrolled recomputation XLA:CPU would merge with the forward pass). Recorded
+    intermediates are stacked too, [L, ...] under `layers`.
     """
 
     config: BertConfig
-    dtype: Dtype = jnp.float32
-    remat_policy: str = "none"  # none | nothing_saveable | dots_saveable
-    dropout_impl: str = "hash"  # hash | jax (see Dropout)
-    attention_impl: str = "auto"  # auto | xla | cudnn | explicit (see BertSelfAttention)
-    scan_layers: bool = True  # False: the same stacked params, the loop unrolled (unroll=L)
+    compute: Compute = Compute()
 
     @nn.compact
     def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
         num_layers = self.config.num_hidden_layers
         layer = BertLayer
-        if self.remat_policy != "none":
-            if self.remat_policy not in REMAT_POLICIES:
-                raise ValueError(f"remat_policy {self.remat_policy!r} is unknown; use none or "
-                                 f"one of {sorted(REMAT_POLICIES)}")
-            layer = nn.remat(layer, policy=REMAT_POLICIES[self.remat_policy],
-                             prevent_cse=False, static_argnums=(3,))  # 3: deterministic
+        if self.compute.remat is not None:
+            layer = nn.remat(layer, policy=self.compute.remat, prevent_cse=False,
+                             static_argnums=(3,))  # 3: deterministic
         layers = nn.scan(layer, variable_axes={"params": 0, "intermediates": 0},
                          split_rngs={"params": True},
                          in_axes=(nn.broadcast, nn.broadcast, 0), length=num_layers,
-                         unroll=1 if self.scan_layers else num_layers,
+                         unroll=1 if self.compute.scan else num_layers,
                          metadata_params={nn.PARTITION_NAME: "layers"})  # logical axis
         keys = None if deterministic else jax.random.split(self.make_rng("dropout"), num_layers)
-        x, _ = layers(self.config, self.dtype, self.dropout_impl, self.attention_impl,
-                      name=LAYERS)(x, key_mask, deterministic, keys)  # [B, S, H]
+        x, _ = layers(self.config, self.compute, name=LAYERS)(
+            x, key_mask, deterministic, keys)  # [B, S, H]
         return x
 
 
 class BertPooler(nn.Module):
     config: BertConfig
-    dtype: Dtype = jnp.float32
+    compute: Compute = Compute()
 
     @nn.compact
     def __call__(self, sequence_output: Array) -> Array:
         cls = sequence_output[:, 0]  # [B, H]
-        dense = _dense(self.config, self.config.hidden_size, ("embed", "mlp"), self.dtype, "dense")
+        dense = _dense(self.config, self.config.hidden_size, ("embed", "mlp"),
+                       self.compute.jnp_dtype, "dense")
         return jnp.tanh(dense(cls))  # [B, H]
 
 
@@ -384,22 +362,17 @@ class BertModel(nn.Module):
     """
 
     config: BertConfig
-    dtype: Dtype = jnp.float32  # Compute dtype; parameters are always float32.
-    remat_policy: str = "none"
-    dropout_impl: str = "hash"  # hash | jax (see Dropout)
+    compute: Compute = Compute()  # How it computes; parameters are always float32.
     add_pooling_layer: bool = True
-    attention_impl: str = "auto"  # auto | xla | cudnn | explicit (see BertSelfAttention)
-    scan_layers: bool = True  # see BertEncoder
 
     def setup(self) -> None:
-        self.embeddings = BertEmbeddings(self.config, self.dtype, self.dropout_impl)
+        self.embeddings = BertEmbeddings(self.config, self.compute)
         # The encoder's intermediates leave it per layer (layer_i/...), as HF numbers them.
         unstacked = nn.map_variables(
             BertEncoder, "intermediates", mutable=True,
             trans_out_fn=lambda v: {col: unstack_layers(t) for col, t in v.items()})
-        self.encoder = unstacked(self.config, self.dtype, self.remat_policy, self.dropout_impl,
-                                 self.attention_impl, self.scan_layers)
-        self.pooler = BertPooler(self.config, self.dtype) if self.add_pooling_layer else None
+        self.encoder = unstacked(self.config, self.compute)
+        self.pooler = BertPooler(self.config, self.compute) if self.add_pooling_layer else None
 
     def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
                  deterministic: bool = True) -> tuple[Array, Array | None]:
@@ -416,32 +389,31 @@ class BertPredictionHeadTransform(nn.Module):
     """HF's `cls/predictions/transform`: dense, activation, LayerNorm."""
 
     config: BertConfig
-    dtype: Dtype = jnp.float32
+    compute: Compute = Compute()
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        cfg = self.config
-        x = ops.per_token(_dense(cfg, cfg.hidden_size, ("embed", "mlp"), self.dtype, "dense"),
+        cfg, dtype = self.config, self.compute.jnp_dtype
+        x = ops.per_token(_dense(cfg, cfg.hidden_size, ("embed", "mlp"), dtype, "dense"),
                            x)  # [B, P, H]
         x = activation_fn(cfg.hidden_act)(x)
-        return _layer_norm(cfg, self.dtype)(x)  # [B, P, H]
+        return _layer_norm(cfg, dtype)(x)  # [B, P, H]
 
 
 class BertLMPredictionHead(nn.Module):
     """MLM head: transform, then the decoder tied to the word embeddings, plus a bias."""
 
     config: BertConfig
-    dtype: Dtype = jnp.float32
-    fused_backward: bool = True  # The decoder's hand-written VJP (see flax_bert/ops.py).
+    compute: Compute = Compute()
 
     @nn.compact
     def __call__(self, x: Array, word_embeddings: Array) -> Array:
-        x = BertPredictionHeadTransform(self.config, self.dtype, name="transform")(x)
+        x = BertPredictionHeadTransform(self.config, self.compute, name="transform")(x)
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                                ("vocab",)),
                           (self.config.vocab_size,))  # [V]
-        logits = ops.tied_decoder(x, word_embeddings.astype(self.dtype), bias,
-                                  self.fused_backward)  # [B, P, V]
+        logits = ops.tied_decoder(x, word_embeddings.astype(self.compute.jnp_dtype), bias,
+                                  self.compute.fused_backward)  # [B, P, V]
         return nn.with_logical_constraint(logits, BATCH_LENGTH_VOCAB)
 
 
@@ -449,15 +421,13 @@ class BertPreTrainingHeads(nn.Module):
     """HF's `cls`: `predictions` (MLM) and `seq_relationship` (NSP, 2 logits)."""
 
     config: BertConfig
-    dtype: Dtype = jnp.float32
-    fused_backward: bool = True
+    compute: Compute = Compute()
 
     @nn.compact
     def __call__(self, x: Array, pooled: Array, word_embeddings: Array) -> tuple[Array, Array]:
-        mlm_logits = BertLMPredictionHead(self.config, self.dtype, self.fused_backward,
-                                          name="predictions")(
+        mlm_logits = BertLMPredictionHead(self.config, self.compute, name="predictions")(
             x, word_embeddings)  # [B, P, V]
-        nsp_logits = _dense(self.config, 2, ("embed", None), self.dtype,
+        nsp_logits = _dense(self.config, 2, ("embed", None), self.compute.jnp_dtype,
                             "seq_relationship")(pooled)  # [B, 2]
         return mlm_logits, nsp_logits.astype(jnp.float32)
 
@@ -469,22 +439,15 @@ class BertForPreTraining(nn.Module):
     vocabulary projection then run only there, as in google-research/bert), else
     [B, S, V]. nsp_logits is [B, 2] (label 0: B follows A; 1: B is random).
     The encoder's parameters live under `bert`, so `BertModel` can run them alone.
+    `compute.fused_backward` also picks the loss's cross-entropy VJP (losses.py).
     """
 
     config: BertConfig
-    dtype: Dtype = jnp.float32
-    remat_policy: str = "none"
-    dropout_impl: str = "hash"  # hash | jax (see Dropout)
-    # The MLM decoder's hand-written VJP (flax_bert/ops.py); False: plain autodiff, which
-    # also has forward mode (jax.jvp). The loss's cross-entropy follows the same switch.
-    fused_backward: bool = True
-    attention_impl: str = "auto"  # auto | xla | cudnn | explicit (see BertSelfAttention)
-    scan_layers: bool = True  # see BertEncoder
+    compute: Compute = Compute()
 
     def setup(self) -> None:
-        self.bert = BertModel(self.config, self.dtype, self.remat_policy, self.dropout_impl,
-                              attention_impl=self.attention_impl, scan_layers=self.scan_layers)
-        self.cls = BertPreTrainingHeads(self.config, self.dtype, self.fused_backward)
+        self.bert = BertModel(self.config, self.compute)
+        self.cls = BertPreTrainingHeads(self.config, self.compute)
 
     def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
                  deterministic: bool = True,
@@ -504,18 +467,16 @@ class BertForPreTraining(nn.Module):
 
 
 class _TaskHead(nn.Module):
-    """What the task heads share: the encoder's settings, and the encoder under `bert`."""
+    """What the task heads share: the config, the compute choices, the encoder under `bert`."""
 
     config: BertConfig
-    dtype: Dtype = jnp.float32
-    remat_policy: str = "none"
-    dropout_impl: str = "hash"  # hash | jax (see Dropout)
-    attention_impl: str = "auto"  # auto | xla | cudnn | explicit (see BertSelfAttention)
-    scan_layers: bool = True  # see BertEncoder
+    compute: Compute = Compute()
 
     def encoder(self, add_pooling_layer: bool) -> BertModel:
-        return BertModel(self.config, self.dtype, self.remat_policy, self.dropout_impl,
-                         add_pooling_layer, self.attention_impl, self.scan_layers, name="bert")
+        return BertModel(self.config, self.compute, add_pooling_layer, name="bert")
+
+    def task_layer(self, features: int, name: str) -> nn.Dense:
+        return _dense(self.config, features, ("embed", None), self.compute.jnp_dtype, name)
 
 
 class BertForSequenceClassification(_TaskHead):
@@ -527,12 +488,11 @@ class BertForSequenceClassification(_TaskHead):
     @nn.compact
     def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
                  deterministic: bool = True) -> Array:
-        cfg = self.config
         _, pooled = self.encoder(add_pooling_layer=True)(
             input_ids, token_type_ids, attention_mask, deterministic)  # [B, H]
-        pooled = Dropout(cfg.hidden_dropout_prob, self.dropout_impl)(pooled, deterministic)
-        logits = _dense(cfg, self.num_labels, ("embed", None), self.dtype,
-                        "classifier")(pooled)  # [B, num_labels]
+        pooled = Dropout(self.config.hidden_dropout_prob, self.compute.dropout_impl)(
+            pooled, deterministic)
+        logits = self.task_layer(self.num_labels, "classifier")(pooled)  # [B, num_labels]
         return logits.astype(jnp.float32)
 
 
@@ -547,9 +507,9 @@ class BertForTokenClassification(_TaskHead):
                  deterministic: bool = True) -> Array:
         x, _ = self.encoder(add_pooling_layer=False)(
             input_ids, token_type_ids, attention_mask, deterministic)  # [B, S, H]
-        x = Dropout(self.config.hidden_dropout_prob, self.dropout_impl)(x, deterministic)
-        logits = ops.per_token(_dense(self.config, self.num_labels, ("embed", None), self.dtype,
-                                       "classifier"), x)  # [B, S, num_labels]
+        x = Dropout(self.config.hidden_dropout_prob, self.compute.dropout_impl)(x, deterministic)
+        logits = ops.per_token(self.task_layer(self.num_labels, "classifier"),
+                               x)  # [B, S, num_labels]
         return logits.astype(jnp.float32)
 
 
@@ -562,6 +522,5 @@ class BertForQuestionAnswering(_TaskHead):
                  deterministic: bool = True) -> tuple[Array, Array]:
         x, _ = self.encoder(add_pooling_layer=False)(
             input_ids, token_type_ids, attention_mask, deterministic)  # [B, S, H]
-        logits = ops.per_token(_dense(self.config, 2, ("embed", None), self.dtype, "qa_outputs"),
-                                x).astype(jnp.float32)  # [B, S, 2]
+        logits = ops.per_token(self.task_layer(2, "qa_outputs"), x).astype(jnp.float32)  # [B, S, 2]
         return logits[..., 0], logits[..., 1]

@@ -249,7 +249,7 @@ def test_cli_round_trip(tmp_path, capsys):
     (src / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n")
     work = tmp_path / "work"
     assert hf.main(["import", str(src), "--workdir", str(work)]) == 0
-    pretrained = work / hf.PRETRAINED_DIR
+    pretrained = work / "pretrained"
     assert (pretrained / "vocab.txt").read_text() == "[PAD]\n[UNK]\n[CLS]\n"
     assert checkpoint.load_config(str(pretrained)) == BertConfig(**SMALL)
 

@@ -71,9 +71,9 @@ def test_train_writes_metrics_events_and_plots(corpus, tmp_path):
         assert (workdir / name).stat().st_size > 0, name
     assert {"8", "16", "20"} <= set(os.listdir(workdir / "checkpoints"))
     # Phase 1 (the default's first 40% of steps) trained on 16-token examples, 32 a batch.
-    meta = json.load(open(workdir / "data_phase1" / "meta.json"))
+    meta = json.load(open(workdir / "prepared_phase1" / "meta.json"))
     assert (meta["max_seq_length"], meta["max_predictions_per_seq"]) == (16, 3)
-    assert (workdir / "data_phase1" / "vocab.txt").read_text() == (workdir / "vocab.txt").read_text()
+    assert (workdir / "prepared_phase1" / "vocab.txt").read_text() == (workdir / "vocab.txt").read_text()
     assert "phase 1: steps 1-8 on 16-token examples" in log
 
 
@@ -82,13 +82,14 @@ def test_continued_pretraining_of_an_hf_checkpoint(corpus, tmp_path, capsys):
     torch = pytest.importorskip("torch")
     from configs import default
     from flax_bert import hf
+    from flax_bert import pretraining
     from flax_bert.data import prepare as prepare_lib
     from flax_bert.data import vocab as vocab_lib
-    from flax_bert.training import loop
+    from flax_bert.data.options import DataOptions
 
     # An HF model whose vocab is a WordPiece vocab trained on the corpus.
-    opts = prepare_lib.PrepareOptions(input=(corpus,), vocab_size=300, max_seq_length=32,
-                                      num_workers=1)
+    opts = DataOptions.defaults().replace(input=(corpus,), vocab_size=300, max_seq_length=32,
+                                          num_workers=1)
     meta = prepare_lib.prepare(opts, str(tmp_path / "prep"), progress=False)
     hf_dir = tmp_path / "hf"
     torch.manual_seed(0)
@@ -107,7 +108,7 @@ def test_continued_pretraining_of_an_hf_checkpoint(corpus, tmp_path, capsys):
     config = h.with_flags(default.get_config(), TINY + [
         f"--config.data.input={corpus}", "--config.train.steps=8",
         "--config.train.phase1_fraction=0", "--config.model.max_position_embeddings=512"])
-    loop.train_and_evaluate(config, str(workdir))
+    pretraining.train_and_evaluate(config, str(workdir))
     assert "initialising from" in capsys.readouterr().out
     out = tmp_path / "exported"
     assert hf.main(["export", f"--workdir={workdir}", str(out)]) == 0
