@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from flax_bert import distributed, model as model_lib
+from flax_bert import distributed, layers
 from flax_bert import workdir as workdir_lib
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
@@ -107,7 +107,7 @@ def load_params(path: str) -> Any:
     params = jax.tree.map(np.asarray, params)
     encoder = params.get("bert", {}).get("encoder", {})
     if LEGACY_LAYER in encoder:
-        params["bert"]["encoder"] = model_lib.stack_layers(encoder)
+        params["bert"]["encoder"] = layers.stack_layers(encoder)
     return params
 
 
@@ -155,7 +155,7 @@ class TrainCheckpointer:
                 raise UserError(
                     f"{self.directory}/{step} holds one param set per encoder layer "
                     f"(encoder/{LEGACY_LAYER}, ...), written before the layers were stacked "
-                    f"(encoder/{model_lib.LAYERS}), and cannot be resumed; carry its weights "
+                    f"(encoder/{layers.LAYERS}), and cannot be resumed; carry its weights "
                     f"into a new workdir: python -m flax_bert.hf export --workdir "
                     f"{self.workdir} OUT, then python -m flax_bert.hf import OUT --workdir NEW")
             if old != new:

@@ -23,7 +23,7 @@ REMAT_POLICIES = {
     "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
 }
-DROPOUT_IMPLS = ("hash", "jax")  # see model.Dropout
+DROPOUT_IMPLS = ("hash", "jax")  # see layers.Dropout
 # Each field's allowed values; the first is the default.
 CHOICES = {
     "dtype": tuple(DTYPES),

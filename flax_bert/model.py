@@ -1,6 +1,8 @@
 """BERT in Flax Linen, read top to bottom.
 
-embeddings -> self-attention -> encoder layer -> encoder -> pooler -> heads -> models.
+embeddings -> self-attention -> encoder layer -> encoder -> pooler -> BertModel ->
+pretraining heads -> BertForPreTraining. (The building blocks: layers.py; the fine-tuning
+heads: heads.py.)
 
 Shape legend: B batch, S sequence length, H hidden_size, N num_attention_heads,
 D head_dim (= H / N), I intermediate_size, V vocab_size, P predictions per example.
@@ -15,100 +17,23 @@ Parameter names follow Hugging Face's PyTorch BERT (`embeddings/word_embeddings`
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from flax_bert import ops
 from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
+from flax_bert.layers import (LAYERS, DenseParams, Dropout, activation_fn, dense, init,
+                              layer_norm, unstack_layers)
 
 Array = jax.Array
-Dtype = Any
 
 # Activation layouts, mapped to mesh axes by the rules in flax_bert/training/sharding.py.
 BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
 BATCH_LENGTH_HEADS_KV = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
 BATCH_LENGTH_MLP = ("activation_batch", "activation_length", "activation_mlp")
 BATCH_LENGTH_VOCAB = ("activation_batch", "activation_length", "activation_vocab")
-
-
-def _gelu_erf(x: Array) -> Array:
-    """Exact GELU, x * Phi(x), written with erf as PyTorch computes it. (jax.nn.gelu's
-    exact form uses erfc, which XLA:CPU evaluates ~1.4x slower; outputs agree to 1e-6.)"""
-    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(2.0 ** -0.5, x.dtype)))
-
-
-def activation_fn(name: str) -> Callable[[Array], Array]:
-    """HF `hidden_act` name -> function ("gelu" is the exact erf form, as in HF)."""
-    return {
-        "gelu": _gelu_erf,
-        "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-        "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-        "relu": jax.nn.relu,
-        "silu": jax.nn.silu,
-        "swish": jax.nn.silu,
-    }[name]
-
-
-class Dropout(nn.Module):
-    """Inverted dropout whose keep mask is hashed from the element index and a key.
-
-    Drop-in for `nn.Dropout` (same call, same "dropout" RNG stream). `impl` "hash" is
-    `ops.hash_dropout` (the keep mask hashed from the element index and a key from the
-    stream); "jax" is `nn.Dropout` (jax.random.bernoulli with the key's own PRNG).
-    """
-
-    rate: float
-    impl: str = "hash"  # hash | jax
-
-    @nn.compact
-    def __call__(self, x: Array, deterministic: bool, rng: Array | None = None) -> Array:
-        """`rng` (optional) replaces a key drawn from the "dropout" stream."""
-        if deterministic or self.rate == 0.0:
-            return x
-        rng = self.make_rng("dropout") if rng is None else rng
-        if self.impl == "jax":
-            return nn.Dropout(self.rate)(x, deterministic=False, rng=rng)
-        return ops.hash_dropout(x, self.rate, rng)
-
-
-def _init(config: BertConfig, *axes: str | None) -> nn.initializers.Initializer:
-    """BERT's truncated-normal init (std = initializer_range), with logical axis names."""
-    return nn.with_logical_partitioning(
-        nn.initializers.truncated_normal(config.initializer_range), axes)
-
-
-def _dense(config: BertConfig, features: int, axes: tuple[str | None, str | None],
-           dtype: Dtype, name: str) -> nn.Dense:
-    """A Dense layer with BERT init; `axes` names the kernel's [in, out] dimensions."""
-    return nn.Dense(
-        features, dtype=dtype, name=name, kernel_init=_init(config, *axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm over the last axis with `scale` and `bias` (flax's parameter names);
-    statistics in float32 (`ops.layer_norm`)."""
-
-    epsilon: float
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        features = (x.shape[-1],)
-        scale = self.param("scale", nn.with_logical_partitioning(
-            nn.initializers.ones_init(), ("embed",)), features)  # [H]
-        bias = self.param("bias", nn.with_logical_partitioning(
-            nn.initializers.zeros_init(), ("embed",)), features)  # [H]
-        return ops.layer_norm(x, scale, bias, self.epsilon).astype(self.dtype)  # [..., H]
-
-
-def _layer_norm(config: BertConfig, dtype: Dtype, name: str = "LayerNorm") -> LayerNorm:
-    return LayerNorm(config.layer_norm_eps, dtype, name=name)
 
 
 class BertEmbeddings(nn.Module):
@@ -121,14 +46,14 @@ class BertEmbeddings(nn.Module):
         cfg, dtype = self.config, self.compute.jnp_dtype
         self.word_embeddings = nn.Embed(
             cfg.vocab_size, cfg.hidden_size, dtype=dtype,
-            embedding_init=_init(cfg, "vocab", "embed"))
+            embedding_init=init(cfg, "vocab", "embed"))
         self.position_embeddings = nn.Embed(
             cfg.max_position_embeddings, cfg.hidden_size, dtype=dtype,
-            embedding_init=_init(cfg, None, "embed"))
+            embedding_init=init(cfg, None, "embed"))
         self.token_type_embeddings = nn.Embed(
             cfg.type_vocab_size, cfg.hidden_size, dtype=dtype,
-            embedding_init=_init(cfg, None, "embed"))
-        self.LayerNorm = _layer_norm(cfg, dtype)
+            embedding_init=init(cfg, None, "embed"))
+        self.LayerNorm = layer_norm(cfg, dtype)
         self.dropout = Dropout(cfg.hidden_dropout_prob, self.compute.dropout_impl)
 
     def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
@@ -142,20 +67,6 @@ class BertEmbeddings(nn.Module):
         x = nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
         self.sow("intermediates", "hidden_states", x)  # [B, S, H]
         return x
-
-
-class _DenseParams(nn.Module):
-    """The kernel [in, out] and bias [out] of a Dense layer, without applying it."""
-
-    features: int
-    in_features: int
-    kernel_init: nn.initializers.Initializer
-    bias_init: nn.initializers.Initializer
-
-    @nn.compact
-    def __call__(self) -> tuple[Array, Array]:
-        kernel = self.param("kernel", self.kernel_init, (self.in_features, self.features))
-        return kernel, self.param("bias", self.bias_init, (self.features,))
 
 
 class BertSelfAttention(nn.Module):
@@ -178,7 +89,7 @@ class BertSelfAttention(nn.Module):
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
 
         kernels, biases = zip(*(
-            _DenseParams(cfg.hidden_size, hidden, _init(cfg, "embed", "heads"),
+            DenseParams(cfg.hidden_size, hidden, init(cfg, "embed", "heads"),
                          nn.with_logical_partitioning(nn.initializers.zeros_init(), ("heads",)),
                          name=name)()
             for name in ("query", "key", "value")))
@@ -222,11 +133,11 @@ class BertOutput(nn.Module):
     def __call__(self, x: Array, residual: Array, deterministic: bool,
                  dropout_rng: Array | None = None) -> Array:
         cfg, dtype = self.config, self.compute.jnp_dtype
-        y = ops.per_token(_dense(cfg, cfg.hidden_size, (self.in_axis, "embed"), dtype,
+        y = ops.per_token(dense(cfg, cfg.hidden_size, (self.in_axis, "embed"), dtype,
                                   "dense"), x)  # [B, S, H]
         y = Dropout(cfg.hidden_dropout_prob, self.compute.dropout_impl)(
             y, deterministic, dropout_rng)  # [B, S, H]
-        y = _layer_norm(cfg, dtype)(y + residual)  # [B, S, H]
+        y = layer_norm(cfg, dtype)(y + residual)  # [B, S, H]
         return nn.with_logical_constraint(y, BATCH_LENGTH_EMBED)
 
 
@@ -251,7 +162,7 @@ class BertIntermediate(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        y = ops.per_token(_dense(cfg, cfg.intermediate_size, ("embed", "mlp"),
+        y = ops.per_token(dense(cfg, cfg.intermediate_size, ("embed", "mlp"),
                                   self.compute.jnp_dtype, "dense"), x)  # [B, S, I]
         y = activation_fn(cfg.hidden_act)(y)  # [B, S, I]
         return nn.with_logical_constraint(y, BATCH_LENGTH_MLP)
@@ -282,28 +193,6 @@ class BertLayer(nn.Module):
             h, x, deterministic, rngs[2])  # [B, S, H]
         self.sow("intermediates", "hidden_states", x)
         return x, None
-
-
-LAYERS = "layers"  # The encoder's stacked layers: params and intermediates [L, ...] each.
-
-
-def unstack_layers(tree: dict[str, Any]) -> dict[str, Any]:
-    """{"layers": leaves [L, ...]} -> {"layer_0": leaves [...], ..., "layer_{L-1}": ...}:
-    the per-layer layout of HF's names and of recorded intermediates. Other keys are kept."""
-    rest = dict(tree)
-    stacked = rest.pop(LAYERS)
-    num_layers = jax.tree.leaves(stacked)[0].shape[0]
-    return rest | {f"layer_{i}": jax.tree.map(lambda a: a[i], stacked)
-                   for i in range(num_layers)}
-
-
-def stack_layers(tree: dict[str, Any]) -> dict[str, Any]:
-    """The inverse of `unstack_layers`, on host arrays: {"layer_i": ...} -> {"layers": ...}."""
-    rest = dict(tree)
-    per_layer = []
-    while f"layer_{len(per_layer)}" in rest:
-        per_layer.append(rest.pop(f"layer_{len(per_layer)}"))
-    return rest | {LAYERS: jax.tree.map(lambda *a: np.stack(a), *per_layer)}
 
 
 class BertEncoder(nn.Module):
@@ -344,9 +233,9 @@ class BertPooler(nn.Module):
     @nn.compact
     def __call__(self, sequence_output: Array) -> Array:
         cls = sequence_output[:, 0]  # [B, H]
-        dense = _dense(self.config, self.config.hidden_size, ("embed", "mlp"),
-                       self.compute.jnp_dtype, "dense")
-        return jnp.tanh(dense(cls))  # [B, H]
+        layer = dense(self.config, self.config.hidden_size, ("embed", "mlp"),
+                      self.compute.jnp_dtype, "dense")
+        return jnp.tanh(layer(cls))  # [B, H]
 
 
 class BertModel(nn.Module):
@@ -394,10 +283,10 @@ class BertPredictionHeadTransform(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg, dtype = self.config, self.compute.jnp_dtype
-        x = ops.per_token(_dense(cfg, cfg.hidden_size, ("embed", "mlp"), dtype, "dense"),
+        x = ops.per_token(dense(cfg, cfg.hidden_size, ("embed", "mlp"), dtype, "dense"),
                            x)  # [B, P, H]
         x = activation_fn(cfg.hidden_act)(x)
-        return _layer_norm(cfg, dtype)(x)  # [B, P, H]
+        return layer_norm(cfg, dtype)(x)  # [B, P, H]
 
 
 class BertLMPredictionHead(nn.Module):
@@ -427,7 +316,7 @@ class BertPreTrainingHeads(nn.Module):
     def __call__(self, x: Array, pooled: Array, word_embeddings: Array) -> tuple[Array, Array]:
         mlm_logits = BertLMPredictionHead(self.config, self.compute, name="predictions")(
             x, word_embeddings)  # [B, P, V]
-        nsp_logits = _dense(self.config, 2, ("embed", None), self.compute.jnp_dtype,
+        nsp_logits = dense(self.config, 2, ("embed", None), self.compute.jnp_dtype,
                             "seq_relationship")(pooled)  # [B, 2]
         return mlm_logits, nsp_logits.astype(jnp.float32)
 
@@ -459,68 +348,3 @@ class BertForPreTraining(nn.Module):
                 sequence_output, masked_positions[..., None], axis=1)  # [B, P, H]
         word_embeddings = self.bert.embeddings.word_embeddings.embedding  # [V, H]
         return self.cls(sequence_output, pooled, word_embeddings)
-
-
-# ----------------------------------------------------------------------------- task heads
-# HF's fine-tuning heads, same names and layouts: the encoder under `bert`, a task layer on
-# top. Logits are float32.
-
-
-class _TaskHead(nn.Module):
-    """What the task heads share: the config, the compute choices, the encoder under `bert`."""
-
-    config: BertConfig
-    compute: Compute = Compute()
-
-    def encoder(self, add_pooling_layer: bool) -> BertModel:
-        return BertModel(self.config, self.compute, add_pooling_layer, name="bert")
-
-    def task_layer(self, features: int, name: str) -> nn.Dense:
-        return _dense(self.config, features, ("embed", None), self.compute.jnp_dtype, name)
-
-
-class BertForSequenceClassification(_TaskHead):
-    """One label per sentence or sentence pair: dropout + `classifier` on the pooled
-    output. Returns logits [B, num_labels]."""
-
-    num_labels: int = 2
-
-    @nn.compact
-    def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
-                 deterministic: bool = True) -> Array:
-        _, pooled = self.encoder(add_pooling_layer=True)(
-            input_ids, token_type_ids, attention_mask, deterministic)  # [B, H]
-        pooled = Dropout(self.config.hidden_dropout_prob, self.compute.dropout_impl)(
-            pooled, deterministic)
-        logits = self.task_layer(self.num_labels, "classifier")(pooled)  # [B, num_labels]
-        return logits.astype(jnp.float32)
-
-
-class BertForTokenClassification(_TaskHead):
-    """One label per token: dropout + `classifier` on each position (no pooler, as in HF).
-    Returns logits [B, S, num_labels]."""
-
-    num_labels: int = 2
-
-    @nn.compact
-    def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
-                 deterministic: bool = True) -> Array:
-        x, _ = self.encoder(add_pooling_layer=False)(
-            input_ids, token_type_ids, attention_mask, deterministic)  # [B, S, H]
-        x = Dropout(self.config.hidden_dropout_prob, self.compute.dropout_impl)(x, deterministic)
-        logits = ops.per_token(self.task_layer(self.num_labels, "classifier"),
-                               x)  # [B, S, num_labels]
-        return logits.astype(jnp.float32)
-
-
-class BertForQuestionAnswering(_TaskHead):
-    """Extractive QA: `qa_outputs` gives each token a span-start and a span-end logit (no
-    pooler, no dropout, as in HF). Returns (start_logits, end_logits), [B, S] each."""
-
-    @nn.compact
-    def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
-                 deterministic: bool = True) -> tuple[Array, Array]:
-        x, _ = self.encoder(add_pooling_layer=False)(
-            input_ids, token_type_ids, attention_mask, deterministic)  # [B, S, H]
-        logits = ops.per_token(self.task_layer(2, "qa_outputs"), x).astype(jnp.float32)  # [B, S, 2]
-        return logits[..., 0], logits[..., 1]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.data_fixtures import marker_corpus, prepared, read_split, unmask
-from flax_bert.data import pipeline, prepare as prepare_lib
+from flax_bert.data import options, pipeline, prepare as prepare_lib, shards
 from flax_bert.data.options import DataOptions
 from flax_bert.errors import UserError
 
@@ -146,10 +146,10 @@ def test_options_are_the_default_config_and_the_cli_flags():
     assert set(d) == {f.name for f in dataclasses.fields(DataOptions)}
     assert opts.input == (d.input,)
     args = prepare_lib.parser().parse_args(["--input", "a.txt", "--output", "o"])
-    assert prepare_lib.options_from_args(args) == opts.replace(input=("a.txt",))
+    assert options.from_flags(args) == opts.replace(input=("a.txt",))
     args = prepare_lib.parser().parse_args(["--input", "a", "b", "--output", "o",
                                             "--no-lowercase", "--max-seq-length", "64"])
-    assert prepare_lib.options_from_args(args) == opts.replace(
+    assert options.from_flags(args) == opts.replace(
         input=("a", "b"), lowercase=False, max_seq_length=64)
     del d["prefetch"]
     with pytest.raises(UserError, match="config.data has no field 'prefetch'"):
@@ -217,7 +217,7 @@ def test_shares_of_two_processes_give_the_single_prepare(tmp_path):
                                           max_seq_length=32, eval_fraction=0.3,
                                           num_workers=1, shard_mb=0.01)
     single = prepare_lib.prepare(opts, str(tmp_path / "single"), progress=False)
-    assert len(prepare_lib.plan_groups(single["source_files"], 0.01 * prepare_lib.MB)) == 3
+    assert len(shards.plan_groups(single["source_files"], 0.01 * shards.MB)) == 3
     given = dataclasses.replace(opts, vocab=str(tmp_path / "single" / "vocab.txt"))
     single = prepare_lib.prepare(given, str(tmp_path / "single2"), progress=False)
     shared = str(tmp_path / "shared")

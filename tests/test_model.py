@@ -98,7 +98,7 @@ def test_decoder_is_tied_to_word_embeddings(params):
 
 
 def test_layer_norm_matches_numpy_and_flax_names():
-    from flax_bert.model import LayerNorm
+    from flax_bert.layers import LayerNorm
 
     rng = np.random.default_rng(6)
     x = (rng.normal(size=(2, 5, 16)) * 3 + 7).astype(np.float32)  # large mean: two-pass var
@@ -245,7 +245,7 @@ def test_config_roundtrips_hf_json(tmp_path):
 
 
 def test_hash_dropout_rate_scale_and_keys():
-    from flax_bert.model import Dropout
+    from flax_bert.layers import Dropout
 
     x = jnp.ones((1000, 1000), jnp.float32)
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import sys
 
-from flax_bert.data import folder as folder_lib, prepare as prepare_lib, storage
+from flax_bert.data import folder as folder_lib, options, prepare as prepare_lib
+from flax_bert.data import shards as shards_lib
+from flax_bert.data import storage
 from flax_bert.data.options import DataOptions
 from flax_bert.errors import UserError
 
@@ -46,7 +48,7 @@ def run(opts: DataOptions, output_dir: str, beam_args: list[str], *,
     def shards(group: tuple[int, list[str]]):
         g, paths = group
         try:
-            for part, docs in enumerate(prepare_lib.group_shards(paths, opts)):
+            for part, docs in enumerate(shards_lib.group_shards(paths, opts)):
                 yield g, part, docs
         except UserError as e:
             yield str(e)
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = prepare_lib.parser("python -m flax_bert.data.beam_prepare", __doc__.splitlines()[0])
     args, beam_args = parser.parse_known_args(argv)
     try:
-        meta = run(prepare_lib.options_from_args(args), args.output, beam_args, force=args.force)
+        meta = run(options.from_flags(args), args.output, beam_args, force=args.force)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,11 +7,12 @@ make their flags from the same fields (`--max-seq-length` for `max_seq_length`, 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from typing import Any
 
-from flax_bert.data import vocab as vocab_lib
+from flax_bert.data import examples, records, vocab as vocab_lib
 from flax_bert.errors import UserError
 
 
@@ -68,6 +69,26 @@ class DataOptions:
     def replace(self, **changes: Any) -> DataOptions:
         return dataclasses.replace(self, **changes)
 
+    def check(self) -> None:
+        """A UserError naming the first field outside its range."""
+        checks = [
+            (examples.NUM_SPECIAL_IN_PAIR + 1 < self.max_seq_length <= records.MAX_SEQ_LENGTH,
+             "max_seq_length", f"> 4 and <= {records.MAX_SEQ_LENGTH}"),
+            (0 <= self.short_seq_prob <= 1, "short_seq_prob", "in [0, 1]"),
+            (0 < self.masked_lm_prob < 1, "masked_lm_prob", "in (0, 1)"),
+            (self.max_predictions_per_seq >= 1, "max_predictions_per_seq", ">= 1"),
+            (self.mask_token_prob + self.random_token_prob <= 1,
+             "mask_token_prob + random_token_prob", "<= 1"),
+            (self.dupe_factor >= 1, "dupe_factor", ">= 1"),
+            (0 <= self.eval_fraction < 1, "eval_fraction", "in [0, 1)"),
+            (self.vocab or self.vocab_size > len(vocab_lib.SPECIAL_TOKENS), "vocab_size", "> 5"),
+            (self.shard_mb > 0, "shard_mb", "> 0"),
+            (self.vocab_sample_mb > 0, "vocab_sample_mb", "> 0"),
+        ]
+        for ok, field, rule in checks:
+            if not ok:
+                raise UserError(f"config.data.{field} must be {rule}; fix the config / flag")
+
     def prepared_key(self) -> dict:
         """The fields that decide the prepared output (not where it goes or who makes it,
         nor how the pipeline feeds it): meta.json's "options", the cache key."""
@@ -93,6 +114,33 @@ class DataOptions:
         predictions = math.ceil(self.max_predictions_per_seq * seq_length / self.max_seq_length)
         return self.replace(max_seq_length=seq_length, max_predictions_per_seq=predictions,
                             vocab=vocab)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of config.data that decides the prepared output, named after it
+    (--max-seq-length for max_seq_length, --no-lowercase for lowercase=False, ...), with
+    configs/default.py's value as its default."""
+    defaults = DataOptions.defaults()
+    for field in dataclasses.fields(DataOptions):
+        if field.name in FEED_ONLY_FIELDS:
+            continue
+        flag, default = "--" + field.name.replace("_", "-"), getattr(defaults, field.name)
+        help_text = f"config.data.{field.name} (default: %(default)s)"
+        if field.name == "input":
+            parser.add_argument(flag, nargs="+", required=True,
+                                help="files, globs or a datasets dir")
+        elif isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=help_text)
+
+
+def from_flags(args: argparse.Namespace) -> DataOptions:
+    """The parsed flags (add_flags') over configs/default.py's config.data."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DataOptions)
+             if hasattr(args, f.name)}
+    return DataOptions.defaults().replace(**given | {"input": tuple(args.input)})
 
 
 # Fields that change where prepared data goes, who makes it or how the pipeline feeds it:

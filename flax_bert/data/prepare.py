@@ -11,9 +11,9 @@ within the shard, as google-research/bert does per input file), masked when stat
 written on its own, in a worker process. Memory is bounded by the shard size; the output
 depends on the options and the inputs, never on the number of workers or machines. The
 held-out split is whole documents chosen by a hash of each document (`split.py`), so any
-shard decides alone. The same per-shard functions run as a Beam pipeline
-(`beam_prepare.py`). The folder's layout and its integrity checks: `folder.py`; the
-record format: `records.py`. `prepare` is a no-op when meta.json exists with the same
+shard decides alone. A shard's work is `shards.ShardMaker`; the same per-shard functions run
+as a Beam pipeline (`beam_prepare.py`). The folder's layout and its integrity checks:
+`folder.py`; the record format: `records.py`. `prepare` is a no-op when meta.json exists with the same
 options and inputs. The options are `config.data` (`options.DataOptions`); the CLI's flags
 are its fields, with configs/default.py's values as defaults.
 """
@@ -24,9 +24,7 @@ import argparse
 import collections
 import dataclasses
 import hashlib
-import itertools
 import json
-import math
 import multiprocessing
 import os
 import sys
@@ -35,20 +33,17 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-import numpy as np
-from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
-from flax_bert.data import corpus, examples, folder as folder_lib, records, split, storage, streams
+from flax_bert.data import corpus, folder as folder_lib, records, storage
 from flax_bert.data import vocab as vocab_lib
-from flax_bert.data.options import FEED_ONLY_FIELDS, DataOptions
+from flax_bert.data.options import DataOptions, add_flags, from_flags
+from flax_bert.data.shards import MB, ShardMaker, doc_chars, group_shards, plan_groups
 from flax_bert.errors import UserError
 
-SENTENCES_PER_TASK = 20_000  # Sentences tokenized at a time (bounds a worker's memory).
 IN_FLIGHT_PER_WORKER = 2  # Shards queued per worker (bounds the reader's memory).
 MIN_TRAIN_DOCS = 2  # NSP needs a document other than A's.
 MIN_EVAL_DOCS = 2
-MB = 1 << 20
 
 
 def _source_files(opts: DataOptions) -> list[dict]:
@@ -74,155 +69,6 @@ def cache_key(opts: DataOptions, sources: list[dict]) -> tuple[dict, str]:
     key["format_version"] = folder_lib.FORMAT_VERSION
     blob = json.dumps({"options": key, "sources": sources}, sort_keys=True).encode()
     return key, hashlib.sha256(blob).hexdigest()[:8]
-
-
-def plan_groups(sources: list[dict], shard_bytes: int) -> list[list[str]]:
-    """Input files in groups read by one reader each: consecutive files up to
-    shard_bytes on disk; a `datasets` folder alone. Depends on the inputs only."""
-    groups, current, size = [], [], 0
-    for s in sources:
-        if corpus.is_dataset_dir(s["path"]):
-            groups += [current] if current else []
-            groups.append([s["path"]])
-            current, size = [], 0
-            continue
-        current.append(s["path"])
-        size += s["bytes"]
-        if size >= shard_bytes:
-            groups.append(current)
-            current, size = [], 0
-    return groups + ([current] if current else [])
-
-
-def _doc_chars(doc: list[str] | str) -> int:
-    return len(doc) if isinstance(doc, str) else sum(len(s) + 1 for s in doc)
-
-
-def group_shards(paths: list[str], opts: DataOptions) -> Iterator[list]:
-    """The raw documents of a group, read as a stream, cut into shards of about
-    opts.shard_mb MB of text."""
-    shard, chars = [], 0
-    for _, doc in corpus.iter_raw_documents(paths, opts.input_format, opts.text_column):
-        shard.append(doc)
-        chars += _doc_chars(doc)
-        if chars >= opts.shard_mb * MB:
-            yield shard
-            shard, chars = [], 0
-    if shard:
-        yield shard
-
-
-@dataclasses.dataclass
-class ShardMaker:
-    """Makes and writes the records of one shard of documents: a picklable callable
-    (worker processes, Beam); the tokenizer is loaded on first use."""
-
-    opts: DataOptions
-    output_dir: str
-    fingerprint: str
-    vocab_path: str
-    _ctx: tuple | None = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_ctx": None}
-
-    def context(self) -> tuple:
-        """(tokenizer, special ids, vocab size, local vocab path), made once per process."""
-        if self._ctx is None:
-            local = self.vocab_path
-            if "://" in local:  # the tokenizer reads a local file
-                local = tempfile.mkstemp(suffix=folder_lib.VOCAB)[1]
-                storage.path(self.vocab_path).copy(local, overwrite=True)
-            tokenizer = vocab_lib.load_tokenizer(local, self.opts.lowercase)
-            vocab_size = len(vocab_lib.read_vocab(local))
-            self._ctx = (tokenizer, vocab_lib.special_ids(local), vocab_size, local)
-        return self._ctx
-
-    def __call__(self, task: tuple[int, int, list]) -> dict:
-        """(group, part, raw documents) -> stats of the shard's files."""
-        group, part, raw = task
-        opts = self.opts
-        tokenizer, special, vocab_size, vocab_path = self.context()
-        docs = [d for d in (corpus.to_sentences(r, opts.input_format) for r in raw) if d]
-        held = np.array([opts.eval_fraction > 0 and split.is_held_out(d, opts.eval_fraction,
-                                                                       opts.prepare_seed)
-                         for d in docs])
-        tokens, sent_offsets, doc_offsets = _tokenize(tokenizer, docs)
-        out = {"group": group, "part": part, "documents": len(docs),
-               "sentences": int(len(sent_offsets) - 1), "tokens": int(len(tokens)), "splits": {}}
-        for name, stream, want in (("train", streams.PAIRS, False),
-                                   ("eval", streams.EVAL_PAIRS, True)):
-            chosen = np.flatnonzero(held == want) if len(docs) else np.zeros(0, np.int64)
-            rng = np.random.default_rng([opts.prepare_seed, group, part, stream])
-            pairs = _pairs_for_docs(tokens, sent_offsets, doc_offsets, chosen, opts, special, rng)
-            masks = None
-            if (name == "eval" or not opts.dynamic_masking) and len(pairs["len_a"]):
-                masks = examples.mask_batch(
-                    pairs["input_ids"], pairs["len_a"], pairs["len_b"],
-                    np.random.default_rng([opts.prepare_seed, group, part, stream,
-                                           streams.MASKS]),
-                    **opts.masking(vocab_size, special.mask, vocab_path))
-            recs = records.encode(pairs, masks, records.id_dtype(vocab_size))
-            info = {"documents": int(len(chosen)), "records": len(recs)}
-            if recs:
-                file = folder_lib.shard_name(name, self.fingerprint, group, part)
-                info.update(name=file, **_write_records(self.output_dir, file, recs))
-            out["splits"][name] = info
-        return out
-
-
-def _tokenize(tokenizer, docs: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All tokens [T] int32, sentence offsets [S+1], document offsets (in sentences) [D+1]."""
-    sentences = list(itertools.chain.from_iterable(docs))
-    ids, lengths = [], []
-    for i in range(0, len(sentences), SENTENCES_PER_TASK):
-        enc = tokenizer.encode_batch_fast(sentences[i : i + SENTENCES_PER_TASK],
-                                          add_special_tokens=False)
-        lengths.append(np.fromiter((len(e.ids) for e in enc), np.int64, len(enc)))
-        ids.append(np.fromiter(itertools.chain.from_iterable(e.ids for e in enc), np.int32,
-                               int(lengths[-1].sum())))
-    lens = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-    per_doc = np.fromiter((len(d) for d in docs), np.int64, len(docs))
-    return (np.concatenate(ids) if ids else np.zeros(0, np.int32),
-            np.concatenate([[0], np.cumsum(lens)]), np.concatenate([[0], np.cumsum(per_doc)]))
-
-
-def _write_records(output_dir: str, name: str, recs: list[bytes]) -> dict:
-    """Write one shard (through a local temp file when the folder is not local)."""
-    dest = storage.path(output_dir) / name
-    local = "://" not in output_dir
-    path = str(dest) if local else tempfile.mkstemp(suffix=folder_lib.SHARD_SUFFIX)[1]
-    writer = ArrayRecordWriter(path, records.WRITER_OPTIONS)
-    for r in recs:
-        writer.write(r)
-    writer.close()
-    if not local:
-        storage.path(path).copy(dest, overwrite=True)
-        os.remove(path)
-    return storage.describe(dest)
-
-
-def _pairs_for_docs(tokens, sent_offsets, doc_offsets, docs, opts, special, rng) -> dict:
-    """Pairs of the documents `docs` (their indices kept in doc_a/doc_b)."""
-    if len(docs) == 0:
-        return examples.create_pairs(
-            tokens, sent_offsets, np.zeros(1, np.int64), max_seq_length=opts.max_seq_length,
-            short_seq_prob=opts.short_seq_prob, dupe_factor=1, special=special, rng=rng,
-        )
-    # Re-index the chosen documents' sentences as a contiguous list.
-    sents = np.concatenate([np.arange(doc_offsets[d], doc_offsets[d + 1]) for d in docs])
-    sub_doc_offsets = np.concatenate([[0], np.cumsum(doc_offsets[docs + 1] - doc_offsets[docs])])
-    sent_lengths = sent_offsets[sents + 1] - sent_offsets[sents]
-    sub_sent_offsets = np.concatenate([[0], np.cumsum(sent_lengths)])
-    tok_start, tok_end = sent_offsets[doc_offsets[docs]], sent_offsets[doc_offsets[docs + 1]]
-    sub_tokens = np.concatenate([tokens[s:e] for s, e in zip(tok_start, tok_end)])
-    pairs = examples.create_pairs(
-        sub_tokens, sub_sent_offsets, sub_doc_offsets, max_seq_length=opts.max_seq_length,
-        short_seq_prob=opts.short_seq_prob, dupe_factor=opts.dupe_factor, special=special,
-        rng=rng,
-    )
-    pairs["doc_a"], pairs["doc_b"] = docs[pairs["doc_a"]], docs[pairs["doc_b"]]
-    return pairs
 
 
 # ---- The whole prepare ------------------------------------------------------------------
@@ -264,7 +110,7 @@ def start(opts: DataOptions, output_dir: str, *, force: bool = False,
     old = folder_lib.read_meta(folder) if folder.exists() else None
     if old is not None and old.get("fingerprint") == fingerprint and not force:
         return Plan(folder_lib.load_meta(output_dir), key, sources, [], None, output_dir)
-    _validate(opts)
+    opts.check()
     _claim(folder, fingerprint, old, force)
     vocab_path = str(folder / folder_lib.VOCAB)
     if opts.vocab:
@@ -290,7 +136,7 @@ def _vocab_sample(opts: DataOptions, paths: list[str]) -> Iterator[str]:
     for _, doc in corpus.iter_raw_documents(paths, opts.input_format, opts.text_column):
         sentences = corpus.to_sentences(doc, opts.input_format)
         yield from sentences
-        chars += _doc_chars(sentences)
+        chars += doc_chars(sentences)
         if chars >= opts.vocab_sample_mb * MB:
             return
 
@@ -443,57 +289,16 @@ def finish_share(plan: Plan, stats: list[dict], shard_index: int, num_shards: in
     return meta
 
 
-def _validate(opts: DataOptions) -> None:
-    checks = [
-        (examples.NUM_SPECIAL_IN_PAIR + 1 < opts.max_seq_length <= records.MAX_SEQ_LENGTH,
-         "max_seq_length", f"> 4 and <= {records.MAX_SEQ_LENGTH}"),
-        (0 <= opts.short_seq_prob <= 1, "short_seq_prob", "in [0, 1]"),
-        (0 < opts.masked_lm_prob < 1, "masked_lm_prob", "in (0, 1)"),
-        (opts.max_predictions_per_seq >= 1, "max_predictions_per_seq", ">= 1"),
-        (opts.mask_token_prob + opts.random_token_prob <= 1,
-         "mask_token_prob + random_token_prob", "<= 1"),
-        (opts.dupe_factor >= 1, "dupe_factor", ">= 1"),
-        (0 <= opts.eval_fraction < 1, "eval_fraction", "in [0, 1)"),
-        (opts.vocab or opts.vocab_size > len(vocab_lib.SPECIAL_TOKENS), "vocab_size", "> 5"),
-        (opts.shard_mb > 0, "shard_mb", "> 0"),
-        (opts.vocab_sample_mb > 0, "vocab_sample_mb", "> 0"),
-    ]
-    for ok, field, rule in checks:
-        if not ok:
-            raise UserError(f"config.data.{field} must be {rule}; fix the config / flag")
-
-
 # ---- CLI ----------------------------------------------------------------------------------
 def parser(prog: str = "python -m flax_bert.data.prepare",
            description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
-    """The options of a prepare CLI (this one and `beam_prepare`): --output, --force, and
-    one flag per field of config.data that decides the prepared output (--max-seq-length
-    for max_seq_length, --no-lowercase for lowercase=False, ...), defaulting to
-    configs/default.py's values."""
-    defaults = DataOptions.defaults()
+    """The options of a prepare CLI (this one and `beam_prepare`): --output, --force and the
+    flags of config.data's fields (options.add_flags)."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--output", required=True, help="prepared folder to write")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
-    for field in dataclasses.fields(DataOptions):
-        if field.name in FEED_ONLY_FIELDS:
-            continue
-        flag, default = "--" + field.name.replace("_", "-"), getattr(defaults, field.name)
-        help_text = f"config.data.{field.name} (default: %(default)s)"
-        if field.name == "input":
-            p.add_argument(flag, nargs="+", required=True, help="files, globs or a datasets dir")
-        elif isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
-                           help=help_text)
-        else:
-            p.add_argument(flag, type=type(default), default=default, help=help_text)
+    add_flags(p)
     return p
-
-
-def options_from_args(args: argparse.Namespace) -> DataOptions:
-    """The parsed flags over configs/default.py's config.data."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DataOptions)
-             if hasattr(args, f.name)}
-    return DataOptions.defaults().replace(**given | {"input": tuple(args.input)})
 
 
 def summary(output: str, meta: dict) -> str:
@@ -510,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-shards", type=int, default=1,
                    help="processes sharing the work, e.g. one per machine (needs --vocab)")
     args = p.parse_args(argv)
-    opts = options_from_args(args)
+    opts = from_flags(args)
     if not 0 <= args.shard_index < args.num_shards:
         print("error: --shard-index must be in [0, --num-shards)", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from flax_bert import distributed, hf, workdir as workdir_lib
+from flax_bert import distributed, hf, hf_layout, workdir as workdir_lib
 from flax_bert.compute import Compute
 from flax_bert.errors import UserError
 from flax_bert.finetune import books, labelled, start as start_lib, steps as ft_steps
@@ -65,7 +65,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
         start_lib.write_run_file(paths, start, labels)
         workdir_lib.install_vocab(start.vocab, paths)
 
-    model = hf.make_model(model_config, HEAD, len(labels), Compute.from_config(t))
+    model = hf_layout.make_model(model_config, HEAD, len(labels), Compute.from_config(t))
     tx, schedule = optimizer.make_optimizer(config.optimizer, t.steps)
     process, processes = jax.process_index(), jax.process_count()
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import ml_collections
 
-from flax_bert import checkpoint, hf
+from flax_bert import checkpoint, hf, hf_layout
 from flax_bert.config import BertConfig
 from flax_bert.data import vocab as vocab_lib
 from flax_bert.errors import UserError
@@ -31,13 +31,14 @@ class Start:
 
 def _is_hf_dir(path: str) -> bool:
     return any(os.path.isfile(os.path.join(path, name + suffix))
-               for name in (hf.SAFETENSORS_FILE, hf.TORCH_FILE) for suffix in ("", ".index.json"))
+               for name in (hf_layout.SAFETENSORS_FILE, hf_layout.TORCH_FILE)
+               for suffix in ("", ".index.json"))
 
 
 def resolve_start(config: ml_collections.ConfigDict, head: str) -> Start:
     """The model's start from config.init: a checkpoint's weights, its architecture from
     random weights, or a new model of config.model. A vocab that is not the checkpoint's
-    (other size, other tokens) is a UserError. `head`: the job's hf.HEADS entry (an HF
+    (other size, other tokens) is a UserError. `head`: the job's hf_layout.HEADS entry (an HF
     checkpoint of any head is read; only its encoder is kept)."""
     init = config.init
     if not init.checkpoint:
