@@ -32,6 +32,7 @@ TINY = [
     "--config.train.eval_every=0", "--config.train.eval_batches=1",
     "--config.mesh.fsdp=4", f"--config.train.steps={STEPS}",
     f"--config.checkpoint.every={EVERY}", "--config.checkpoint.keep=3",
+    "--config.train.tensorboard=False",  # no tensorboardX (and the torch it imports): ~4 s
 ]
 TIMING_KEYS = ("tokens_per_sec", "steps_per_sec")
 CACHE_LOG_MODULES = "jax._src.compiler,jax._src.compilation_cache"  # cache hit/write lines
