@@ -53,6 +53,15 @@ def get_config() -> ml_collections.ConfigDict:
     d.whole_word_masking = False  # Mask all WordPieces of a word together.
     d.dynamic_masking = True  # Fresh masks every epoch in the pipeline (else fixed once).
     d.dupe_factor = 5  # Times the corpus is paired into examples (different pairings).
+    # Packing (decided at prepare time): whole sentence pairs are put together in rows of
+    # max_seq_length tokens, at most max_pairs_per_row in a row (best-fit decreasing per
+    # shard, flax_bert/data/packing.py), so short pairs do not pay for padding: attention
+    # stays inside each pair, positions restart at each pair's [CLS], NSP reads each pair's
+    # [CLS], and each pair keeps its own masked predictions. With packing,
+    # train.global_batch_size and train.phase1_batch_size count rows, not pairs (the size
+    # files pick them for ~256 pairs a step). The default run is unpacked.
+    d.packing = False
+    d.max_pairs_per_row = 3  # NVIDIA's and Graphcore's packed BERT use 3.
     # Fraction of documents held out for evaluation, chosen by a hash of each document
     # (flax_bert/data/split.py). 0.15 holds out 55 of the bundled corpus's 404 chapters, at
     # least 2 of each book, which the downstream book task is built from. The size files
@@ -70,7 +79,8 @@ def get_config() -> ml_collections.ConfigDict:
     # ---- Training loop. -------------------------------------------------------------------
     t = config.train = ml_collections.ConfigDict()
     t.steps = 4500  # Optimizer steps, both phases.
-    t.global_batch_size = 28  # Examples per optimizer step, over all hosts and devices.
+    # Examples per optimizer step, over all hosts and devices (rows when data.packing).
+    t.global_batch_size = 28
     # Two phases, as BERT trained (128 tokens for 90% of the steps, then 512): the first
     # phase1_fraction of the steps use examples of phase1_seq_length tokens (prepared next
     # to the main data, same vocab and held-out documents) at phase1_batch_size; the rest

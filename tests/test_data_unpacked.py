@@ -9,7 +9,6 @@ import hashlib
 import os
 import string
 
-import numpy as np
 import pytest
 
 from tests.data_fixtures import marker_corpus
