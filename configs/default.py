@@ -89,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
     # neighbours sooner than over 128), at a quarter of the cost per example.
     t.phase1_fraction = 0.4  # 0: one phase at data.max_seq_length.
     t.phase1_seq_length = 32
-    t.phase1_batch_size = 48
+    t.phase1_batch_size = 48  # Examples (rows when data.packing) per phase-1 step.
     t.grad_accum_steps = 1  # Micro-batches per optimizer step (global batch split this way).
     # Optimizer steps per jit'd call, a lax.scan over that many batches (BERT's
     # iterations_per_loop). Logs, evals, checkpoints, the phase switch and preemption act
@@ -174,15 +174,23 @@ def get_config() -> ml_collections.ConfigDict:
 def with_size(config: ml_collections.ConfigDict, layers: int, hidden: int,
               heads: int) -> ml_collections.ConfigDict:
     """A published BERT size with the papers' recipe: feed-forward width 4 * hidden,
-    dropout 0.1; batch 256, 1M steps, Adam lr 1e-4 with 10k warmup steps, linear decay
-    (Devlin et al. 2018; Turc et al. 2019 use it for every size)."""
-    m, t, o, c = config.model, config.train, config.optimizer, config.checkpoint
-    config.data.eval_fraction = 0.01
+    dropout 0.1; 1M steps of ~256 sentence pairs, 90% of them at 128 tokens then 10% at 512
+    (google-research/bert's README), Adam lr 1e-4 with 10k warmup steps, linear decay
+    (Devlin et al. 2018; Turc et al. 2019 use it for every size); packed (at most 3 pairs a
+    row, as NVIDIA's and Graphcore's BERT), so the batch sizes count rows: 224 rows at 128
+    and 128 rows at 512 hold ~250 pairs on encyclopedia-like text (1.12 and 1.96 pairs a
+    row, benchmarks/make_corpora.py --short-docs; novels' longer documents fill rows with
+    fewer: 1.02 and 1.11), which keeps BERT's learning-rate schedule meaningful."""
+    m, d, t, o, c = config.model, config.data, config.train, config.optimizer, config.checkpoint
+    d.eval_fraction = 0.01
+    d.max_seq_length, d.max_predictions_per_seq = 512, 80  # 20 at 128 in phase 1 (scaled)
+    d.packing, d.max_pairs_per_row = True, 3
     m.num_hidden_layers, m.hidden_size, m.num_attention_heads = layers, hidden, heads
     m.intermediate_size = 4 * hidden
     m.hidden_dropout_prob = m.attention_probs_dropout_prob = 0.1
-    t.global_batch_size, t.steps, t.eval_every, t.eval_batches = 256, 1_000_000, 10_000, 100
-    t.phase1_fraction = 0.0  # One phase at 128 tokens (BERT's 512-token phase is left out).
+    t.steps, t.eval_every, t.eval_batches = 1_000_000, 10_000, 100
+    t.phase1_fraction, t.phase1_seq_length = 0.9, 128
+    t.phase1_batch_size, t.global_batch_size = 224, 128  # rows (packed)
     t.log_every = 1000
     o.learning_rate, o.warmup_steps, o.b2 = 1e-4, 10_000, 0.999
     c.every = 10_000

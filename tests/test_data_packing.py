@@ -291,3 +291,24 @@ def test_options_flags_key_and_errors(tmp_path_factory):
             assert f"{folder} {says} (its meta.json)" in str(err.value)
             assert "\n" not in str(err.value) and "re-run prepare" in str(err.value)
     assert examples.NUM_SPECIAL_IN_PAIR == 3  # the pair length the packer counts
+
+
+@pytest.mark.parametrize("size", ["tiny", "mini", "small", "medium", "base", "large"])
+def test_size_files_pretrain_packed_in_bert_s_two_phases(size):
+    import importlib
+
+    from configs import default
+    from flax_bert import pretraining
+
+    config = importlib.import_module(f"configs.{size}").get_config()
+    d, t = config.data, config.train
+    assert (d.packing, d.max_pairs_per_row, d.max_seq_length) == (True, 3, 512)
+    assert pretraining.phase1_steps(config) == 900_000 and t.phase1_seq_length == 128
+    first = DataOptions.from_config(d).for_phase1(t.phase1_seq_length, "vocab.txt")
+    assert (first.max_predictions_per_seq, first.packing, first.max_pairs_per_row) == (
+        20, True, 3)
+    assert (t.phase1_batch_size, t.global_batch_size) == (224, 128)  # rows: ~250 pairs
+    plain = default.get_config()  # the default run stays unpacked, as it was
+    assert (plain.data.packing, plain.data.max_seq_length, plain.train.global_batch_size,
+            plain.train.phase1_batch_size, plain.train.phase1_fraction) == (
+        False, 128, 28, 48, 0.4)

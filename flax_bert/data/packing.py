@@ -131,27 +131,28 @@ def rows(masked: dict[str, np.ndarray], len_a: np.ndarray, len_b: np.ndarray,
     b, k = slots // max_pairs, max_pairs
     real = len_a > 0  # [b*K]
     total = np.where(real, len_a + len_b + NUM_SPECIAL_IN_PAIR, 0)  # [b*K] tokens of a pair
-    start = (np.cumsum(total.reshape(b, k), axis=1) - total.reshape(b, k)).ravel()  # [b*K]
-    pos = np.arange(seq)[None, :]  # [1, L]
-    inside = pos < total[:, None]  # [b*K, L] the pair's tokens in its slot
-    slot_row = np.broadcast_to(np.repeat(np.arange(b), k)[:, None], inside.shape)  # [b*K, L]
-    at = start[:, None] + pos  # [b*K, L] row position of each slot position
-
-    def place(values: np.ndarray, fill: int) -> np.ndarray:  # [b*K, L] -> [b, L]
-        out = np.full((b, seq), fill, np.int32)
-        out[slot_row[inside], at[inside]] = values[inside]
-        return out
-
-    local_type = (pos >= (len_a + 2)[:, None]).astype(np.int32)  # [b*K, L]
+    ends = np.cumsum(total.reshape(b, k), axis=1)  # [b, K]
+    start = ends.ravel() - total  # [b*K] row position of each pair's [CLS]
+    pos = np.arange(seq)  # [L]
+    # The row's tokens: each slot's first `total` positions, placed from `start` on.
+    inside = pos[None, :] < total[:, None]  # [b*K, L]
+    at = (np.repeat(np.arange(b) * seq, k) + start)[:, None] + pos  # [b*K, L] flat row index
+    input_ids = np.full(b * seq, pad_id, np.int32)  # [b*L]
+    input_ids[at[inside]] = masked["input_ids"][inside]
+    # Per row position: its pair (i + 1; 0 on padding), the position in it, its segment.
+    pair = (pos[None, None, :] >= ends[:, :, None]).sum(axis=1)  # [b, L] in 0..K
+    on_pair = pos[None, :] < ends[:, -1:]  # [b, L]
+    pair = np.minimum(pair, k - 1)  # [b, L] (padding: the last pair, masked out below)
+    position = pos[None, :] - np.take_along_axis(start.reshape(b, k), pair, axis=1)  # [b, L]
+    in_b = position >= np.take_along_axis(len_a.reshape(b, k), pair, axis=1) + 2  # [b, L]
     weights = masked["masked_weights"]  # [b*K, P]
     positions = np.where(weights > 0, masked["masked_positions"] + start[:, None], 0)
     return dict(
-        input_ids=place(masked["input_ids"], pad_id),
-        token_type_ids=place(local_type, 0),
-        attention_mask=place(np.ones_like(local_type), 0),
-        position_ids=place(np.broadcast_to(pos, inside.shape), 0),
-        pair_ids=place(np.broadcast_to(np.tile(np.arange(1, k + 1), b)[:, None],
-                                       inside.shape), 0),
+        input_ids=input_ids.reshape(b, seq),
+        token_type_ids=(on_pair & in_b).astype(np.int32),
+        attention_mask=on_pair.astype(np.int32),
+        position_ids=np.where(on_pair, position, 0).astype(np.int32),
+        pair_ids=np.where(on_pair, pair + 1, 0).astype(np.int32),
         cls_positions=np.where(real, start, 0).reshape(b, k).astype(np.int32),
         next_sentence_label=next_sentence_label.reshape(b, k).astype(np.int32),
         pair_weights=real.reshape(b, k).astype(np.float32),

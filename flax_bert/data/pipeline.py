@@ -36,7 +36,8 @@ batch k of the phase-1 folder (its own length and batch size) and batch k >= ste
 batch k - steps1 of the main folder; the state is still the one index.
 
 Eval: finite, in order, static masks written by prepare; the last partial global batch is
-padded with all-zero rows whose masked_weights and example_weight are 0.
+padded with all-zero rows whose masked_weights and example_weight (packed: pair_weights)
+are 0.
 """
 
 from __future__ import annotations
