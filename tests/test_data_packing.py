@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.data_fixtures import SHORT_DOCS, prepared, read_split, unmask
-from flax_bert.data import examples, packing, pipeline, prepare as prepare_lib
+from flax_bert.data import packing, pipeline, prepare as prepare_lib
 from flax_bert.data import options, vocab as vocab_lib
 from flax_bert.data.options import DataOptions
 from flax_bert.errors import UserError
@@ -290,7 +290,6 @@ def test_options_flags_key_and_errors(tmp_path_factory):
                 make()
             assert f"{folder} {says} (its meta.json)" in str(err.value)
             assert "\n" not in str(err.value) and "re-run prepare" in str(err.value)
-    assert examples.NUM_SPECIAL_IN_PAIR == 3  # the pair length the packer counts
 
 
 @pytest.mark.parametrize("size", ["tiny", "mini", "small", "medium", "base", "large"])

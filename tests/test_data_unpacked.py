@@ -1,5 +1,6 @@
 """Unpacked data is what it always was: the shards' bytes, the cache key (so folders
-prepared before stay valid) and the train and eval batches equal recorded digests.
+prepared before stay valid, meta.json without packing's keys included) and the train and
+eval batches equal recorded digests.
 
 The corpus is the marker corpus with a hand-written vocab (no vocab training: the digests
 depend on this code only); a third of the marker words are left out of the vocab, so they
@@ -10,9 +11,11 @@ import os
 import string
 
 import pytest
+from etils import epath
 
 from tests.data_fixtures import marker_corpus
-from flax_bert.data import pipeline, prepare as prepare_lib, vocab as vocab_lib
+from flax_bert.data import folder as folder_lib, pipeline, prepare as prepare_lib
+from flax_bert.data import vocab as vocab_lib
 from flax_bert.data.options import DataOptions
 
 # sha256 of the train shards, the eval shards, 4 train batches and every eval batch, per
@@ -30,6 +33,9 @@ OPTION_SETS = {
     "whole_word": {"whole_word_masking": True},
 }
 BATCH = 8
+PACKING_META_KEYS = {"packed", "max_pairs_per_row"} | {
+    f"{what}" for split in ("train", "eval") for what in (
+        f"num_{split}_rows", f"num_{split}_pairs", f"{split}_real_token_fraction")}
 
 
 def write_vocab(path: str, word_doc: dict[str, int]) -> str:
@@ -72,7 +78,13 @@ def digest(out: str, opts: DataOptions) -> str:
 def test_unpacked_shards_and_batches_are_unchanged(tmp_path, name):
     opts = marker_options(str(tmp_path), **OPTION_SETS[name])
     out = str(tmp_path / "out")
-    prepare_lib.prepare(opts, out, progress=False)
+    meta = prepare_lib.prepare(opts, out, progress=False)
+    assert digest(out, opts) == GOLDEN[name]
+    # A folder whose meta.json predates packing (none of its keys) reads the same.
+    older = {k: v for k, v in meta.items() if k not in PACKING_META_KEYS}
+    os.remove(os.path.join(out, folder_lib.META))
+    folder_lib.write_meta(epath.Path(out), older)
+    assert prepare_lib.prepare(opts, out, progress=False) == folder_lib.read_meta(epath.Path(out))
     assert digest(out, opts) == GOLDEN[name]
 
 
