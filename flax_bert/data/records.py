@@ -19,6 +19,7 @@ A packed folder's record is one row of k pairs (`encode_rows`, `split_rows`):
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 import numpy as np
@@ -89,13 +90,11 @@ def encode(pairs: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None,
 def encode_rows(pair_records: Sequence[bytes], order: np.ndarray,
                 row_sizes: np.ndarray) -> list[bytes]:
     """Records of rows: row i holds the pair records order[s_i : s_i + row_sizes[i]]."""
-    sizes = np.fromiter((len(r) for r in pair_records), HEADER, len(pair_records))  # [N]
     out, start = [], 0
     for k in row_sizes.tolist():
-        pairs = order[start : start + k].tolist()
+        pairs = [pair_records[j] for j in order[start : start + k].tolist()]
         start += k
-        header = np.concatenate([[k], sizes[pairs]]).astype(HEADER)  # [1 + k]
-        out.append(header.tobytes() + b"".join(pair_records[j] for j in pairs))
+        out.append(struct.pack(f"<{1 + k}i", k, *map(len, pairs)) + b"".join(pairs))
     return out
 
 
