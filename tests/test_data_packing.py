@@ -74,7 +74,7 @@ def _first_fit(lengths, max_tokens, max_pairs):
 @pytest.mark.parametrize("max_tokens,max_pairs", [(128, 3), (512, 3), (512, 2), (512, 4)])
 def test_packer_places_every_pair_once_within_the_limits_and_beats_first_fit(max_tokens,
                                                                               max_pairs):
-    for seed in range(3):
+    for seed in range(2):
         rng = np.random.default_rng(seed)
         full = rng.random(1000) < 0.2  # a fifth of full pairs, as long documents give
         lengths = np.where(full, max_tokens - rng.integers(0, 4, 1000),

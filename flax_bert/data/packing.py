@@ -4,9 +4,9 @@ Shape legend: N pairs, R rows, b batch rows, K max_pairs_per_row, L max_seq_leng
 P max_predictions_per_seq.
 
 At prepare time `pack` puts a shard's pairs into rows (the packer, below); in the
-pipeline `to_slots` lays a batch's pairs out as b*K pair slots (row r's pair i in slot
-r*K + i, empty slots all zero: they mask and count as nothing), which are masked as a flat
-batch of pairs, and `rows` builds the packed batch from the slots:
+pipeline a batch's pairs are masked as a flat batch of pairs, each with the random numbers
+of its slot (`slots`: row r's pair i is slot r*K + i of b*K), and `rows` builds the packed
+batch from them:
   input_ids, token_type_ids, attention_mask, position_ids, pair_ids [b,L] int32,
   cls_positions, next_sentence_label [b,K] int32, pair_weights [b,K] float32,
   masked_positions, masked_ids [b,K*P] int32, masked_weights [b,K*P] float32
@@ -103,40 +103,35 @@ def _best_two(counts: np.ndarray, longest: np.ndarray) -> list[int]:
     return [int(first[best])] + ([int(second[best])] if second[best] else [])
 
 
-def to_slots(pairs: dict[str, np.ndarray], pairs_per_row: np.ndarray, max_pairs: int,
-             pad_id: int) -> dict[str, np.ndarray]:
-    """The arrays of a batch's pairs [n, ...] (rows' pairs in order) as b*K slots
-    [b*K, ...]: row r's pair i in slot r*K + i; empty slots hold input_ids of pad_id and
-    zeros elsewhere (len_a = len_b = 0)."""
-    b = len(pairs_per_row)
+def slots(pairs_per_row: np.ndarray, max_pairs: int) -> np.ndarray:
+    """[n] the slot r*K + i of each pair of a batch (row r's pair i; rows' pairs in order)
+    from the rows' numbers of pairs [b]."""
     first = np.cumsum(pairs_per_row) - pairs_per_row  # [b] first pair of each row
-    pair = np.arange(int(pairs_per_row.sum()))  # [n]
-    row = np.repeat(np.arange(b), pairs_per_row)  # [n]
-    slot = row * max_pairs + pair - first[row]  # [n]
-    out = {}
-    for key, value in pairs.items():
-        fill = pad_id if key.endswith("input_ids") else 0
-        out[key] = np.full((b * max_pairs,) + value.shape[1:], fill, value.dtype)
-        out[key][slot] = value
-    return out
+    row = np.repeat(np.arange(len(pairs_per_row)), pairs_per_row)  # [n]
+    return row * max_pairs + np.arange(len(row)) - first[row]
 
 
 def rows(masked: dict[str, np.ndarray], len_a: np.ndarray, len_b: np.ndarray,
-         next_sentence_label: np.ndarray, max_pairs: int, pad_id: int
-         ) -> dict[str, np.ndarray]:
-    """The packed batch (module docstring) from its b*K pair slots: masked input_ids
-    [b*K,L], masked_positions, masked_ids, masked_weights [b*K,P] (pair positions), len_a,
-    len_b, next_sentence_label [b*K]."""
-    slots, seq = masked["input_ids"].shape
-    b, k = slots // max_pairs, max_pairs
-    real = len_a > 0  # [b*K]
-    total = np.where(real, len_a + len_b + NUM_SPECIAL_IN_PAIR, 0)  # [b*K] tokens of a pair
+         next_sentence_label: np.ndarray, slot: np.ndarray, b: int, max_pairs: int,
+         pad_id: int) -> dict[str, np.ndarray]:
+    """The packed batch of b rows (module docstring) from its n pairs in their slots [n]:
+    masked input_ids [n,L], masked_positions, masked_ids, masked_weights [n,P] (positions
+    in the pair), len_a, len_b, next_sentence_label [n]."""
+    k, seq = max_pairs, masked["input_ids"].shape[1]
+
+    def in_slots(values: np.ndarray) -> np.ndarray:  # [n, ...] -> [b*K, ...], 0 if empty
+        out = np.zeros((b * k,) + values.shape[1:], values.dtype)
+        out[slot] = values
+        return out
+
+    real = in_slots(np.ones(len(slot), bool))  # [b*K]
+    total = in_slots(len_a + len_b + NUM_SPECIAL_IN_PAIR)  # [b*K] tokens of a pair
     ends = np.cumsum(total.reshape(b, k), axis=1)  # [b, K]
     start = ends.ravel() - total  # [b*K] row position of each pair's [CLS]
     pos = np.arange(seq)  # [L]
-    # The row's tokens: each slot's first `total` positions, placed from `start` on.
-    inside = pos[None, :] < total[:, None]  # [b*K, L]
-    at = (np.repeat(np.arange(b) * seq, k) + start)[:, None] + pos  # [b*K, L] flat row index
+    # The row's tokens: each pair's first `total` positions, placed from its `start` on.
+    inside = pos[None, :] < total[slot, None]  # [n, L]
+    at = ((slot // k) * seq + start[slot])[:, None] + pos  # [n, L] flat row index
     input_ids = np.full(b * seq, pad_id, np.int32)  # [b*L]
     input_ids[at[inside]] = masked["input_ids"][inside]
     # Per row position: its pair (i + 1; 0 on padding), the position in it, its segment.
@@ -144,9 +139,9 @@ def rows(masked: dict[str, np.ndarray], len_a: np.ndarray, len_b: np.ndarray,
     on_pair = pos[None, :] < ends[:, -1:]  # [b, L]
     pair = np.minimum(pair, k - 1)  # [b, L] (padding: the last pair, masked out below)
     position = pos[None, :] - np.take_along_axis(start.reshape(b, k), pair, axis=1)  # [b, L]
-    in_b = position >= np.take_along_axis(len_a.reshape(b, k), pair, axis=1) + 2  # [b, L]
-    weights = masked["masked_weights"]  # [b*K, P]
-    positions = np.where(weights > 0, masked["masked_positions"] + start[:, None], 0)
+    in_b = position >= np.take_along_axis(in_slots(len_a).reshape(b, k), pair, axis=1) + 2
+    weights = in_slots(masked["masked_weights"])  # [b*K, P]
+    positions = np.where(weights > 0, in_slots(masked["masked_positions"]) + start[:, None], 0)
     return dict(
         input_ids=input_ids.reshape(b, seq),
         token_type_ids=(on_pair & in_b).astype(np.int32),
@@ -154,9 +149,9 @@ def rows(masked: dict[str, np.ndarray], len_a: np.ndarray, len_b: np.ndarray,
         position_ids=np.where(on_pair, position, 0).astype(np.int32),
         pair_ids=np.where(on_pair, pair + 1, 0).astype(np.int32),
         cls_positions=np.where(real, start, 0).reshape(b, k).astype(np.int32),
-        next_sentence_label=next_sentence_label.reshape(b, k).astype(np.int32),
+        next_sentence_label=in_slots(next_sentence_label).reshape(b, k).astype(np.int32),
         pair_weights=real.reshape(b, k).astype(np.float32),
         masked_positions=positions.reshape(b, -1).astype(np.int32),
-        masked_ids=masked["masked_ids"].reshape(b, -1).astype(np.int32),
+        masked_ids=in_slots(masked["masked_ids"]).reshape(b, -1).astype(np.int32),
         masked_weights=weights.reshape(b, -1).astype(np.float32),
     )

@@ -15,9 +15,9 @@ From a packed folder (meta.json "packed"; b counts rows) each row holds up to K 
 (packing.py lists the arrays): input_ids, token_type_ids, attention_mask, position_ids,
 pair_ids [b,L] int32; cls_positions, next_sentence_label [b,K] int32; pair_weights [b,K]
 float32 (0 for empty slots and eval padding rows); masked_positions, masked_ids [b,K*P]
-int32, masked_weights [b,K*P] float32. A row's pairs are masked as b*K pair slots, each as
-an unpacked pair would be (its own min(P, max(1, round(masked_lm_prob * candidates)))
-predictions), with the random numbers of global pair slot r*K + i.
+int32, masked_weights [b,K*P] float32. A row's pairs are masked as a flat batch of pairs,
+each as an unpacked pair would be (its own min(P, max(1, round(masked_lm_prob *
+candidates))) predictions), with the random numbers of its global pair slot r*K + i.
 
 Train: element k of an endless `grain.MapDataset.range` is global batch k; global example
 position g = k * global_batch_size + j reads example perm_e[g % N] with e = g // N and
@@ -182,21 +182,21 @@ class _Batches:
             idx = np.where(valid, g, 0)
         a = self.read(idx)
         k_slots = self.pairs_per_row
-        if self.packed:  # [b*K] pair slots; row r's pair i in slot r*K + i
-            per_row = a.pop("pairs_per_row")  # [b]
-            a = packing.to_slots(a, per_row, k_slots, self.special.pad)
-        len_a, len_b = a["len_a"], a["len_b"]  # [b] or [b*K]
+        # [b] rows, or packed: [n] pairs in b*K slots (row r's pair i in slot r*K + i)
+        slot = (packing.slots(a.pop("pairs_per_row"), k_slots) if self.packed
+                else np.arange(self.b))
+        len_a, len_b = a["len_a"], a["len_b"]  # [b] or [n]
         if self.dynamic:
             rng = np.random.default_rng([self.seed, streams.TRAIN_MASKS, k])
             m = examples.mask_batch(
                 a["input_ids"], len_a, len_b, rng, global_rows=self.global_batch * k_slots,
-                row_offset=self.offset * k_slots, **self.mask_kwargs,
+                rows=self.offset * k_slots + slot, **self.mask_kwargs,
             )
         else:
             m = dict(a, input_ids=a["masked_input_ids"])
         if self.packed:
-            batch = packing.rows(m, len_a, len_b, a["next_sentence_label"], k_slots,
-                                 self.special.pad)
+            batch = packing.rows(m, len_a, len_b, a["next_sentence_label"], slot, self.b,
+                                 k_slots, self.special.pad)
         else:
             token_type_ids, attention_mask = examples.segment_arrays(len_a, len_b, self.seq)
             batch = dict(
