@@ -114,13 +114,89 @@ def test_dot_product_attention_equals_explicit_with_padding(dtype, tol):
                                atol=tol, rtol=tol)
 
 
-def test_fused_attention_impl_choice():
-    """auto: XLA off a GPU or in float32; explicit: None."""
+def _pair_ids(rng: np.random.Generator, batch=3, seq=10):
+    """pair_ids [B, S] of packed rows (1..3 pairs, then padding) and their key mask."""
+    rows = []
+    for _ in range(batch):
+        lengths = rng.integers(1, 4, rng.integers(1, 4))
+        row = np.concatenate([np.full(n, i + 1) for i, n in enumerate(lengths)])
+        rows.append(np.pad(row, (0, seq - len(row))))
+    pair_ids = np.stack(rows).astype(np.int32)
+    return pair_ids, (pair_ids > 0).astype(np.int32)
+
+
+def _plain_mask(key_mask, pair_ids):
+    """[B, S, S] bool, element by element: query q may see key k."""
+    batch, seq = key_mask.shape
+    return np.array([[[bool(key_mask[b, k]) and (pair_ids is None
+                                                 or pair_ids[b, q] == pair_ids[b, k])
+                       for k in range(seq)] for q in range(seq)] for b in range(batch)])
+
+
+def test_attention_mask_equals_plain_form():
+    """Padding: [B, 1, 1, S], the non-padding keys; packed rows: [B, 1, S, S], the query's
+    own pair's non-padding keys."""
+    rng = np.random.default_rng(3)
+    pair_ids, key_mask = _pair_ids(rng)
+    assert 0 < key_mask.mean() < 1 and pair_ids.max() > 1
+    padding = ops.attention_mask(jnp.asarray(key_mask))
+    assert padding.shape == (3, 1, 1, 10) and padding.dtype == jnp.bool_
+    np.testing.assert_array_equal(np.broadcast_to(padding[:, 0], (3, 10, 10)),
+                                  _plain_mask(key_mask, None))
+    packed = ops.attention_mask(jnp.asarray(key_mask), jnp.asarray(pair_ids))
+    assert packed.shape == (3, 1, 10, 10)
+    np.testing.assert_array_equal(packed[:, 0], _plain_mask(key_mask, pair_ids))
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 3e-2)])
+def test_dot_product_attention_equals_explicit_on_packed_rows(dtype, tol):
+    """XLA's fused path with the block-diagonal mask equals the textbook formula run on
+    each pair alone (real queries; a padding query's output is unused)."""
+    rng = np.random.default_rng(4)
+    q, k, v, _ = _qkv_and_mask(rng, dtype)
+    pair_ids, key_mask = _pair_ids(rng)
+    got = np.asarray(ops.dot_product_attention(q, k, v, jnp.asarray(key_mask), "xla",
+                                               jnp.asarray(pair_ids)), np.float64)
+    for b in range(3):
+        for pair in range(1, pair_ids[b].max() + 1):
+            tokens = np.flatnonzero(pair_ids[b] == pair)
+            alone = _explicit_attention(*(np.asarray(t[b:b + 1, tokens], np.float64)
+                                          for t in (q, k, v)), np.ones((1, len(tokens))))
+            np.testing.assert_allclose(got[b, tokens], alone[0], atol=tol, rtol=tol)
+
+
+def test_fused_attention_impl_choice(monkeypatch):
+    """auto: XLA off a GPU or in float32, and for packed rows; cuDNN for eligible unpacked
+    rows on a GPU; explicit: None."""
     assert jax.default_backend() == "cpu"
     assert ops.fused_attention_impl("auto", jnp.bfloat16, 64) == "xla"
     assert ops.fused_attention_impl("auto", jnp.float32, 64) == "xla"
     assert ops.fused_attention_impl("cudnn", jnp.bfloat16, 64) == "cudnn"
     assert ops.fused_attention_impl("explicit", jnp.float32, 64) is None
+    monkeypatch.setattr(ops.jax, "default_backend", lambda: "gpu")
+    assert ops.fused_attention_impl("auto", jnp.bfloat16, 64) == "cudnn"
+    assert ops.fused_attention_impl("auto", jnp.bfloat16, 64, packed=True) == "xla"
+    assert ops.fused_attention_impl("auto", jnp.float32, 64) == "xla"
+    assert ops.fused_attention_impl("auto", jnp.bfloat16, 72 * 2) == "xla"
+    assert ops.fused_attention_impl("cudnn", jnp.bfloat16, 64, packed=True) == "cudnn"
+    assert ops.fused_attention_impl("explicit", jnp.bfloat16, 64, packed=True) is None
+
+
+def test_cudnn_gets_key_lengths_or_the_packed_mask(monkeypatch):
+    """What jax.nn.dot_product_attention is handed for cuDNN (which runs only on a GPU):
+    unpacked, the key lengths and no mask; packed, the [B, 1, S, S] mask."""
+    calls = []
+    monkeypatch.setattr(ops.jax.nn, "dot_product_attention",
+                        lambda q, k, v, **kwargs: calls.append(kwargs) or q)
+    rng = np.random.default_rng(5)
+    q, k, v, mask = _qkv_and_mask(rng, jnp.bfloat16)
+    ops.dot_product_attention(q, k, v, mask, "cudnn")
+    pair_ids, key_mask = _pair_ids(rng)
+    ops.dot_product_attention(q, k, v, jnp.asarray(key_mask), "cudnn", jnp.asarray(pair_ids))
+    assert set(calls[0]) == {"key_value_seq_lengths", "implementation"}
+    np.testing.assert_array_equal(calls[0]["key_value_seq_lengths"], [10, 3, 7])
+    assert set(calls[1]) == {"mask", "implementation"} and calls[1]["implementation"] == "cudnn"
+    np.testing.assert_array_equal(calls[1]["mask"][:, 0], _plain_mask(key_mask, pair_ids))
 
 
 def test_scan_layers_choice():
