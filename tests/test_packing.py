@@ -178,6 +178,8 @@ def unpacked_run(step_batches):
 @pytest.mark.parametrize("mesh_shape", [{"data": 8, "fsdp": 1, "tensor": 1},
                                         {"data": 2, "fsdp": 4, "tensor": 1}])
 def test_packed_train_steps_on_meshes_equal_one_device(mesh_shape, step_batches, packed_run):
+    """Packed batches split over data=8 or data=2 x fsdp=4: losses and params after 3
+    steps = one device's."""
     ref_state, ref_losses = packed_run[:2]
     state, losses = _run(step_batches[0], mesh_shape)[:2]
     np.testing.assert_allclose(losses, ref_losses, atol=TOL, rtol=0)
@@ -200,7 +202,7 @@ def test_train_rows_count_real_tokens_padding_and_pairs(step_batches, packed_run
         row = run[2].summary()
         real = sum(int(b["attention_mask"].sum()) for b in batches)
         slots = sum(b["attention_mask"].size for b in batches)
-        assert 0 < real < slots
+        assert 0 < real < slots and float(run[3]["real_tokens"]) == real
         # Both rates are over the same seconds: their ratio is real tokens per step.
         assert row["tokens_per_sec"] / row["steps_per_sec"] == pytest.approx(
             real / len(batches), rel=1e-6)
@@ -210,7 +212,7 @@ def test_train_rows_count_real_tokens_padding_and_pairs(step_batches, packed_run
 
 def test_unpacked_step_numbers_unchanged_by_the_counts(monkeypatch, step_batches,
                                                        unpacked_run):
-    """The one op the train step adds for unpacked batches, its counts for the metric rows
+    """What the train step adds for unpacked batches, its counts for the metric rows
     (steps.batch_counts), changes none of its numbers: params, optimizer state and every
     other metric are bitwise those of the step without it. (That the rest of the unpacked
     programs is the branch point's, op for op: test_unpacked_programs_equal_a_commit.)"""
