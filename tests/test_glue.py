@@ -38,9 +38,10 @@ FILES = {
     # A question broken over two lines (a malformed row, skipped) and quotes that are text.
     "QQP/train.tsv": "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
                      "133273\t213221\t213222\tHow is \"life\" of a math student?\tWhy?\t0\n"
-                     "402555\t536040\t536041\tHow do I control my horny emotions?\n"
-                     "How do you control your horniness?\t1\n"
-                     "360472\t364011\t490273\tWhat does \"Bluetooth\" mean?\tWhat is \"Bluetooth?\t1\n",
+                     "402555\t536040\t536041\tHow do I learn to cook?\n"
+                     "How can I learn cooking?\t1\n"
+                     "360472\t364011\t490273\tWhat does \"Bluetooth\" mean?\t"
+                     "What is \"Bluetooth?\t1\n",
     "QQP/test.tsv": "id\tquestion1\tquestion2\n0\tWhy do rockets look white?\t\"Why are rockets "
                     "white?\n",
     "MNLI/train.tsv": f"{MNLI_HEAD}\tlabel1\tgold_label\n"
