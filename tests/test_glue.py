@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flax_bert.errors import UserError
-from flax_bert.finetune import data, glue
+from flax_bert.finetune import glue, labelled
 from tests.finetune_fixtures import write_vocab
 
 MNLI_HEAD = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
@@ -217,7 +217,7 @@ def test_read_saved_datasets(glue_dir, tmp_path):
 def test_encode_and_submission(glue_dir, tmp_path):
     vocab = write_vocab(str(tmp_path / "vocab.txt"), ("a", "b", "c"))
     rte = glue.read_split(glue_dir, "RTE", "train")
-    arrays = glue.encode(rte, data.make_tokenizer(vocab, True, 12))
+    arrays = glue.encode(rte, labelled.make_tokenizer(vocab, True, 12))
     assert arrays["input_ids"].shape == (2, 12) and arrays["label"].tolist() == [1, 0]
     assert arrays["token_type_ids"].max() == 1  # pairs
 

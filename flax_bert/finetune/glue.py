@@ -296,7 +296,7 @@ def _read_dataset(path: str, task: Task, split: str) -> GlueExamples:
 
 def encode(examples: GlueExamples, tokenizer: Any) -> dict[str, np.ndarray]:
     """input_ids, token_type_ids, attention_mask [n, S] (and label [n] when labelled), with a
-    tokenizer of flax_bert.finetune.data.make_tokenizer."""
+    tokenizer of flax_bert.finetune.labelled.make_tokenizer."""
     inputs = (list(zip(examples.texts, examples.pairs)) if examples.pairs is not None
               else examples.texts)
     encodings = tokenizer.encode_batch(inputs)

@@ -26,7 +26,7 @@ import string
 from typing import Any, NamedTuple
 
 import numpy as np
-from tokenizers import Tokenizer, processors
+from tokenizers import Tokenizer
 
 from flax_bert.data import vocab as vocab_lib
 from flax_bert.errors import UserError
@@ -120,14 +120,10 @@ def _locate(context: str, text: str, start: int) -> tuple[int, int] | None:
 def make_tokenizer(vocab_path: str, lowercase: bool, max_seq_length: int = 384,
                    doc_stride: int = 128) -> Tokenizer:
     """The BERT tokenizer of a vocab.txt that makes `[CLS] q [SEP] c [SEP]` windows of
-    max_seq_length tokens (padded), consecutive windows sharing doc_stride context tokens."""
-    tok = vocab_lib.load_tokenizer(vocab_path, lowercase)
-    ids = vocab_lib.special_ids(vocab_path)
-    tok.post_processor = processors.BertProcessing((vocab_lib.SEP, ids.sep),
-                                                   (vocab_lib.CLS, ids.cls))
-    tok.enable_truncation(max_length=max_seq_length, stride=doc_stride, strategy="only_second")
-    tok.enable_padding(length=max_seq_length, pad_id=ids.pad, pad_token=vocab_lib.PAD)
-    return tok
+    max_seq_length tokens (padded), consecutive windows sharing doc_stride context tokens
+    (flax_bert.data.vocab.input_tokenizer)."""
+    return vocab_lib.input_tokenizer(vocab_path, lowercase, max_seq_length, "only_second",
+                                     doc_stride)
 
 
 def _cut_questions(questions: list[str], tokenizer: Tokenizer, max_query_length: int
