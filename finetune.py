@@ -1,16 +1,25 @@
-"""Fine-tunes BERT for sequence classification (one label per text or text pair).
+"""Fine-tunes BERT: the job is the config's `job` field.
 
     python finetune.py                                # the book task, from runs/default
     python finetune.py --config.init.from_scratch=True --workdir runs/finetune-scratch
     python finetune.py --workdir runs/sst --config.init.checkpoint=HF_DIR \
         --config.data.train=train.csv --config.data.eval=dev.csv
+    python finetune.py --config configs/glue.py --workdir runs/glue \
+        --config.init.checkpoint=BERT_DIR --config.glue.data_dir=GLUE_DIR
+    python finetune.py --config configs/squad.py --workdir runs/squad   # the cloze task
+    python finetune.py --config configs/squad.py --workdir runs/squad \
+        --config.init.checkpoint=BERT_DIR --config.data.train=train-v1.1.json \
+        --config.data.eval=dev-v1.1.json
 
-Rerunning a command with the same --workdir resumes from its newest checkpoint; the end of
-a run evaluates on config.data.eval and writes a transformers BertForSequenceClassification
-directory (WORKDIR/hf). Mistakes end with one `error: ...` line and exit 2.
+Jobs: classification (configs/finetune.py; a transformers BertForSequenceClassification in
+WORKDIR/hf), glue (configs/glue.py; every GLUE task, the results table and the submission
+files), squad (configs/squad.py; SQuAD v1.1 / v2.0 EM and F1, a BertForQuestionAnswering).
+Rerunning a command with the same --workdir resumes it; SIGTERM or Ctrl-C saves a
+checkpoint first. Mistakes end with one `error: ...` line and exit 2.
 """
 
 import functools
+import importlib
 import os
 
 from absl import app
@@ -20,12 +29,16 @@ import train
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                               "finetune.py")
 DEFAULT_WORKDIR = "runs/finetune"
+JOBS = {"classification": "flax_bert.finetune.classification",
+        "glue": "flax_bert.finetune.glue_runner",
+        "squad": "flax_bert.finetune.squad_runner"}
 
 
 def main(argv: list[str]) -> None:
-    from flax_bert.finetune import classification
-
-    train.run(argv, classification.train_and_evaluate)
+    job = train.FLAGS.config.get("job", "classification")
+    if job not in JOBS:
+        train.fail(f"config.job {job!r} is unknown; use one of: {', '.join(JOBS)}")
+    train.run(argv, importlib.import_module(JOBS[job]).train_and_evaluate)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ import re
 import pytest
 
 from flax_bert.data import split
+from configs import squad as squad_config
 from flax_bert.finetune import books, cloze, squad
 
-TASK = cloze.ClozeTask()
+TASK = squad_config.get_config().cloze
 WORDS = re.compile(r"[^\W\d_]+")
 
 

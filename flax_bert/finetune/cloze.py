@@ -15,16 +15,17 @@ is a candidate: letters only, at least `min_word_length` long, not a stop word, 
 the sentence, among its first `max_blank_position` words, and also in the passage; up to
 `blanks_per_sentence` of them a sentence give one question each. The answer is the word's
 last occurrence in the passage (any case). Deterministic: each chapter's draws are seeded
-by `seed` and the chapter's hash.
+by `seed` and the chapter's hash. The settings (`task`) are config.cloze of
+configs/squad.py.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import os
 import re
+from typing import Any
 
 import numpy as np
 
@@ -47,31 +48,6 @@ yourselves mr mrs miss sir lady madam
 """.split())
 
 
-@dataclasses.dataclass(frozen=True)
-class ClozeTask:
-    # The pretraining run's corpus and held-out split: must equal its config.data fields
-    # (these are configs/default.py's), so that the chapters are those it never trained on.
-    input: str = "data/corpus/*.txt.gz"
-    input_format: str = "auto"
-    text_column: str = "text"
-    eval_fraction: float = 0.15
-    prepare_seed: int = 12345
-    dev_fraction: float = 0.2  # Of each book's held-out chapters, this fraction go to dev.
-    min_sentences: int = 5  # A passage is min..max sentences (drawn per question) ...
-    max_sentences: int = 10
-    max_passage_words: int = 180  # ... less its earliest ones while over this many words
-    min_passage_sentences: int = 2  # (a question whose passage gets shorter is skipped).
-    # Only a word among a sentence's first this many is blanked: the blank stays in the
-    # question when a runner cuts it to max_query_length (64) tokens.
-    max_blank_position: int = 30
-    min_word_length: int = 3  # Letters in a candidate word.
-    blanks_per_sentence: int = 3  # Questions a sentence gives at most (distinct words).
-    # Replaces the blanked word in the question (5 [UNK] with the default run's vocab, which
-    # has no "_": a marker that no other text makes).
-    placeholder: str = "_____"
-    seed: int = 0  # Seeds the passage lengths and the blanked words.
-
-
 def _words(text: str) -> list[re.Match]:
     return list(WORD.finditer(text))
 
@@ -82,7 +58,7 @@ def is_candidate(word: str, min_word_length: int) -> bool:
     return len(word) >= min_word_length and word.lower() not in STOPWORDS
 
 
-def _passage(doc: list[str], i: int, task: ClozeTask, rng: np.random.Generator) -> str | None:
+def _passage(doc: list[str], i: int, task: Any, rng: np.random.Generator) -> str | None:
     """The sentences before doc[i] that make its passage, or None if too few fit."""
     n = int(rng.integers(task.min_sentences, task.max_sentences + 1))
     sentences = doc[max(0, i - n):i]
@@ -91,7 +67,7 @@ def _passage(doc: list[str], i: int, task: ClozeTask, rng: np.random.Generator) 
     return " ".join(sentences) if len(sentences) >= task.min_passage_sentences else None
 
 
-def chapter_questions(doc: list[str], name: str, task: ClozeTask) -> list[dict]:
+def chapter_questions(doc: list[str], name: str, task: Any) -> list[dict]:
     """SQuAD paragraphs ({"context", "qas"}) of one chapter, its questions' ids prefixed
     with `name`."""
     rng = np.random.default_rng([task.seed, int(split.document_hash(doc, task.seed) * 2**32)])
@@ -122,7 +98,7 @@ def chapter_questions(doc: list[str], name: str, task: ClozeTask) -> list[dict]:
     return paragraphs
 
 
-def build(task: ClozeTask, out_dir: str) -> dict[str, int]:
+def build(task: Any, out_dir: str) -> dict[str, int]:
     """Writes out_dir/train.json and dev.json (SQuAD v1.1 format, one article a chapter);
     returns the number of questions, passages and chapters of each."""
     held = books.held_out_documents(task)
@@ -147,7 +123,7 @@ def build(task: ClozeTask, out_dir: str) -> dict[str, int]:
     return counts
 
 
-def baselines(examples: list[squad.SquadExample], task: ClozeTask) -> dict[str, float]:
+def baselines(examples: list[squad.SquadExample], task: Any) -> dict[str, float]:
     """Exact match (percent) of two guesses that read no model: `frequent`, the passage's
     most frequent candidate word that is not in the question (ties: the last); `random`,
     the expected score of a uniformly random such word."""
