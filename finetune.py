@@ -6,7 +6,7 @@
         --config.data.train=train.csv --config.data.eval=dev.csv
     python finetune.py --config configs/glue.py --workdir runs/glue \
         --config.init.checkpoint=BERT_DIR --config.glue.data_dir=GLUE_DIR
-    python finetune.py --config configs/squad.py --workdir runs/squad   # the cloze task
+    python finetune.py --config configs/squad.py      # the cloze task, in runs/squad
     python finetune.py --config configs/squad.py --workdir runs/squad \
         --config.init.checkpoint=BERT_DIR --config.data.train=train-v1.1.json \
         --config.data.eval=dev-v1.1.json
@@ -14,7 +14,8 @@
 Jobs: classification (configs/finetune.py; a transformers BertForSequenceClassification in
 WORKDIR/hf), glue (configs/glue.py; every GLUE task, the results table and the submission
 files), squad (configs/squad.py; SQuAD v1.1 / v2.0 EM and F1, a BertForQuestionAnswering).
-Rerunning a command with the same --workdir resumes it; SIGTERM or Ctrl-C saves a
+The default --workdir is runs/finetune, runs/glue or runs/squad (by job). Rerunning a
+command with the same --workdir resumes it; SIGTERM or Ctrl-C saves a
 checkpoint first. Mistakes end with one `error: ...` line and exit 2.
 """
 
@@ -28,17 +29,20 @@ import train
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                               "finetune.py")
-DEFAULT_WORKDIR = "runs/finetune"
-JOBS = {"classification": "flax_bert.finetune.classification",
-        "glue": "flax_bert.finetune.glue_runner",
-        "squad": "flax_bert.finetune.squad_runner"}
+DEFAULT_WORKDIR = ""  # the job's own, below
+# config.job -> (its module, its default --workdir)
+JOBS = {"classification": ("flax_bert.finetune.classification", "runs/finetune"),
+        "glue": ("flax_bert.finetune.glue_runner", "runs/glue"),
+        "squad": ("flax_bert.finetune.squad_runner", "runs/squad")}
 
 
 def main(argv: list[str]) -> None:
     job = train.FLAGS.config.get("job", "classification")
     if job not in JOBS:
         train.fail(f"config.job {job!r} is unknown; use one of: {', '.join(JOBS)}")
-    train.run(argv, importlib.import_module(JOBS[job]).train_and_evaluate)
+    module, workdir = JOBS[job]
+    train.FLAGS.workdir = train.FLAGS.workdir or workdir
+    train.run(argv, importlib.import_module(module).train_and_evaluate)
 
 
 if __name__ == "__main__":
