@@ -16,7 +16,7 @@ import pytest
 
 from configs import glue as glue_config
 from flax_bert import checkpoint, hf_layout
-from flax_bert.finetune import glue, glue_metrics, glue_runner, labelled
+from flax_bert.finetune import glue, glue_metrics, glue_runner, glue_task, labelled
 from flax_bert.training import preemption
 from flax_bert.workdir import Paths
 from tests import ckpt_helpers as h, downstream_fixtures as dx, finetune_fixtures as fx
@@ -140,3 +140,33 @@ def test_rerun_reads_finished_tasks_back_and_resumes(glue_root, all_tasks, tmp_p
     jax.tree.map(np.testing.assert_array_equal, ours, theirs)
     assert results["glue_score"] is None  # 2 of 9 tasks
     assert "n/a (missing SST-2" in printed
+
+
+def test_read_task_from_saved_datasets(glue_root, tmp_path):
+    """DATA_DIR/<name> save_to_disk folders (as load_dataset("glue", name) gives them):
+    MNLI's splits and AX's test, which the MNLI run predicts; test splits only if there."""
+    datasets = pytest.importorskip("datasets")
+    root, _ = glue_root
+    features = datasets.Features({
+        "premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
+        "label": datasets.ClassLabel(names=list(glue.TASKS["MNLI"].labels)),
+        "idx": datasets.Value("int32")})
+
+    def split(n: int, label: int) -> datasets.Dataset:
+        return datasets.Dataset.from_dict({"premise": [f"p{i}" for i in range(n)],
+                                           "hypothesis": ["h"] * n, "label": [label] * n,
+                                           "idx": list(range(n))}, features)
+
+    datasets.DatasetDict({"train": split(3, 1), "validation_matched": split(2, 0),
+                          "validation_mismatched": split(2, 2), "test_matched": split(2, -1),
+                          "test_mismatched": split(1, -1)}).save_to_disk(str(tmp_path / "mnli"))
+    datasets.DatasetDict({"test": split(4, -1)}).save_to_disk(str(tmp_path / "ax"))
+    data = glue_task.read_task(str(tmp_path), glue.TASKS["MNLI"])
+    assert len(data.train) == 3 and [len(d) for d in data.dev] == [2, 2]
+    assert [(t.task.name, t.split, len(t)) for t in data.tests] == [
+        ("MNLI", "test_matched", 2), ("MNLI", "test_mismatched", 1), ("AX", "test", 4)]
+    # GLUE's TSV download without test files: no test sets, nothing to submit.
+    no_tests = tmp_path / "tsv"
+    shutil.copytree(root / "GLUE", no_tests)
+    os.remove(no_tests / "RTE" / "test.tsv")
+    assert glue_task.read_task(str(no_tests), glue.TASKS["RTE"]).tests == []
