@@ -36,15 +36,18 @@ JOBS = {"classification": ("flax_bert.finetune.classification", "runs/finetune")
         "squad": ("flax_bert.finetune.squad_runner", "runs/squad")}
 
 
-def main(argv: list[str]) -> None:
-    job = train.FLAGS.config.get("job", "classification")
+parse_flags = functools.partial(train.parse_flags, default_config=DEFAULT_CONFIG,
+                                default_workdir=DEFAULT_WORKDIR)
+
+
+def main(argv: list[str], flag_values: train.flags.FlagValues = train.FLAGS) -> None:
+    job = flag_values.config.get("job", "classification")
     if job not in JOBS:
         train.fail(f"config.job {job!r} is unknown; use one of: {', '.join(JOBS)}")
     module, workdir = JOBS[job]
-    train.FLAGS.workdir = train.FLAGS.workdir or workdir
-    train.run(argv, importlib.import_module(module).train_and_evaluate)
+    flag_values.workdir = flag_values.workdir or workdir
+    train.run(argv, importlib.import_module(module).train_and_evaluate, flag_values)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=functools.partial(
-        train.parse_flags, default_config=DEFAULT_CONFIG, default_workdir=DEFAULT_WORKDIR))
+    app.run(main, flags_parser=parse_flags)

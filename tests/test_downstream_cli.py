@@ -4,8 +4,6 @@ main, in this process; one case as a real process (what it prints is all it prin
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -13,12 +11,10 @@ import subprocess
 import sys
 
 import pytest
-from absl import flags
 
 import finetune
-import train
 from flax_bert.workdir import LOCK_FILE
-from tests import downstream_fixtures as dx, finetune_fixtures as fx
+from tests import ckpt_helpers as h, downstream_fixtures as dx, finetune_fixtures as fx
 
 GLUE = ["--config=configs/glue.py", "--config.glue.data_dir={root}/GLUE"]
 SQUAD = ["--config=configs/squad.py", "--config.data.train={root}/train.json",
@@ -72,33 +68,16 @@ def root(tmp_path_factory):
     return root
 
 
-def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
-    """`python finetune.py *args` in this process: (exit code, stderr)."""
-    for name in list(flags.FLAGS):  # train.parse_flags defines them anew
-        if name in ("config", "workdir") or name.startswith("config."):
-            delattr(flags.FLAGS, name)
-    argv = ["finetune.py", *args]
-    monkeypatch.setattr(sys, "argv", argv)  # where ml_collections finds --config.* flags
-    err, code = io.StringIO(), 0
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            finetune.main(train.parse_flags(argv, finetune.DEFAULT_CONFIG,
-                                            finetune.DEFAULT_WORKDIR))
-        except SystemExit as e:
-            code = e.code
-    return code, err.getvalue()
-
-
 def _args(root, workdir, extra: list[str]) -> list[str]:
     return [f"--workdir={workdir}", *(a.format(root=root) for a in extra), *dx.TINY,
             f"--config.init.checkpoint={root}/pre"]
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_one_line_error(root, tmp_path, monkeypatch, name):
+def test_one_line_error(root, tmp_path, name):
     extra, expected = CASES[name]
     workdir = tmp_path / "run"
-    code, stderr = run_cli(_args(root, workdir, extra), monkeypatch)
+    code, stderr = h.cli_here(finetune, ["finetune.py", *_args(root, workdir, extra)])
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code == 2, stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
