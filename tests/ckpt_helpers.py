@@ -104,14 +104,16 @@ def train_here(workdir: str, args: list[str]) -> tuple[str, str]:
     return out.getvalue(), err.getvalue()
 
 
-def cli_here(module: Any, argv: list[str]) -> tuple[int, str]:
+def cli_here(module: Any, argv: list[str], out: io.StringIO | None = None
+             ) -> tuple[int, str]:
     """A CLI module's (train.py, finetune.py) `parse_flags` + `main` on `argv` in this
-    process, with flags of its own (no process start-up); returns (exit code, stderr)."""
+    process, with flags of its own (no process start-up); returns (exit code, stderr).
+    What it prints to stdout goes to `out`, if given."""
     from absl import flags
 
     err = io.StringIO()
     flag_values = flags.FlagValues()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+    with contextlib.redirect_stdout(out or io.StringIO()), contextlib.redirect_stderr(err):
         try:
             module.main(module.parse_flags(argv, flag_values=flag_values), flag_values)
             code = 0

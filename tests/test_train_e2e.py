@@ -2,6 +2,7 @@
 continued pretraining of an imported Hugging Face checkpoint, exported back."""
 
 import glob
+import io
 import json
 import os
 import re
@@ -30,9 +31,9 @@ TINY = ["--config.model.hidden_size=32", "--config.model.num_hidden_layers=2",
 # default steps_per_call (4): every call has 4 steps, one compile per phase.
 
 
-def train(workdir, *extra, check=True, tiny=True):
+def train(workdir, *extra, check=True):
     result = subprocess.run(
-        [sys.executable, "train.py", f"--workdir={workdir}", *(TINY if tiny else []), *extra],
+        [sys.executable, "train.py", f"--workdir={workdir}", *TINY, *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
@@ -115,8 +116,12 @@ def test_continued_pretraining_of_an_hf_model_of_another_size(corpus, tmp_path):
     workdir = tmp_path / "run"
     with pytest.warns(UserWarning, match="freshly initialised"):  # no MLM/NSP heads in it
         assert hf.main(["import", str(hf_dir), f"--workdir={workdir}"]) == 0
-    result = train(workdir, f"--config.data.input={corpus}", *CONTINUE, tiny=False)
-    assert "initialising from" in result.stdout
+    import train as train_cli  # its parse_flags + main, in this process
+    out = io.StringIO()
+    code, stderr = h.cli_here(train_cli, ["train.py", f"--workdir={workdir}",
+                                          f"--config.data.input={corpus}", *CONTINUE], out)
+    assert code == 0, stderr[-3000:]
+    assert "initialising from" in out.getvalue()
     saved = json.load(open(workdir / "config.json"))
     assert {k: saved[k] for k in size} == size and saved["vocab_size"] == meta["vocab_size"]
     out = tmp_path / "exported"
@@ -129,7 +134,6 @@ def test_continued_pretraining_of_an_hf_model_of_another_size(corpus, tmp_path):
     assert len(moved) > 10  # trained, not just copied
     assert (out / "vocab.txt").read_text() == (hf_dir / "vocab.txt").read_text()
 
-    import train as train_cli  # its parse_flags + main, in this process
     code, stderr = h.cli_here(train_cli, ["train.py", f"--workdir={workdir}",
                                           f"--config.data.input={corpus}", *CONTINUE,
                                           "--config.model.hidden_size=32"])
