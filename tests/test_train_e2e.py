@@ -31,12 +31,11 @@ TINY = ["--config.model.hidden_size=32", "--config.model.num_hidden_layers=2",
 # default steps_per_call (4): every call has 4 steps, one compile per phase.
 
 
-def train(workdir, *extra, check=True):
+def train(workdir, *extra):
     result = subprocess.run(
         [sys.executable, "train.py", f"--workdir={workdir}", *TINY, *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
