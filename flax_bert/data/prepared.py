@@ -77,7 +77,7 @@ def read_meta(folder: epath.Path) -> dict | None:
     except (ValueError, UnicodeDecodeError):
         ok = False
     if not ok:
-        if isinstance(meta, dict) and "format_version" not in meta:
+        if isinstance(meta, dict) and "format_version" not in meta and SELF_CRC not in meta:
             raise UserError(f"{p}: prepared by an older version (.npy files); "
                             f"delete {folder} and re-run prepare")
         raise UserError(f"{p}: truncated or altered (its checksum does not match); "
@@ -104,13 +104,24 @@ def load_meta(prepared_dir: str) -> dict:
     for name, info in meta["files"].items():
         p = folder / name
         if not p.exists():
+            _check_same_prepare(folder, meta)
             raise UserError(f"{p}: missing; {fix_hint(folder)}")
         size = p.stat().length
         if size != info["bytes"]:
+            _check_same_prepare(folder, meta)
             raise UserError(f"{p}: {size} bytes, meta.json says {info['bytes']} (truncated "
                             f"or altered); {fix_hint(folder)}")
     verify_file(folder, VOCAB, meta)
     return meta
+
+
+def _check_same_prepare(folder: epath.Path, meta: dict) -> None:
+    """A UserError naming meta.json when the folder holds shards but none that it lists:
+    it is another prepare's (copied over), not the files it finds wrong."""
+    here = sorted(p.name for p in folder.iterdir() if is_shard(p.name))
+    if here and not set(here) & set(meta["files"]):
+        raise UserError(f"{folder / META}: another prepare's (fingerprint {meta['fingerprint']}"
+                        f"), not of the shards here ({here[0]}, ...); {fix_hint(folder)}")
 
 
 def verify_file(folder: epath.Path, name: str, meta: dict) -> None:
