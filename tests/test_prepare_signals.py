@@ -37,36 +37,6 @@ def _command(corpus: str, out: str) -> list[str]:
             "--num-workers", "2"]
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state first); None once gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def descendants(pid: int) -> dict[int, str]:
-    """{pid: start time} of every live process below `pid`."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (fields := _stat(int(name))):
-            children.setdefault(int(fields[1]), []).append(int(name))
-    out, todo = {}, list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        if fields := _stat(child):
-            out[child] = fields[19]
-            todo += children.get(child, [])
-    return out
-
-
-def alive(processes: dict[int, str]) -> list[int]:
-    """Those of `processes` still running (same PID and start time; zombies count as gone)."""
-    return [pid for pid, start in processes.items()
-            if (fields := _stat(pid)) and fields[19] == start and fields[0] != "Z"]
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("signals") / "corpus.txt")
@@ -84,7 +54,7 @@ def test_signal_to_main_process_leaves_no_worker(corpus, tmp_path, signum):
         while not (os.path.isdir(out) and any(n.endswith(".arrayrecord") for n in os.listdir(out))):
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.01)
-        family = descendants(proc.pid)
+        family = h.descendants(proc.pid)
         assert len(family) == 3, family  # 2 workers and multiprocessing's resource tracker
         start = time.monotonic()
         proc.send_signal(signum)
@@ -93,10 +63,10 @@ def test_signal_to_main_process_leaves_no_worker(corpus, tmp_path, signum):
     finally:
         proc.kill()
     deadline = time.monotonic() + STOP_LIMIT_S
-    while alive(family) and time.monotonic() < deadline:  # the tracker ends after the others
+    while h.alive(family) and time.monotonic() < deadline:  # the tracker ends after the others
         time.sleep(0.05)
     print(f"{signal.Signals(signum).name}: exit {proc.returncode} after {seconds:.2f} s")
-    assert alive(family) == []
+    assert h.alive(family) == []
     assert seconds <= STOP_LIMIT_S
     assert not os.path.exists(os.path.join(out, "meta.json"))
     if signum == signal.SIGKILL:

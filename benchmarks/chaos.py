@@ -1,0 +1,461 @@
+"""Preemption chaos: a tiny `train.py` run that prepares its data, stopped again and again
+at seeded random moments with SIGKILL or SIGTERM (drawn at random), rerun with the same
+command after each stop, and compared at the end with one uninterrupted run.
+
+    python benchmarks/chaos.py --stops 30 --seed 0 [--root DIR] [--jax-cache workdir|DIR]
+
+The run: 12 steps of a 1-layer model (tests/ckpt_helpers.py's TINY), data prepared in the
+workdir by 2 worker processes, a metrics row every step, an eval of the whole held-out
+split after steps 4 and 8, checkpoints at 5 and 10 and the final one at 12. The stops come
+in episodes (a fresh workdir each, up to 7 stops, then a rerun to the end): one stop per
+stage in the order the run meets them (prepare, compile, train / save / eval, final eval /
+final save), and one "quick" stop, a second signal 0-1.5 s after the previous stop's
+rerun started. A stop waits for its stage, then a seeded delay within the stage's usual
+length, then signals; the stage recorded is the one seen at the signal:
+
+  start-up    before prepare (or, data ready, before the progress bar)
+  prepare     data/ without meta.json, made or written by this run or with its workers
+              (vocab training, then the workers' shards)
+  compile     the progress bar is up, no step of this process logged yet
+  train       between steps
+  save        an orbax `<step>.orbax-checkpoint-tmp-*` folder exists (an async commit)
+  eval        the row of an eval step is written, its eval row not yet
+  final eval  the last step's row is written, the final eval row not yet
+  final save  the final step's tmp folder exists
+  exit        the final eval row is written; plots, shutdown
+
+What the run must meet, per stop: SIGKILL ends it (-9); SIGTERM ends it within 10 s with
+exit 143 and a last line saying how to resume (`rerun the same command`), and no step
+logged is lost (the newest checkpoint is at the last logged step); no process of the run
+outlives it and its stderr is closed; no traceback. Per episode, after a rerun to the end
+(exit 0) and one more rerun of the finished run: the final checkpoint's params, opt_state
+and train items bitwise equal to the uninterrupted run's, its data item and the prepared
+files equal, and metrics.jsonl's rows (timing keys dropped) none missing, none doubled,
+none different. Every unmet expectation is printed as a failure (stage, stop, what).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from tests import ckpt_helpers as h  # noqa: E402
+
+STEPS, EVAL_EVERY, SAVE_EVERY = 12, 4, 5
+TIMING_KEYS = ("tokens_per_sec", "steps_per_sec", "eval_seconds", "save_seconds")
+EXIT_LIMIT_S = 10.0  # SIGTERM -> exit, every stage
+HANG_S = 60.0  # a stopped run still alive after this is killed and reported as hung
+RESUME_HINT = "rerun the same command"
+MIDDLE = ("train", "save", "eval")
+FINAL = ("final eval", "final save")
+QUICK = "quick"  # a second signal shortly after the previous stop's rerun started
+# Seconds a stop may wait once its stage is seen (a seeded uniform draw), about the
+# stage's length on a 2-core CPU; 0: at once (a save's commit lasts milliseconds).
+WINDOW = {"prepare": 2.0, "compile": 0.5, "train": 0.2, "save": 0.0, "eval": 0.1,
+          "final eval": 0.1, "final save": 0.0, QUICK: 1.5}
+SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}
+
+
+def run_args(corpus: str) -> list[str]:
+    """train.py flags of the chaos run (no prepared_dir: prepare is a stage of it). The
+    compiled programs are TINY's (the same shapes and steps)."""
+    return h.TINY + [
+        f"--config.data.input={corpus}", "--config.data.num_workers=2",
+        f"--config.train.eval_every={EVAL_EVERY}", "--config.train.eval_batches=0",
+        f"--config.checkpoint.every={SAVE_EVERY}"]
+
+
+def run_env(jax_cache: str | None) -> dict[str, str]:
+    """8 CPU devices; jax's compilation cache in `jax_cache` (None: the run's own,
+    config.train.compilation_cache_dir in its workdir)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    if jax_cache:
+        env.update(JAX_COMPILATION_CACHE_DIR=jax_cache,
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return env
+
+
+class Run:
+    """One train.py process; its stdout and stderr lines (split at \\r too: the progress
+    bar) are read as they come."""
+
+    def __init__(self, workdir: str, args: list[str], env: dict[str, str]):
+        self.workdir = workdir
+        self.tmp0 = set(checkpoints(workdir)[1])  # a killed save's, deleted at the start
+        self.final_rows0 = len([r for r in rows(workdir)
+                                if r["split"] == "eval" and r["step"] == STEPS])
+        self.data0 = os.path.isdir(os.path.join(workdir, "data"))
+        self.wall0 = time.time()
+        self.proc = subprocess.Popen(h.command(workdir, args), cwd=ROOT, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.start = time.monotonic()
+        self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self.closed: dict[str, float] = {}
+        self._readers = [threading.Thread(target=self._read, args=(name,), daemon=True)
+                         for name in self.lines]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, name: str) -> None:
+        stream, rest = getattr(self.proc, name), b""
+        while chunk := stream.read1(1 << 16):
+            *done, rest = (rest + chunk).replace(b"\r", b"\n").split(b"\n")
+            self.lines[name] += [line.decode(errors="replace") for line in done if line.strip()]
+        if rest.strip():
+            self.lines[name].append(rest.decode(errors="replace"))
+        self.closed[name] = time.monotonic()
+
+    def saw(self, text: str, name: str = "stderr") -> bool:
+        return any(text in line for line in list(self.lines[name]))
+
+    def resumed_step(self) -> int:
+        for line in list(self.lines["stdout"]):
+            if line.startswith("resumed from ") and " at step " in line:
+                return int(line.rsplit(" ", 1)[1])
+        return 0
+
+    def wait_closed(self, timeout: float) -> float | None:
+        """Seconds from the start to both pipes closed (no process holds them), or None."""
+        for reader in self._readers:
+            reader.join(max(0.0, self.start + timeout - time.monotonic()))
+        return max(self.closed.values()) - self.start if len(self.closed) == 2 else None
+
+
+def rows(workdir: str) -> list[dict[str, Any]]:
+    """metrics.jsonl's whole rows."""
+    try:
+        with open(os.path.join(workdir, "metrics.jsonl"), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in data.split(b"\n")[:-1]:  # a row being written has no newline yet
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def checkpoints(workdir: str) -> tuple[list[int], list[int]]:
+    """(committed steps, steps of orbax tmp folders) in the workdir."""
+    try:
+        names = os.listdir(os.path.join(workdir, "checkpoints"))
+    except FileNotFoundError:
+        return [], []
+    done = sorted(int(n) for n in names if n.isdigit())
+    tmp = sorted(int(n.split(".")[0]) for n in names if ".orbax-checkpoint-tmp" in n)
+    return done, tmp
+
+
+def observe(run: Run) -> str:
+    """The run's stage now (see the module docstring)."""
+    data = os.path.join(run.workdir, "data")
+    if not os.path.exists(os.path.join(data, "meta.json")):
+        return "prepare" if preparing(run, data) else "start-up"
+    tmp = set(checkpoints(run.workdir)[1])
+    run.tmp0 &= tmp  # once the start-up deleted them, a save of the same step is new
+    tmp -= run.tmp0
+    if tmp:
+        return "final save" if max(tmp) == STEPS else "save"
+    if not run.saw("train:"):
+        return "start-up"
+    logged = rows(run.workdir)
+    start = run.resumed_step()
+    if start == STEPS:  # a finished run rerun: its final eval only
+        final = [r for r in logged if r["split"] == "eval" and r["step"] == STEPS]
+        return "exit" if len(final) > run.final_rows0 else "final eval"
+    if not [r for r in logged if r["split"] == "train" and r["step"] > start]:
+        return "compile"
+    last = logged[-1]
+    if last["split"] == "eval":
+        return "exit" if last["step"] == STEPS else "train"
+    if last["step"] == STEPS:
+        return "final eval"
+    return "eval" if last["step"] % EVAL_EVERY == 0 else "train"
+
+
+def preparing(run: Run, data: str) -> bool:
+    """Whether the run is preparing `data`: it made the folder, wrote in it, or started
+    workers (a folder left by a stopped prepare is not yet this run's)."""
+    try:
+        names = os.listdir(data)
+    except FileNotFoundError:
+        return False
+    def written(name: str) -> bool:
+        try:
+            return os.path.getmtime(os.path.join(data, name)) >= run.wall0
+        except FileNotFoundError:  # renamed meanwhile (meta.json.tmp)
+            return True
+
+    return not run.data0 or any(map(written, names)) or bool(h.descendants(run.proc.pid))
+
+
+def _sleep_while_running(run: Run, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if run.proc.poll() is not None:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def stop(workdir: str, args: list[str], env: dict[str, str], target: str, signame: str,
+         delay: float, exit_limit: float = EXIT_LIMIT_S) -> dict[str, Any]:
+    """Starts the run, waits for stage `target` (QUICK: the start), then `delay` seconds,
+    signals it and waits for its end; returns what happened and what it broke."""
+    run = Run(workdir, args, env)
+    record: dict[str, Any] = dict(target=target, signal=signame, delay=round(delay, 3))
+    reached = target == QUICK
+    while not reached and run.proc.poll() is None:
+        reached = observe(run) == target
+        time.sleep(0.001)
+    if not (reached and _sleep_while_running(run, delay)):
+        run.proc.wait()
+        run.wait_closed(HANG_S)
+        return dict(record, stage="missed", rc=run.proc.returncode, problems=[],
+                    last="\n".join(run.lines["stderr"][-1:]))
+    stage, logged = observe(run), rows(workdir)
+    family = h.descendants(run.proc.pid)
+    sent = time.monotonic()
+    run.proc.send_signal(SIGNALS[signame])
+    try:
+        run.proc.wait(HANG_S)
+        hung = False
+    except subprocess.TimeoutExpired:
+        run.proc.kill()
+        run.proc.wait()
+        hung = True
+    exit_s = time.monotonic() - sent
+    if run.proc.returncode == 0:  # it ended just before the signal
+        stage = "missed"
+    closed = run.wait_closed(HANG_S + 10)
+    end = time.monotonic() + 5.0
+    while h.alive(family) and time.monotonic() < end:  # e.g. multiprocessing's tracker
+        time.sleep(0.05)
+    left = h.alive(family)
+    for pid in left:  # this harness's own leftovers
+        os.kill(pid, signal.SIGKILL)
+    record.update(stage=stage, rc=run.proc.returncode, exit_s=round(exit_s, 2),
+                  closed_s=None if closed is None else round(closed - (sent - run.start), 2),
+                  last=run.lines["stderr"][-1] if run.lines["stderr"] else "")
+    record["problems"] = expectations(record, run, logged, hung, left, exit_limit)
+    return record
+
+
+def expectations(record: dict[str, Any], run: Run, logged: list[dict], hung: bool,
+                 left: list[int], exit_limit: float) -> list[str]:
+    """What the stop broke of the module docstring's expectations."""
+    problems = []
+    if hung:
+        problems.append(f"still running {HANG_S:.0f} s after the signal (killed)")
+    if left:
+        problems.append(f"{len(left)} process(es) of the run outlived it: {left}")
+    if record["closed_s"] is None:
+        problems.append("its stderr stayed open (a process holds it)")
+    if any("Traceback" in line for line in run.lines["stderr"]):
+        problems.append("a traceback on stderr")
+    if record["signal"] == "KILL":
+        if record["rc"] != -signal.SIGKILL:
+            problems.append(f"exit {record['rc']}, not -9")
+        return problems
+    if record["rc"] != 128 + signal.SIGTERM:
+        problems.append(f"exit {record['rc']}, not 143"
+                        + (" (killed by the signal: no handler)" if record["rc"] == -15 else ""))
+    if record["exit_s"] > exit_limit:
+        problems.append(f"{record['exit_s']:.1f} s to exit (> {exit_limit:.0f} s)")
+    if RESUME_HINT not in record["last"]:
+        problems.append(f"no line saying how to resume (last line: {record['last'][:120]!r})")
+    trained = max([r["step"] for r in logged if r["split"] == "train"], default=0)
+    done, _ = checkpoints(run.workdir)
+    if trained and max(done, default=0) < trained:
+        problems.append(f"steps up to {trained} were logged but the newest checkpoint is "
+                        f"{max(done, default=None)}: no checkpoint saved at the stop")
+    return problems
+
+
+def plan(rng: random.Random, stops: int) -> list[list[str]]:
+    """Targets of each episode, in the order a run meets them; one QUICK per episode."""
+    episodes = []
+    while stops > 0:
+        targets = ["prepare", "compile"] + sorted(
+            rng.sample(MIDDLE, rng.randint(1, 3)), key=MIDDLE.index) + [rng.choice(FINAL)]
+        targets.insert(rng.randint(1, len(targets)), QUICK)
+        episodes.append(targets[:stops])
+        stops -= len(targets)
+    return episodes
+
+
+def comparable(row: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in row.items() if k not in TIMING_KEYS}, sort_keys=True)
+
+
+def compare(workdir: str, reference: str) -> list[str]:
+    """What differs between a finished chaos workdir and the uninterrupted one."""
+    import jax
+    import numpy as np
+
+    problems = []
+    done, tmp = checkpoints(workdir)
+    if STEPS not in done:
+        return [f"no checkpoint at step {STEPS} (checkpoints {done}, tmp {tmp})"]
+    for item in ("params", "opt_state", "train"):
+        a, b = (h.restore_item(w, STEPS, item) for w in (workdir, reference))
+        leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+        if (jax.tree.structure(a) != jax.tree.structure(b)
+                or any(not np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))):
+            problems.append(f"checkpoint {STEPS} item {item} differs from the uninterrupted run's")
+    for folder in (f"checkpoints/{STEPS}/data", "data"):
+        hashes = [{name: digest for name, digest in h.tree_hash(os.path.join(w, folder)).items()
+                   if name != "commit_success.txt"}  # it names its folder
+                  for w in (workdir, reference)]
+        if hashes[0] != hashes[1]:
+            problems.append(f"{folder} differs from the uninterrupted run's")
+    got = collections.Counter(comparable(r) for r in rows(workdir))
+    want = collections.Counter(comparable(r) for r in rows(reference))
+    for row, n in sorted((want - got).items()):
+        problems.append(f"metrics row missing or different ({n}x): {row[:160]}")
+    for row, n in sorted((got - want).items()):
+        kind = "doubled" if row in want else "not in the uninterrupted run"
+        problems.append(f"metrics row {kind} ({n}x): {row[:160]}")
+    if os.path.isdir(os.path.join(workdir, "checkpoints_broken")):
+        problems.append(f"checkpoints moved aside as broken: "
+                        f"{sorted(os.listdir(os.path.join(workdir, 'checkpoints_broken')))}")
+    return problems
+
+
+def rerun(workdir: str, args: list[str], env: dict[str, str], what: str) -> list[str]:
+    """Runs the command to its end; what went wrong."""
+    run = Run(workdir, args, env)
+    run.proc.wait()
+    run.wait_closed(HANG_S)
+    if run.proc.returncode != 0:
+        return [f"{what}: exit {run.proc.returncode}: "
+                f"{' | '.join(run.lines['stderr'][-3:])[:400]}"]
+    if any("Traceback" in line for line in run.lines["stderr"]):
+        return [f"{what}: a traceback on stderr"]
+    return []
+
+
+def episode(workdir: str, steps: list[tuple[str, str, float]], args: list[str],
+            env: dict[str, str], check: Callable[[str], list[str]], log=print,
+            exit_limit: float = EXIT_LIMIT_S) -> dict[str, Any]:
+    """Stops (target stage, signal name, delay) of one workdir, a rerun to the end, then
+    a rerun of the finished run. Returns the stops and what went wrong: after the rerun
+    to the end ("resumed": `check(workdir)`, e.g. `compare` with the uninterrupted run)
+    and after the rerun of the finished run ("finished": it must change nothing)."""
+    stops = []
+    for target, signame, delay in steps:
+        stops.append(stop(workdir, args, env, target, signame, delay, exit_limit))
+        log(format_stop(stops[-1]))
+    resumed = rerun(workdir, args, env, "rerun to the end") + check(workdir)
+    finished = rerun(workdir, args, env, "rerun of the finished run")
+    finished += [f"after a rerun of the finished run: {p}" for p in check(workdir)
+                 if p not in resumed]
+    return {"stops": stops, "resumed": resumed, "finished": finished}
+
+
+def chaos(root: str, corpus: str, stops: int, seed: int, env: dict[str, str],
+          reference: str, log=print) -> dict[str, Any]:
+    """Episodes of stops (see `plan`; signals and delays drawn) in fresh workdirs under
+    `root`, each compared with `reference` (an uninterrupted run of `run_args(corpus)`)."""
+    rng = random.Random(seed)
+    records, episodes = [], []
+    for e, targets in enumerate(plan(rng, stops)):
+        steps = [(t, rng.choice(sorted(SIGNALS)), rng.uniform(0, WINDOW[t])) for t in targets]
+        result = episode(os.path.join(root, f"episode{e}"), steps, run_args(corpus), env,
+                         lambda w: compare(w, reference), lambda line: log(f"  episode {e}{line}"))
+        records += [dict(r, episode=e) for r in result["stops"]]
+        episodes.append(dict(episode=e, problems=result["resumed"] + result["finished"]))
+        log(f"episode {e}: " + ("; ".join(episodes[-1]["problems"]) or
+                                "bitwise equal, rows equal, a rerun changes nothing"))
+    return {"stops": records, "episodes": episodes}
+
+
+def format_stop(r: dict[str, Any]) -> str:
+    exit_s = "" if r["stage"] == "missed" else f"{r['exit_s']:6.2f} s"
+    return (f" {r['target']:>10} -> {r['stage']:<10} "
+            f"SIG{r['signal']:<4} delay {r['delay']:.3f}  exit {str(r['rc']):>4} {exit_s:>9}  "
+            + ("; ".join(r["problems"]) or "ok"))
+
+
+def tables(result: dict[str, Any]) -> str:
+    """Stops by stage and signal; SIGTERM -> exit seconds per stage; every failure."""
+    stops = result["stops"]
+    stages = sorted({r["stage"] for r in stops},
+                    key=lambda s: list(WINDOW).index(s) if s in WINDOW else len(WINDOW))
+    out = ["stops by stage and signal (failed: stops with an unmet expectation)",
+           f"  {'stage':<12}{'SIGKILL':>9}{'SIGTERM':>9}{'failed':>8}"]
+    for stage in stages:
+        mine = [r for r in stops if r["stage"] == stage]
+        count = lambda s: sum(r["signal"] == s for r in mine)  # noqa: E731
+        out.append(f"  {stage:<12}{count('KILL'):>9}{count('TERM'):>9}"
+                   f"{sum(bool(r['problems']) for r in mine):>8}")
+    out += ["SIGTERM -> exit, per stage: seconds (min / median / max), exit codes, resume line",
+            f"  {'stage':<12}{'n':>3}{'min':>7}{'median':>8}{'max':>7}  codes      resume line"]
+    for stage in stages:
+        mine = [r for r in stops if r["stage"] == stage and r["signal"] == "TERM"]
+        if stage == "missed" or not mine:
+            continue
+        secs = [r["exit_s"] for r in mine]
+        codes = ",".join(sorted({str(r["rc"]) for r in mine}))
+        hint = sum(RESUME_HINT in r["last"] for r in mine)
+        out.append(f"  {stage:<12}{len(mine):>3}{min(secs):>7.2f}{statistics.median(secs):>8.2f}"
+                   f"{max(secs):>7.2f}  {codes:<10} {hint}/{len(mine)}")
+    failures = [f"  stop {i} (episode {r['episode']}, {r['stage']}, SIG{r['signal']}): {p}"
+                for i, r in enumerate(stops) for p in r["problems"]]
+    failures += [f"  episode {e['episode']}: {p}" for e in result["episodes"]
+                 for p in e["problems"]]
+    out += [f"failures: {len(failures)}"] + failures
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--stops", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--root", default="", help="folder for the workdirs (default: a temp dir)")
+    p.add_argument("--jax-cache", default="workdir",
+                   help="'workdir': each run's own cache (the config's default: a real first "
+                        "compile per episode); or a folder shared by every run")
+    a = p.parse_args()
+    # The comparison restores checkpoints of 8 devices (before jax's backend starts).
+    os.environ.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    root = a.root or tempfile.mkdtemp(prefix="chaos_")
+    os.makedirs(root, exist_ok=True)
+    corpus = os.path.join(root, "corpus.txt")
+    h.write_corpus(corpus)
+    env = run_env(None if a.jax_cache == "workdir" else os.path.abspath(a.jax_cache))
+    reference = os.path.join(root, "reference")
+    shutil.rmtree(reference, ignore_errors=True)
+    start = time.monotonic()
+    p = subprocess.run(h.command(reference, run_args(corpus)), cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    if p.returncode:
+        sys.exit(f"the uninterrupted run failed: {p.stderr[-2000:]}")
+    print(f"uninterrupted run: {time.monotonic() - start:.1f} s ({root})")
+    result = chaos(root, corpus, a.stops, a.seed, env, reference)
+    print(tables(result))
+    with open(os.path.join(root, "chaos.json"), "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
