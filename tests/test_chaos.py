@@ -35,8 +35,9 @@ def result(tmp_path_factory) -> dict:
     args = chaos.run_args(corpus)
     uninterrupted = str(root / "uninterrupted")
     h.train_here(uninterrupted, args + ["--config.data.num_workers=1"])  # the same files
+    env = chaos.run_env(jax.config.jax_compilation_cache_dir)
     start = time.monotonic()
-    out = chaos.episode(str(root / "w"), PLAN, args, chaos.run_env(jax.config.jax_compilation_cache_dir),
+    out = chaos.episode(str(root / "w"), PLAN, args, env,
                         lambda w: chaos.compare(w, uninterrupted), exit_limit=EXIT_LIMIT_S)
     print(f"episode: {time.monotonic() - start:.1f} s")
     print(chaos.tables({"stops": [dict(r, episode=0) for r in out["stops"]], "episodes": [
