@@ -149,6 +149,11 @@ def tree_hash(path: str) -> dict[str, str]:
     return out
 
 
+def folder_bytes(path: str) -> int:
+    """The size of the files under `path`."""
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
 def _stat(pid: int) -> list[str] | None:
     """Fields of /proc/PID/stat after the command name (state first); None once gone."""
     try:
