@@ -2,16 +2,17 @@
 at seeded random moments with SIGKILL or SIGTERM (drawn at random), rerun with the same
 command after each stop, and compared at the end with one uninterrupted run.
 
-    python benchmarks/chaos.py --stops 30 --seed 0 [--root DIR] [--jax-cache workdir|DIR]
+    python benchmarks/chaos.py --stops 30 --seed 0 [--signal random|KILL|TERM] [--root DIR]
+        [--jax-cache workdir|DIR]
 
 The run: 12 steps of a 1-layer model (tests/ckpt_helpers.py's TINY), data prepared in the
 workdir by 2 worker processes, a metrics row every step, an eval of the whole held-out
 split after steps 4 and 8, checkpoints at 5 and 10 and the final one at 12. The stops come
 in episodes (a fresh workdir each, up to 7 stops, then a rerun to the end): one stop per
-stage in the order the run meets them (prepare, compile, train / save / eval, final eval /
-final save), and one "quick" stop, a second signal 0-1.5 s after the previous stop's
-rerun started. A stop waits for its stage, then a seeded delay within the stage's usual
-length, then signals; the stage recorded is the one seen at the signal:
+stage in the order the run meets them (prepare, compile, 1-3 of train / save / eval, one
+of final eval / final save / exit), and one "quick" stop, a second signal 0-1.5 s after
+the previous stop's rerun started. A stop waits for its stage, then a seeded delay within
+the stage's usual length, then signals; the stage recorded is the one seen at the signal:
 
   start-up    before prepare (or, data ready, before the progress bar)
   prepare     data/ without meta.json, made or written by this run or with its workers
@@ -25,8 +26,8 @@ length, then signals; the stage recorded is the one seen at the signal:
   exit        the final eval row is written; plots, shutdown
 
 What the run must meet, per stop: SIGKILL ends it (-9); SIGTERM ends it within 10 s with
-exit 143 and a last line saying how to resume (`rerun the same command`), and no step
-logged is lost (the newest checkpoint is at the last logged step); no process of the run
+exit 143 and a last line saying how to resume (`rerun the same command`), and no step it
+logged is lost (the newest checkpoint is at its last logged step); no process of the run
 outlives it and its stderr is closed; no traceback. Per episode, after a rerun to the end
 (exit 0) and one more rerun of the finished run: the final checkpoint's params, opt_state
 and train items bitwise equal to the uninterrupted run's, its data item and the prepared
@@ -61,12 +62,12 @@ EXIT_LIMIT_S = 10.0  # SIGTERM -> exit, every stage
 HANG_S = 60.0  # a stopped run still alive after this is killed and reported as hung
 RESUME_HINT = "rerun the same command"
 MIDDLE = ("train", "save", "eval")
-FINAL = ("final eval", "final save")
+FINAL = ("final eval", "final save", "exit")
 QUICK = "quick"  # a second signal shortly after the previous stop's rerun started
 # Seconds a stop may wait once its stage is seen (a seeded uniform draw), about the
 # stage's length on a 2-core CPU; 0: at once (a save's commit lasts milliseconds).
 WINDOW = {"prepare": 2.0, "compile": 0.5, "train": 0.2, "save": 0.0, "eval": 0.1,
-          "final eval": 0.1, "final save": 0.0, QUICK: 1.5}
+          "final eval": 0.1, "final save": 0.0, "exit": 0.2, QUICK: 1.5}
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}
 
 
@@ -107,6 +108,7 @@ class Run:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.start = time.monotonic()
         self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self.stamps: dict[str, list[float]] = {"stdout": [], "stderr": []}  # when each came
         self.closed: dict[str, float] = {}
         self._readers = [threading.Thread(target=self._read, args=(name,), daemon=True)
                          for name in self.lines]
@@ -117,7 +119,9 @@ class Run:
         stream, rest = getattr(self.proc, name), b""
         while chunk := stream.read1(1 << 16):
             *done, rest = (rest + chunk).replace(b"\r", b"\n").split(b"\n")
-            self.lines[name] += [line.decode(errors="replace") for line in done if line.strip()]
+            done = [line.decode(errors="replace") for line in done if line.strip()]
+            self.stamps[name] += [time.monotonic()] * len(done)
+            self.lines[name] += done
         if rest.strip():
             self.lines[name].append(rest.decode(errors="replace"))
         self.closed[name] = time.monotonic()
@@ -132,9 +136,11 @@ class Run:
         return 0
 
     def wait_closed(self, timeout: float) -> float | None:
-        """Seconds from the start to both pipes closed (no process holds them), or None."""
+        """Seconds from the start to both pipes closed (no process holds them), or None
+        if they are still open `timeout` seconds from now."""
+        end = time.monotonic() + timeout
         for reader in self._readers:
-            reader.join(max(0.0, self.start + timeout - time.monotonic()))
+            reader.join(max(0.0, end - time.monotonic()))
         return max(self.closed.values()) - self.start if len(self.closed) == 2 else None
 
 
@@ -253,7 +259,10 @@ def stop(workdir: str, args: list[str], env: dict[str, str], target: str, signam
     left = h.alive(family)
     for pid in left:  # this harness's own leftovers
         os.kill(pid, signal.SIGKILL)
+    said = [t for t, line in zip(run.stamps["stderr"], run.lines["stderr"])
+            if RESUME_HINT in line]
     record.update(stage=stage, rc=run.proc.returncode, exit_s=round(exit_s, 2),
+                  message_s=round(said[-1] - sent, 2) if said else None,
                   closed_s=None if closed is None else round(closed - (sent - run.start), 2),
                   last=run.lines["stderr"][-1] if run.lines["stderr"] else "")
     record["problems"] = expectations(record, run, logged, hung, left, exit_limit)
@@ -283,7 +292,9 @@ def expectations(record: dict[str, Any], run: Run, logged: list[dict], hung: boo
         problems.append(f"{record['exit_s']:.1f} s to exit (> {exit_limit:.0f} s)")
     if RESUME_HINT not in record["last"]:
         problems.append(f"no line saying how to resume (last line: {record['last'][:120]!r})")
-    trained = max([r["step"] for r in logged if r["split"] == "train"], default=0)
+    start = run.resumed_step()  # rows past it are this run's once its progress bar is up
+    trained = max([r["step"] for r in logged if r["split"] == "train" and r["step"] > start
+                   and run.saw("train:")], default=0)
     done, _ = checkpoints(run.workdir)
     if trained and max(done, default=0) < trained:
         problems.append(f"steps up to {trained} were logged but the newest checkpoint is "
@@ -373,13 +384,15 @@ def episode(workdir: str, steps: list[tuple[str, str, float]], args: list[str],
 
 
 def chaos(root: str, corpus: str, stops: int, seed: int, env: dict[str, str],
-          reference: str, log=print) -> dict[str, Any]:
-    """Episodes of stops (see `plan`; signals and delays drawn) in fresh workdirs under
-    `root`, each compared with `reference` (an uninterrupted run of `run_args(corpus)`)."""
+          reference: str, signals: tuple[str, ...] = tuple(SIGNALS), log=print
+          ) -> dict[str, Any]:
+    """Episodes of stops (see `plan`; a signal of `signals` and a delay drawn for each)
+    in fresh workdirs under `root`, each compared with `reference` (an uninterrupted run
+    of `run_args(corpus)`)."""
     rng = random.Random(seed)
     records, episodes = [], []
     for e, targets in enumerate(plan(rng, stops)):
-        steps = [(t, rng.choice(sorted(SIGNALS)), rng.uniform(0, WINDOW[t])) for t in targets]
+        steps = [(t, rng.choice(sorted(signals)), rng.uniform(0, WINDOW[t])) for t in targets]
         result = episode(os.path.join(root, f"episode{e}"), steps, run_args(corpus), env,
                          lambda w: compare(w, reference), lambda line: log(f"  episode {e}{line}"))
         records += [dict(r, episode=e) for r in result["stops"]]
@@ -408,7 +421,8 @@ def tables(result: dict[str, Any]) -> str:
         count = lambda s: sum(r["signal"] == s for r in mine)  # noqa: E731
         out.append(f"  {stage:<12}{count('KILL'):>9}{count('TERM'):>9}"
                    f"{sum(bool(r['problems']) for r in mine):>8}")
-    out += ["SIGTERM -> exit, per stage: seconds (min / median / max), exit codes, resume line",
+    out += ["SIGTERM -> exit, per stage: seconds (min / median / max), exit codes, resume line "
+            "(and the largest seconds from the signal to that line)",
             f"  {'stage':<12}{'n':>3}{'min':>7}{'median':>8}{'max':>7}  codes      resume line"]
     for stage in stages:
         mine = [r for r in stops if r["stage"] == stage and r["signal"] == "TERM"]
@@ -417,8 +431,10 @@ def tables(result: dict[str, Any]) -> str:
         secs = [r["exit_s"] for r in mine]
         codes = ",".join(sorted({str(r["rc"]) for r in mine}))
         hint = sum(RESUME_HINT in r["last"] for r in mine)
+        said = [r["message_s"] for r in mine if r.get("message_s") is not None]
         out.append(f"  {stage:<12}{len(mine):>3}{min(secs):>7.2f}{statistics.median(secs):>8.2f}"
-                   f"{max(secs):>7.2f}  {codes:<10} {hint}/{len(mine)}")
+                   f"{max(secs):>7.2f}  {codes:<10} {hint}/{len(mine)}"
+                   + (f" (at {max(said):.2f} s)" if said else ""))
     failures = [f"  stop {i} (episode {r['episode']}, {r['stage']}, SIG{r['signal']}): {p}"
                 for i, r in enumerate(stops) for p in r["problems"]]
     failures += [f"  episode {e['episode']}: {p}" for e in result["episodes"]
@@ -432,6 +448,8 @@ def main() -> None:
     p.add_argument("--stops", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--root", default="", help="folder for the workdirs (default: a temp dir)")
+    p.add_argument("--signal", choices=("random", *SIGNALS), default="random",
+                   help="KILL or TERM for every stop (TERM: each stage's SIGTERM -> exit)")
     p.add_argument("--jax-cache", default="workdir",
                    help="'workdir': each run's own cache (the config's default: a real first "
                         "compile per episode); or a folder shared by every run")
@@ -451,7 +469,8 @@ def main() -> None:
     if p.returncode:
         sys.exit(f"the uninterrupted run failed: {p.stderr[-2000:]}")
     print(f"uninterrupted run: {time.monotonic() - start:.1f} s ({root})")
-    result = chaos(root, corpus, a.stops, a.seed, env, reference)
+    signals = tuple(SIGNALS) if a.signal == "random" else (a.signal,)
+    result = chaos(root, corpus, a.stops, a.seed, env, reference, signals)
     print(tables(result))
     with open(os.path.join(root, "chaos.json"), "w") as f:
         json.dump(result, f, indent=1)

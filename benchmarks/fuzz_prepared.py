@@ -3,23 +3,23 @@ caught before its bytes reach a batch.
 
     python benchmarks/fuzz_prepared.py --cases 200 --seed 0 [--cli-per-outcome 1]
 
-Two prepares of a small corpus with several shards: A, and B (another seed and a smaller vocab,
-so another fingerprint; ArrayRecord pads shards to whole blocks, so B's shards have A's
-sizes). Each case corrupts a fresh copy of A in one way (KINDS; each kind once, then drawn
-by WEIGHTS): bytes flipped (1-8, any
-file: every shard, meta.json, vocab.txt), a file truncated, bytes appended, a file
-deleted, a shard of B copied over one of A's under A's name, two of A's shards swapped,
-B's meta.json or vocab.txt over A's. The copy is then read through the public API
-(`pipeline.load_meta`, a train iterator's batch of every train example, every eval batch),
-in a worker process: a crash or a hang is recorded, not suffered. Outcomes: the one-line
-UserError's kind (meta checksum, size mismatch, shard checksum, ...), "no effect" (no
-error, and the batches equal the intact folder's bit for bit: e.g. a newline appended to
-meta.json), or a failure: SILENT WRONG BATCH (no error, other batches), a traceback (any
-other exception), a crash or a hang. An error must be one line that names the folder's
-file it found wrong and says the fix. With --cli-per-outcome K, K cases of each kind,
-outcome and file kind (meta.json, vocab.txt, a shard) also run `train.py
---config.data.prepared_dir=COPY` as a user would: one `error:` line and exit 2 (exit 0
-for "no effect"), no traceback.
+Two prepares of a small corpus with several shards: A, and B (another seed and a smaller
+vocab, so another fingerprint; ArrayRecord pads shards to whole blocks, so B's shards have
+A's sizes). Each case corrupts a fresh copy of A in one way (KINDS): bytes flipped (1-8),
+a file truncated, bytes appended or a file deleted (any file: every shard, meta.json,
+vocab.txt), a shard of B copied over one of A's under A's name, two of A's shards swapped,
+B's meta.json or vocab.txt over A's. The first cases take each kind once, on each kind of
+file where it picks one; the others are drawn by WEIGHTS. The copy is then read through
+the public API (`pipeline.load_meta`, a train iterator's batch of every train example,
+every eval batch), in a worker process: a crash or a hang is recorded, not suffered.
+Outcomes: the one-line UserError's kind (meta checksum, size mismatch, shard checksum,
+...), "no effect" (no error, and the batches equal the intact folder's bit for bit: e.g. a
+newline appended to meta.json), or a failure: SILENT WRONG BATCH (no error, other
+batches), a traceback (any other exception), a crash or a hang. An error must be one line
+that names the folder's file it found wrong and says the fix. With --cli-per-outcome K, K
+cases of each kind, outcome and file kind (meta.json, vocab.txt, a shard) also run
+`train.py --config.data.prepared_dir=COPY` as a user would: one `error:` line and exit 2
+(exit 0 for "no effect"), no traceback.
 """
 
 from __future__ import annotations
@@ -45,8 +45,11 @@ KINDS = ("flip", "truncate", "append", "delete", "swap-shard", "own-swap", "fore
          "foreign-vocab")
 WEIGHTS = (4, 2, 1, 1, 2, 1, 1, 1)  # byte flips are the commonest damage
 FAILURES = ("SILENT WRONG BATCH", "traceback", "crash", "hang")
-CASE_TIMEOUT_S = 120.0
 META, VOCAB = "meta.json", "vocab.txt"
+# The first cases: each kind once, on each file kind where the kind picks a file.
+FIRST = [(kind, fk) for kind in KINDS[:4] for fk in (META, VOCAB, "shard")] + [
+    (kind, None) for kind in KINDS[4:]]
+CASE_TIMEOUT_S = 120.0
 # What each UserError says (its kind), by a phrase of its message; first match wins.
 ERROR_KINDS = (("its checksum does not match", "meta checksum"),
                ("another prepare's (fingerprint", "meta of another prepare"),
@@ -82,17 +85,19 @@ def make_folders(root: str) -> tuple[str, str, Any]:
     return a, b, opts
 
 
-def file_kind(name: str) -> str:
+def file_kind_of(name: str) -> str:
     return name if name in (META, VOCAB) else "shard"
 
 
-def corrupt(folder: str, other: str, kind: str, rng: random.Random) -> dict[str, Any]:
-    """Applies one corruption of `kind` to `folder` (`other`: prepare B); returns what was
-    done: the file of `folder` it made wrong, and how."""
+def corrupt(folder: str, other: str, kind: str, rng: random.Random,
+            file_kind: str | None = None) -> dict[str, Any]:
+    """Applies one corruption of `kind` to `folder` (`other`: prepare B), to a file of
+    `file_kind` when given (flip, truncate, append, delete); returns what was done: the
+    files of `folder` it made wrong (the first names the case), and how."""
     files = sorted(os.listdir(folder))
     shards = [n for n in files if n.endswith(".arrayrecord")]
     theirs = sorted(n for n in os.listdir(other) if n.endswith(".arrayrecord"))
-    name = rng.choice(files)
+    name = rng.choice([n for n in files if file_kind in (None, file_kind_of(n))])
     path = os.path.join(folder, name)
     if kind == "flip":
         data = bytearray(open(path, "rb").read())
@@ -225,16 +230,18 @@ def fuzz(root: str, cases: int, seed: int, keep_per_outcome: int = 0, log=print
     results, kept = [], collections.Counter()
     try:
         for i in range(cases):
-            kind = KINDS[i] if i < len(KINDS) else rng.choices(KINDS, WEIGHTS)[0]
+            kind, file_kind = (FIRST[i] if i < len(FIRST)
+                               else (rng.choices(KINDS, WEIGHTS)[0], None))
             copy = os.path.join(root, f"case{i:04d}")
             shutil.copytree(a, copy)
-            case = dict(case=i, kind=kind, folder=copy, **corrupt(copy, b, kind, rng))
+            case = dict(case=i, kind=kind, folder=copy,
+                        **corrupt(copy, b, kind, rng, file_kind))
             case.update(checker(copy, a, opts, case["files"]))
             results.append(case)
             if case["problems"]:
                 log(f"case {i} {kind} {case['files'][0]} ({case['how']}): {case['outcome']}: "
                     f"{case['problems']} {case['message'][:200]}")
-            key = kind, case["outcome"], file_kind(case["files"][0])
+            key = kind, case["outcome"], file_kind_of(case["files"][0])
             if kept[key] < keep_per_outcome:
                 kept[key] += 1
             else:

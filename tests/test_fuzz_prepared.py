@@ -56,6 +56,19 @@ def test_meta_of_another_prepare_and_a_flipped_version_field(fuzzed, tmp_path):
         pipeline.load_meta(copy)
 
 
+@pytest.mark.xfail(strict=True, reason="phase 2 (engine): train.py copies the prepared "
+                   "vocab.txt into the workdir before load_meta checks the folder: a missing "
+                   "vocab.txt is a FileNotFoundError traceback")
+def test_train_py_on_a_folder_without_vocab_is_one_error_line(fuzzed, tmp_path):
+    _, folder, opts = fuzzed
+    copy = str(tmp_path / "no_vocab")
+    shutil.copytree(folder, copy)
+    os.remove(os.path.join(copy, "vocab.txt"))
+    case = dict(folder=copy, outcome="file missing", message=f"{copy}/vocab.txt: missing")
+    env = h.env(1, jax.config.jax_compilation_cache_dir)
+    assert fuzz.cli(case, opts, str(tmp_path / "w"), env) == ([], [])
+
+
 def _first_reads(out: str, opts, batch: int, seed: int) -> dict[str, int]:
     """{shard name: the train step that first reads it} of a run at `batch` and `seed`."""
     batches = pipeline._Batches(out, "train", opts, global_batch_size=batch, seed=seed,
