@@ -32,7 +32,8 @@ outlives it and its stderr is closed; no traceback. Per episode, after a rerun t
 (exit 0) and one more rerun of the finished run: the final checkpoint's params, opt_state
 and train items bitwise equal to the uninterrupted run's, its data item and the prepared
 files equal, and metrics.jsonl's rows (timing keys dropped) none missing, none doubled,
-none different. Every unmet expectation is printed as a failure (stage, stop, what).
+none different; every jax compilation cache entry readable (a kill can cut one short).
+Every unmet expectation is printed as a failure (stage, stop, what).
 """
 
 from __future__ import annotations
@@ -365,6 +366,23 @@ def rerun(workdir: str, args: list[str], env: dict[str, str], what: str) -> list
     return []
 
 
+def broken_cache_entries(folder: str) -> list[str]:
+    """jax compilation cache entries in `folder` that do not decompress: cut short by a
+    kill (jax writes an entry in place and never rewrites one, so every later run fails
+    to read it, silently, and compiles that program again)."""
+    from jax._src import compilation_cache
+
+    broken = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name.endswith("-cache"):
+            with open(os.path.join(folder, name), "rb") as f:
+                try:
+                    compilation_cache.decompress_executable(f.read())
+                except Exception:  # noqa: BLE001  (zstd's or zlib's error)
+                    broken.append(name)
+    return broken
+
+
 def episode(workdir: str, steps: list[tuple[str, str, float]], args: list[str],
             env: dict[str, str], check: Callable[[str], list[str]], log=print,
             exit_limit: float = EXIT_LIMIT_S) -> dict[str, Any]:
@@ -380,6 +398,9 @@ def episode(workdir: str, steps: list[tuple[str, str, float]], args: list[str],
     finished = rerun(workdir, args, env, "rerun of the finished run")
     finished += [f"after a rerun of the finished run: {p}" for p in check(workdir)
                  if p not in resumed]
+    cache = env.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(workdir, "jax_cache")
+    resumed += [f"jax compilation cache entry {name} is broken (a kill cut its write short): "
+                f"every run compiles it again" for name in broken_cache_entries(cache)]
     return {"stops": stops, "resumed": resumed, "finished": finished}
 
 
