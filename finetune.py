@@ -23,9 +23,9 @@ DEFAULT_WORKDIR = "runs/finetune"
 
 
 def main(argv: list[str]) -> None:
-    from flax_bert.finetune import loop
+    from flax_bert.finetune import classification
 
-    train.run(argv, loop.train_and_evaluate)
+    train.run(argv, classification.train_and_evaluate)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,12 @@
 
 Rerunning a command with the same --workdir resumes from its newest checkpoint. SIGTERM or
 Ctrl-C saves a checkpoint at the current step and exits with 128 + the signal number.
+A workdir that holds a model (trained, or imported with `python -m flax_bert.hf import`)
+continues it: only the --config.model.* flags given here are compared with it.
 Mistakes on the command line or in the config end with one `error: ...` line and exit 2.
 """
 
+import functools
 import os
 import sys
 from typing import Callable
@@ -86,10 +89,19 @@ def run(argv: list[str], train_and_evaluate: Callable) -> None:
         sys.exit(e.exit_code)
 
 
-def main(argv: list[str]) -> None:
-    from flax_bert.training import loop
+def model_flags() -> set[str]:
+    """The config.model fields set on the command line (--config.model.FIELD=...)."""
+    from ml_collections import config_flags
 
-    run(argv, loop.train_and_evaluate)
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    return {key.split(".", 1)[1] for key in overrides if key.startswith("model.")}
+
+
+def main(argv: list[str]) -> None:
+    from flax_bert import pretraining
+
+    run(argv, functools.partial(pretraining.train_and_evaluate,
+                                explicit_model_fields=model_flags()))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ the previous stop's rerun started. A stop waits for its stage, then a seeded del
 the stage's usual length, then signals; the stage recorded is the one seen at the signal:
 
   start-up    before prepare (or, data ready, before the progress bar)
-  prepare     data/ without meta.json, made or written by this run or with its workers
+  prepare     prepared/ without meta.json, made or written by this run or with its workers
               (vocab training, then the workers' shards)
   compile     the progress bar is up, no step of this process logged yet
   train       between steps
@@ -55,6 +55,7 @@ from typing import Any, Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from flax_bert.workdir import Paths  # noqa: E402
 from tests import ckpt_helpers as h  # noqa: E402
 
 STEPS, EVAL_EVERY, SAVE_EVERY = 12, 4, 5
@@ -103,7 +104,7 @@ class Run:
         self.tmp0 = set(checkpoints(workdir)[1])  # a killed save's, deleted at the start
         self.final_rows0 = len([r for r in rows(workdir)
                                 if r["split"] == "eval" and r["step"] == STEPS])
-        self.data0 = os.path.isdir(os.path.join(workdir, "data"))
+        self.data0 = os.path.isdir(Paths(workdir).prepared)
         self.wall0 = time.time()
         self.proc = subprocess.Popen(h.command(workdir, args), cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -148,7 +149,7 @@ class Run:
 def rows(workdir: str) -> list[dict[str, Any]]:
     """metrics.jsonl's whole rows."""
     try:
-        with open(os.path.join(workdir, "metrics.jsonl"), "rb") as f:
+        with open(Paths(workdir).metrics, "rb") as f:
             data = f.read()
     except FileNotFoundError:
         return []
@@ -164,7 +165,7 @@ def rows(workdir: str) -> list[dict[str, Any]]:
 def checkpoints(workdir: str) -> tuple[list[int], list[int]]:
     """(committed steps, steps of orbax tmp folders) in the workdir."""
     try:
-        names = os.listdir(os.path.join(workdir, "checkpoints"))
+        names = os.listdir(Paths(workdir).checkpoints)
     except FileNotFoundError:
         return [], []
     done = sorted(int(n) for n in names if n.isdigit())
@@ -174,7 +175,7 @@ def checkpoints(workdir: str) -> tuple[list[int], list[int]]:
 
 def observe(run: Run) -> str:
     """The run's stage now (see the module docstring)."""
-    data = os.path.join(run.workdir, "data")
+    data = Paths(run.workdir).prepared
     if not os.path.exists(os.path.join(data, "meta.json")):
         return "prepare" if preparing(run, data) else "start-up"
     tmp = set(checkpoints(run.workdir)[1])
@@ -334,12 +335,14 @@ def compare(workdir: str, reference: str) -> list[str]:
         if (jax.tree.structure(a) != jax.tree.structure(b)
                 or any(not np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))):
             problems.append(f"checkpoint {STEPS} item {item} differs from the uninterrupted run's")
-    for folder in (f"checkpoints/{STEPS}/data", "data"):
-        hashes = [{name: digest for name, digest in h.tree_hash(os.path.join(w, folder)).items()
+    for folder in (lambda p: os.path.join(p.checkpoints, str(STEPS), "data"),
+                   lambda p: p.prepared):
+        hashes = [{name: digest for name, digest in h.tree_hash(folder(Paths(w))).items()
                    if name != "commit_success.txt"}  # it names its folder
                   for w in (workdir, reference)]
         if hashes[0] != hashes[1]:
-            problems.append(f"{folder} differs from the uninterrupted run's")
+            problems.append(f"{os.path.relpath(folder(Paths(workdir)), workdir)} differs from "
+                            f"the uninterrupted run's")
     got = collections.Counter(comparable(r) for r in rows(workdir))
     want = collections.Counter(comparable(r) for r in rows(reference))
     for row, n in sorted((want - got).items()):
@@ -347,9 +350,9 @@ def compare(workdir: str, reference: str) -> list[str]:
     for row, n in sorted((got - want).items()):
         kind = "doubled" if row in want else "not in the uninterrupted run"
         problems.append(f"metrics row {kind} ({n}x): {row[:160]}")
-    if os.path.isdir(os.path.join(workdir, "checkpoints_broken")):
+    if os.path.isdir(Paths(workdir).broken_checkpoints):
         problems.append(f"checkpoints moved aside as broken: "
-                        f"{sorted(os.listdir(os.path.join(workdir, 'checkpoints_broken')))}")
+                        f"{sorted(os.listdir(Paths(workdir).broken_checkpoints))}")
     return problems
 
 
@@ -398,7 +401,7 @@ def episode(workdir: str, steps: list[tuple[str, str, float]], args: list[str],
     finished = rerun(workdir, args, env, "rerun of the finished run")
     finished += [f"after a rerun of the finished run: {p}" for p in check(workdir)
                  if p not in resumed]
-    cache = env.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(workdir, "jax_cache")
+    cache = env.get("JAX_COMPILATION_CACHE_DIR") or Paths(workdir).under("jax_cache")
     resumed += [f"jax compilation cache entry {name} is broken (a kill cut its write short): "
                 f"every run compiles it again" for name in broken_cache_entries(cache)]
     return {"stops": stops, "resumed": resumed, "finished": finished}

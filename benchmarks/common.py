@@ -12,7 +12,8 @@ import optax
 from jax.sharding import Mesh
 
 from flax_bert import BertConfig, BertForPreTraining
-from flax_bert.training import loop, optimizer, sharding, state as state_lib, steps
+from flax_bert.compute import Compute
+from flax_bert.training import feed, optimizer, sharding, state as state_lib, steps
 
 
 BERT_VOCAB_SIZE = 30522  # Without prepared data, the size files' vocab is BERT's own.
@@ -81,7 +82,7 @@ def build_parts(config: ml_collections.ConfigDict, seq: int) -> Parts:
     cfg = BertConfig(**config.model.to_dict())
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}),
                               jax.devices()[:1])
-    model = BertForPreTraining(cfg, **loop.model_options(config.train))
+    model = BertForPreTraining(cfg, Compute.from_config(config.train))
     tx, schedule = optimizer.make_optimizer(config.optimizer, config.train.steps)
     state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(0), seq)
     return Parts(model, tx, schedule, mesh, state, shardings)
@@ -94,6 +95,6 @@ def build_step(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray
     parts = build_parts(config, seq)
     step = steps.jit_train_step(parts.mesh, parts.shardings, model=parts.model, tx=parts.tx,
                                 schedule=parts.schedule)
-    stacked = loop.stack_batches([batch_np] * config.train.steps_per_call)
+    stacked = feed.stack_batches([batch_np] * config.train.steps_per_call)
     return step, parts.state, jax.device_put(
         stacked, sharding.batch_sharding(parts.mesh, stacked=True))

@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import build_parts, load_config, make_batch  # noqa: E402
-from flax_bert.training import loop, steps  # noqa: E402
+from flax_bert.training import feed, steps  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> None:
                                 schedule=parts.schedule)
     batch = make_batch(parts.model.config, args.batch, args.seq, preds,
                        np.random.default_rng(0))
-    batches = loop.stack_batches([batch] * config.train.steps_per_call)  # [K, B, ...]
+    batches = feed.stack_batches([batch] * config.train.steps_per_call)  # [K, B, ...]
     traced, cpu0 = time.perf_counter(), time.process_time()
     lowered = step.lower(state, batches, jax.random.PRNGKey(1))
     lower_s, lower_cpu = time.perf_counter() - traced, time.process_time() - cpu0

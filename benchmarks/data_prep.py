@@ -33,18 +33,20 @@ import psutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from flax_bert.data import corpus, prepare as prepare_lib, vocab as vocab_lib  # noqa: E402
+from flax_bert.data import corpus, vocab as vocab_lib  # noqa: E402
+from flax_bert.data.options import DataOptions  # noqa: E402
 
 MB = 1 << 20
 # Timed in a child process that imports flax_bert from the code tree under test.
 PIPELINE_TIMER = """
 import json, sys, time
 from flax_bert.data import pipeline
+from flax_bert.data.options import DataOptions
 out, batch, batches, wwm = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
-cfg = {"masked_lm_prob": 0.15, "max_predictions_per_seq": pipeline.load_meta(out)[
-    "max_predictions_per_seq"], "mask_token_prob": 0.8, "random_token_prob": 0.1,
-    "whole_word_masking": wwm, "dynamic_masking": True, "prefetch": 0}
-it = pipeline.make_train_iterator(out, cfg, global_batch_size=batch, seed=0, process_index=0,
+opts = DataOptions.defaults().replace(
+    max_predictions_per_seq=pipeline.load_meta(out)["max_predictions_per_seq"],
+    whole_word_masking=wwm, dynamic_masking=True, prefetch=0)
+it = pipeline.make_train_iterator(out, opts, global_batch_size=batch, seed=0, process_index=0,
                                   process_count=1)
 next(it)
 t0 = time.perf_counter()
@@ -87,7 +89,7 @@ def env_for(code: str) -> dict:
 
 
 def main() -> None:
-    d = prepare_lib.PrepareOptions()
+    d = DataOptions.defaults()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--input", nargs="+", default=list(d.input), help="one glob per corpus")
     p.add_argument("--baseline", default="", help="a folder with other flax_bert code")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-import dataclasses
 import multiprocessing
 import os
 import random
@@ -63,12 +62,12 @@ ERROR_KINDS = (("its checksum does not match", "meta checksum"),
 
 def options(folder_corpus: str, **overrides):
     """Prepare options of the fuzzed folders (several shards of a marker corpus)."""
-    from flax_bert.data import prepare
+    from flax_bert.data.options import DataOptions
 
     base = dict(input=(folder_corpus,), vocab_size=4000, max_seq_length=64,
                 max_predictions_per_seq=10, eval_fraction=0.2, num_workers=1, dupe_factor=2,
                 shard_mb=0.01)
-    return dataclasses.replace(prepare.PrepareOptions(), **{**base, **overrides})
+    return DataOptions.defaults().replace(**{**base, **overrides})
 
 
 def make_folders(root: str) -> tuple[str, str, Any]:
@@ -81,7 +80,7 @@ def make_folders(root: str) -> tuple[str, str, Any]:
     a, b = os.path.join(root, "A"), os.path.join(root, "B")
     opts = options(corpus)
     prepare.prepare(opts, a, progress=False)
-    prepare.prepare(options(corpus, seed=1, vocab_size=300), b, progress=False)
+    prepare.prepare(options(corpus, prepare_seed=1, vocab_size=300), b, progress=False)
     return a, b, opts
 
 

@@ -1,11 +1,9 @@
 #!/bin/bash
-# Issue 14's GPU figures in one prepared script, for a session lent an H100/H200 (15 device
-# minutes in all). Run from the repo root through the device tool, with the wheels the GPU
-# image lacks in .whl/ (carry: [".whl"]), as two back-to-back calls (the machine stays warm
-# for ~30 s between them, so the second needs no new start):
+# The GPU benchmark set, one stage after another, on an H100/H200 host (about 15 minutes
+# for the default stages). From the repo root, after `pip install -e ".[test,cuda]"`:
 #
-#   bash benchmarks/gpu_check.sh base train     # timeout_s 500
-#   bash benchmarks/gpu_check.sh seq512 large   # timeout_s 280
+#   bash benchmarks/gpu_check.sh                 # base train seq512 large
+#   bash benchmarks/gpu_check.sh base attn       # any stages, in order
 #
 # Stages (each cut at its budget in seconds, so a slow one cannot eat the next):
 #   base    BERT-base, seq 128, batch 256, bf16: ours vs HF eager vs HF torch.compile,
@@ -16,17 +14,16 @@
 #   large   BERT-large, seq 128, batch 128, bf16: ours only (MFU)            (BUDGET_LARGE=130)
 #   attn    BERT-base, seq 128, batch 256, bf16, attention dropout 0 (so attention is fused):
 #           ours only, train.attention_impl=auto (cuDNN flash attention) vs explicit
-#           (scores materialised); optional third call, timeout_s 220    (BUDGET_ATTN=200)
+#           (scores materialised)                                          (BUDGET_ATTN=200)
 # TRAIN_EXTRA: more train.py flags (a CPU smoke test of the script: a tiny model, 8 steps).
-# Logs go to $OUT/<stage>.log (the device tool brings back what is under $OUT); the last
-# lines printed are a summary of each stage's result lines.
+# Logs go to $OUT/<stage>.log (default /tmp/gpu_check); the last lines printed summarise
+# each stage's result lines. On a host without package access, wheels put in .whl/ are
+# installed first (into /tmp/site).
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
-# The GPU image has jax, flax, optax, orbax, torch and transformers; grain, ml_collections,
-# tensorboardX, array_record and portpicker travel as wheels (see benchmarks/README.md).
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1

@@ -17,7 +17,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from flax_bert.data import corpus, prepare as prepare_lib  # noqa: E402
+from flax_bert.data import corpus  # noqa: E402
+from flax_bert.data.options import DataOptions  # noqa: E402
 
 MB = 1 << 20
 
@@ -49,7 +50,7 @@ def main() -> None:
     p.add_argument("--output", default="/tmp/corpora")
     p.add_argument("--file-mb", type=float, default=5.0, help="size of each file")
     args = p.parse_args()
-    paths = corpus.expand_inputs(prepare_lib.PrepareOptions().input[0])
+    paths = corpus.expand_inputs(DataOptions.defaults().input[0])
     docs = ["\n".join(d) for _, d in corpus.iter_raw_documents(paths, "auto", "text")]
     for mb in args.mb:
         folder = os.path.join(args.output, f"{mb:g}mb")

@@ -35,11 +35,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- Data: corpus -> prepared shards -> grain pipeline. --------------------------------
     d = config.data = ml_collections.ConfigDict()
-    d.input = "data/corpus/*.txt.gz"  # Files/globs (comma separated) or a `datasets` dir.
+    d.input = "corpus/*.txt.gz"  # Files/globs (comma separated) or a `datasets` dir.
     d.text_column = "text"  # Column holding the text in a `datasets` dataset on disk.
     d.input_format = "auto"  # auto | sentences (one per line) | paragraphs (raw prose).
-    # Prepared shards; "" means WORKDIR/data (prepared on first run). A given folder that
-    # holds a meta.json is used as it is (e.g. made by `python -m flax_bert.data.prepare`).
+    # Prepared shards; "" means WORKDIR/prepared (prepared on first run). A given folder
+    # that holds a meta.json is used as it is (e.g. made by `python -m flax_bert.data.prepare`).
     d.prepared_dir = ""
     d.vocab = ""  # An existing BERT vocab.txt; "" trains a WordPiece vocab on the corpus.
     d.vocab_size = 8192  # Size of the trained WordPiece vocab (when d.vocab is "").
@@ -114,6 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
     # train.py before the first compile.
     t.compilation_cache_dir = "jax_cache"
     t.log_every = 100  # Steps between training metric rows (host sync only then).
+    t.tensorboard = True  # Also write the metric rows as TensorBoard events (tensorboardX).
     t.eval_every = 1000  # Steps between evaluations on the held-out split (0 = only at end).
     # Batches of each periodic evaluation: a fixed subset (the first batches of the
     # held-out split), a curve point at a fraction of the cost; 0 = the whole split. 40 of

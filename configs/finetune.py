@@ -73,6 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
     t.scan_layers = "auto"  # auto | scan | unroll: the encoder's layer loop (configs/default.py).
     t.compilation_cache_dir = "jax_cache"  # Persistent compile cache (see configs/default.py).
     t.log_every = 50  # Steps between training metric rows.
+    t.tensorboard = True  # Also write the metric rows as TensorBoard events (tensorboardX).
     t.eval_every = 200  # Steps between evaluations on data.eval (0 = only at the end).
     t.eval_batch_size = 128  # Examples per eval batch.
     t.max_consecutive_nonfinite = 5  # Skipped non-finite steps in a row before stopping.

@@ -1,16 +1,11 @@
-"""Checkpoints: training checkpoints in a workdir, and params-only exports.
+"""Checkpoints: training checkpoints in a run folder, and params-only exports.
 
-A workdir holds:
-    config.json              the model's BertConfig (HF field names)
-    vocab.txt                the WordPiece vocab the data was tokenized with
-    checkpoints/<step>/      orbax, one folder per item:
-        params/              the parameter pytree (float32): all `load_params` reads
-        opt_state/           the optimizer state
-        train/               the other TrainState fields (step, nonfinite_run) + `rng`
-        data/                the grain train-iterator state (its next batch index)
-    checkpoints_broken/      checkpoints that failed to restore, moved aside (never deleted)
-    pretrained/              optional export dir: initial weights (see flax_bert.hf import)
-    run.lock                 names the process writing here (see flax_bert.workdir)
+A run folder's `checkpoints/<step>/` (flax_bert.workdir names the run folder's paths) holds
+one orbax folder per item:
+    params/              the parameter pytree (float32): all `load_params` reads
+    opt_state/           the optimizer state
+    train/               the other TrainState fields (step, nonfinite_run) + `rng`
+    data/                the grain train-iterator state (its next batch index)
 
 An export directory holds:
     config.json              BertConfig in HF field names
@@ -39,17 +34,13 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from flax_bert import model as model_lib
+from flax_bert import distributed, layers
 from flax_bert import workdir as workdir_lib
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
+from flax_bert.workdir import CONFIG_FILE
 
-CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
-CHECKPOINTS_DIR = "checkpoints"
-BROKEN_DIR = "checkpoints_broken"
-PRETRAINED_DIR = "pretrained"
-VOCAB_FILE = "vocab.txt"  # In a workdir, an export dir and an HF dir alike.
 ARRAY_ITEMS = ("params", "opt_state", "train")  # orbax Standard items of a train checkpoint
 DATA_ITEM = "data"
 LEGACY_LAYER = "layer_0"  # the encoder's first layer, in params saved before it was stacked
@@ -60,7 +51,7 @@ class SaveFailed(UserError):
 
 
 def warn(message: str) -> None:
-    if jax.process_index() == 0:
+    if distributed.is_writer():
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
@@ -93,8 +84,8 @@ def load_params(path: str) -> Any:
     come back stacked (`encoder/layers`), as the model now takes them.
     """
     path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
-        directory = os.path.join(path, CHECKPOINTS_DIR)
+    directory = workdir_lib.Paths(path).checkpoints
+    if os.path.isdir(directory):
         options = ocp.CheckpointManagerOptions(read_only=True, create=False)
         with ocp.CheckpointManager(directory, options=options,
                                    item_handlers={"params": ocp.StandardCheckpointHandler()}
@@ -118,7 +109,7 @@ def load_params(path: str) -> Any:
     params = jax.tree.map(np.asarray, params)
     encoder = params.get("bert", {}).get("encoder", {})
     if LEGACY_LAYER in encoder:
-        params["bert"]["encoder"] = model_lib.stack_layers(encoder)
+        params["bert"]["encoder"] = layers.stack_layers(encoder)
     return params
 
 
@@ -131,8 +122,9 @@ class TrainCheckpointer:
     """orbax CheckpointManager for the train state, RNG key and data iterator of a workdir."""
 
     def __init__(self, workdir: str, ckpt_config: ml_collections.ConfigDict):
-        self.workdir = os.path.abspath(workdir)
-        self.directory = os.path.join(self.workdir, CHECKPOINTS_DIR)
+        self.paths = workdir_lib.Paths(workdir)
+        self.workdir = self.paths.root
+        self.directory = self.paths.checkpoints
         self.every = ckpt_config.every
         options = ocp.CheckpointManagerOptions(
             max_to_keep=ckpt_config.keep,
@@ -166,7 +158,7 @@ class TrainCheckpointer:
                 raise UserError(
                     f"{self.directory}/{step} holds one param set per encoder layer "
                     f"(encoder/{LEGACY_LAYER}, ...), written before the layers were stacked "
-                    f"(encoder/{model_lib.LAYERS}), and cannot be resumed; carry its weights "
+                    f"(encoder/{layers.LAYERS}), and cannot be resumed; carry its weights "
                     f"into a new workdir: python -m flax_bert.hf export --workdir "
                     f"{self.workdir} OUT, then python -m flax_bert.hf import OUT --workdir NEW")
             if old != new:
@@ -187,14 +179,12 @@ class TrainCheckpointer:
 
     def _move_aside(self, step: int) -> str:
         """Moves a broken checkpoint to checkpoints_broken/ (kept for inspection)."""
-        target_dir = os.path.join(self.workdir, BROKEN_DIR)
+        target_dir = self.paths.broken_checkpoints
         target = os.path.join(target_dir, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if jax.process_index() == 0:
+        if distributed.is_writer():
             os.makedirs(target_dir, exist_ok=True)
             os.rename(os.path.join(self.directory, str(step)), target)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices(f"moved checkpoint {step}")
+        distributed.barrier(f"moved checkpoint {step}")
         self.manager.reload()
         return target
 

@@ -9,12 +9,13 @@ is hidden, so `jax.grad`, `jax.vmap` (per-example gradients: vmap over examples,
 a batch axis of one) and `jax.checkpoint` compose with all three, and `jax.jvp` with
 `encode`. `pretraining_loss` uses the train step's hand-written VJPs of the MLM decoder and
 the cross-entropy (flax_bert/ops.py), which have no forward mode: pass
-`fused_backward=False` for `jax.jvp` / `jax.jacfwd` (the plain forms, the same numbers).
+`compute=Compute(fused_backward=False)` for `jax.jvp` / `jax.jacfwd` (the plain forms, the
+same numbers).
 
-Keywords choose how the model computes, with the defaults of the Linen modules and of
-configs/default.py: `dtype` (compute dtype; params stay float32), `dropout_impl` ("hash" |
-"jax", see `model.Dropout`), `remat_policy` and `fused_backward`. Pass a run's `config.train` values to get
-its numbers. Dropout is on when a key is given and off when `rng` is None. The train step
+`compute` chooses how the model computes (`flax_bert.compute.Compute`: dtype, remat, the
+dropout and attention kernels, the layer loop, the fused backward passes), with the
+defaults of configs/default.py; `Compute.from_config(config.train)` gives a run's, and its
+numbers. Dropout is on when a key is given and off when `rng` is None. The train step
 at step t draws its dropout from `steps.dropout_key(rng, t)`, so its loss is
 `pretraining_loss(state.params, batch, steps.dropout_key(rng, state.step), config=...)`.
 """
@@ -25,9 +26,9 @@ from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from flax_bert import losses
+from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
 from flax_bert.model import BertForPreTraining, BertModel
 from flax_bert.training import steps
@@ -36,7 +37,6 @@ from flax_bert.training.state import example_inputs
 Array = jax.Array
 Batch = Mapping[str, Array]
 Params = Any
-Dtype = Any
 
 
 def init(config: BertConfig, rng: Array) -> Params:
@@ -46,22 +46,19 @@ def init(config: BertConfig, rng: Array) -> Params:
 
 
 def encode(params: Params, batch: Batch, *, config: BertConfig, rng: Array | None = None,
-           dtype: Dtype = jnp.float32, dropout_impl: str = "hash",
-           remat_policy: str = "none") -> tuple[Array, Array]:
+           compute: Compute = Compute()) -> tuple[Array, Array]:
     """(sequence [B, S, H], pooled [B, H]) of `input_ids`, `token_type_ids`,
     `attention_mask` [B, S], with `params["bert"]`."""
-    model = BertModel(config, dtype, remat_policy, dropout_impl)
+    model = BertModel(config, compute)
     return model.apply({"params": params["bert"]}, batch["input_ids"], batch["token_type_ids"],
                        batch["attention_mask"], deterministic=rng is None,
                        rngs=None if rng is None else {"dropout": rng})
 
 
 def pretraining_loss(params: Params, batch: Batch, rng: Array | None, *, config: BertConfig,
-                     dtype: Dtype = jnp.float32, dropout_impl: str = "hash",
-                     remat_policy: str = "none", fused_backward: bool = True
-                     ) -> tuple[Array, dict[str, Array]]:
+                     compute: Compute = Compute()) -> tuple[Array, dict[str, Array]]:
     """(mean MLM loss + mean NSP loss, the sums of `losses.pretraining_metrics`) on a
     pretraining batch (`train.py`'s keys: masked_positions, masked_ids, ...)."""
-    model = BertForPreTraining(config, dtype, remat_policy, dropout_impl, fused_backward)
+    model = BertForPreTraining(config, compute)
     sums = steps.forward_sums(model, params, batch, deterministic=rng is None, dropout_rng=rng)
     return losses.total_loss(sums), sums

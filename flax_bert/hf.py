@@ -12,7 +12,7 @@ Mapping (HF name -> our param path under `BertForPreTraining`):
     cls.predictions.decoder.weight    -> tied to bert/embeddings/word_embeddings (checked)
     cls.seq_relationship              -> cls/seq_relationship/{kernel [H, 2], bias}
 
-Task heads (`head=`, see HEADS) keep the encoder's names and add their own layer at the top
+Task heads (`head=`, see hf_layout.HEADS) keep the encoder's names and add their own layer at the top
 level: `classifier` (sequence and token classification), `qa_outputs` (question answering).
 The token and span heads have no `bert.pooler`, as in transformers.
 
@@ -24,259 +24,23 @@ CLI:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
 import sys
 import warnings
-from typing import Any, Iterator
 
 import numpy as np
 
-from flax_bert import checkpoint
-from flax_bert import model as model_lib
-from flax_bert.checkpoint import CHECKPOINTS_DIR, PRETRAINED_DIR, VOCAB_FILE
+from flax_bert import checkpoint, layers
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
-from flax_bert.workdir import WorkdirLock
-
-CONFIG_FILE = "config.json"
-SAFETENSORS_FILE = "model.safetensors"
-TORCH_FILE = "pytorch_model.bin"
-
-Params = dict[str, Any]
-Path = tuple[str, ...]
-
-POOLER_GROUP = "bert.pooler"
-
-
-@dataclasses.dataclass(frozen=True)
-class Head:
-    """A transformers BERT class: our model for it and the HF names of its task layers.
-
-    Loading, a checkpoint without any tensor of an optional group (the pooler, a task
-    layer: a bare `BertModel`, a `BertForMaskedLM`) gets that group freshly initialised,
-    with a warning; tensors of another head's groups are dropped, with a warning.
-    """
-
-    architecture: str  # transformers class name, also our flax_bert.model class name
-    pooler: bool  # whether its encoder has `bert.pooler`
-    groups: tuple[str, ...]  # HF name prefixes of its task layers
-    labelled: bool  # whether it takes num_labels (its `classifier` has one output per label)
-
-    @property
-    def optional_groups(self) -> tuple[str, ...]:
-        return ((POOLER_GROUP,) if self.pooler else ()) + self.groups
-
-
-HEADS = {
-    "pretraining": Head("BertForPreTraining", True,
-                        ("cls.predictions", "cls.seq_relationship"), False),
-    "sequence_classification": Head("BertForSequenceClassification", True, ("classifier",), True),
-    "token_classification": Head("BertForTokenClassification", False, ("classifier",), True),
-    "question_answering": Head("BertForQuestionAnswering", False, ("qa_outputs",), False),
-}
-_ALL_GROUPS = tuple(sorted({g for h in HEADS.values() for g in h.optional_groups}))
-DEFAULT_NUM_LABELS = 2  # transformers' PretrainedConfig default
-# Buffers and aliases that carry no parameter of their own.
-_IGNORED_SUFFIXES = ("position_ids", "embeddings.token_type_ids")
-_TIED_DECODER_WEIGHT = "cls.predictions.decoder.weight"
-_TIED_DECODER_BIAS = "cls.predictions.decoder.bias"
-
-
-# ----------------------------------------------------------------------------- name mapping
-
-def _linear(hf: str, path: Path) -> Iterator[tuple[str, Path, bool]]:
-    yield f"{hf}.weight", path + ("kernel",), True
-    yield f"{hf}.bias", path + ("bias",), False
-
-
-def _layer_norm(hf: str, path: Path) -> Iterator[tuple[str, Path, bool]]:
-    yield f"{hf}.weight", path + ("scale",), False
-    yield f"{hf}.bias", path + ("bias",), False
-
-
-def name_map(config: BertConfig, head: str = "pretraining") -> list[tuple[str, Path, bool]]:
-    """Every (HF name, our param path, is_dense_kernel) of the model of `head` (HEADS).
-
-    HF names are those of the transformers class (with the `bert.` prefix); dense kernels
-    are stored transposed: torch's weight is [out, in], our kernel [in, out]. Encoder
-    layers are named per layer, `bert/encoder/layer_i/...`: the layout `per_layer` gives
-    our stacked params.
-    """
-    out: list[tuple[str, Path, bool]] = []
-    emb = ("bert", "embeddings")
-    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
-        out.append((f"bert.embeddings.{name}.weight", emb + (name, "embedding"), False))
-    out += _layer_norm("bert.embeddings.LayerNorm", emb + ("LayerNorm",))
-    for i in range(config.num_hidden_layers):
-        hf, ours = f"bert.encoder.layer.{i}", ("bert", "encoder", f"layer_{i}")
-        for name in ("query", "key", "value"):
-            out += _linear(f"{hf}.attention.self.{name}", ours + ("attention", "self", name))
-        out += _linear(f"{hf}.attention.output.dense", ours + ("attention", "output", "dense"))
-        out += _layer_norm(f"{hf}.attention.output.LayerNorm",
-                           ours + ("attention", "output", "LayerNorm"))
-        out += _linear(f"{hf}.intermediate.dense", ours + ("intermediate", "dense"))
-        out += _linear(f"{hf}.output.dense", ours + ("output", "dense"))
-        out += _layer_norm(f"{hf}.output.LayerNorm", ours + ("output", "LayerNorm"))
-    if HEADS[head].pooler:
-        out += _linear(f"{POOLER_GROUP}.dense", ("bert", "pooler", "dense"))
-    if head != "pretraining":  # one dense task layer, named as its group
-        (layer,) = HEADS[head].groups
-        return out + list(_linear(layer, (layer,)))
-    out.append(("cls.predictions.bias", ("cls", "predictions", "bias"), False))
-    out += _linear("cls.predictions.transform.dense", ("cls", "predictions", "transform", "dense"))
-    out += _layer_norm("cls.predictions.transform.LayerNorm",
-                       ("cls", "predictions", "transform", "LayerNorm"))
-    out += _linear("cls.seq_relationship", ("cls", "seq_relationship"))
-    return out
-
-
-def _group(hf_name: str) -> str | None:
-    """The optional group (of any head) an HF name belongs to, or None for an encoder
-    tensor."""
-    return next((g for g in _ALL_GROUPS if hf_name.startswith(g + ".")), None)
-
-
-def _get(tree: Params, path: Path) -> Any:
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def _set(tree: Params, path: Path, value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def per_layer(params: Params) -> Params:
-    """Params with the encoder's stacked layers split into `layer_i` (see name_map)."""
-    encoder = model_lib.unstack_layers(params["bert"]["encoder"])
-    return params | {"bert": params["bert"] | {"encoder": encoder}}
-
-
-def _stacked(params: Params) -> Params:
-    """The inverse of `per_layer`: our model's layout."""
-    encoder = model_lib.stack_layers(params["bert"]["encoder"])
-    return params | {"bert": params["bert"] | {"encoder": encoder}}
-
-
-def make_model(config: BertConfig, head: str = "pretraining",
-               num_labels: int = DEFAULT_NUM_LABELS, **kwargs: Any) -> Any:
-    """Our Linen model of `head` (HEADS); `kwargs` go to its constructor (dtype, ...)."""
-    if head not in HEADS:
-        raise UserError(f"head {head!r} is unknown; use one of {', '.join(HEADS)}")
-    cls = getattr(model_lib, HEADS[head].architecture)
-    if HEADS[head].labelled:
-        kwargs["num_labels"] = num_labels
-    return cls(config, **kwargs)
-
-
-def _init(config: BertConfig, head: str, num_labels: int, seed: int) -> Any:
-    import jax
-    import jax.numpy as jnp
-
-    ids = jnp.zeros((1, 1), jnp.int32)
-    return make_model(config, head, num_labels).init(jax.random.PRNGKey(seed), ids, ids,
-                                                     ids)["params"]
-
-
-def _param_shapes(config: BertConfig, head: str = "pretraining",
-                  num_labels: int = DEFAULT_NUM_LABELS) -> Params:
-    """Our param tree's shapes for `config`, per layer (name_map's layout), without
-    allocating anything."""
-    import flax.linen as nn
-    import jax
-
-    shapes = jax.eval_shape(lambda: per_layer(nn.unbox(_init(config, head, num_labels, 0))))
-    return jax.tree.map(lambda s: tuple(s.shape), shapes)
-
-
-def _init_params(config: BertConfig, seed: int, head: str = "pretraining",
-                 num_labels: int = DEFAULT_NUM_LABELS) -> Params:
-    """Freshly initialised params of the model of `head`, as host float32 arrays, per layer
-    (name_map's layout)."""
-    import flax.linen as nn
-    import jax
-
-    params = per_layer(nn.unbox(_init(config, head, num_labels, seed)))
-    return jax.tree.map(lambda x: np.asarray(x, np.float32), params)
-
-
-# ----------------------------------------------------------------------------- reading
-
-def _read_bf16(path: str, names: list[str]) -> dict[str, np.ndarray]:
-    """bfloat16 tensors of a safetensors file as float32 (NumPy has no bfloat16).
-
-    File layout: u64 little-endian header size, JSON header {name: {dtype, shape,
-    data_offsets}}, then the data; bf16 is the upper half of a float32's bits.
-    """
-    with open(path, "rb") as f:
-        header_size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_size))
-        data = f.read()
-    out = {}
-    for name in names:
-        info = header[name]
-        start, end = info["data_offsets"]
-        bits = np.frombuffer(data[start:end], dtype="<u2").astype(np.uint32) << 16
-        out[name] = bits.view(np.float32).reshape(info["shape"])
-    return out
-
-
-def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
-
-    tensors: dict[str, np.ndarray] = {}
-    bf16: list[str] = []
-    try:
-        with safe_open(path, framework="np") as f:
-            for name in f.keys():
-                try:
-                    tensors[name] = f.get_tensor(name)
-                except TypeError:  # "data type 'bfloat16' not understood".
-                    bf16.append(name)
-        tensors.update(_read_bf16(path, bf16))
-    except Exception as e:  # safetensors raises its own error types for corrupt files.
-        raise UserError(f"{path}: cannot read safetensors file ({e}); "
-                        f"re-save the checkpoint") from e
-    return tensors
-
-
-def _read_torch(path: str) -> dict[str, np.ndarray]:
-    try:
-        import torch
-    except ImportError as e:
-        raise UserError(f"{path} needs PyTorch to read; pip install torch, or convert the "
-                        f"checkpoint to {SAFETENSORS_FILE}") from e
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # Pickle/zip errors of a truncated or foreign file.
-        raise UserError(f"{path}: cannot read PyTorch checkpoint ({e}); "
-                        f"re-save the checkpoint") from e
-    return {k: v.detach().to(torch.float32).numpy() for k, v in state.items()
-            if isinstance(v, torch.Tensor)}
-
-
-def _read_weights(hf_dir: str) -> tuple[dict[str, np.ndarray], str]:
-    """All tensors of an HF directory and the file they came from (for error messages)."""
-    for single, reader in ((SAFETENSORS_FILE, _read_safetensors), (TORCH_FILE, _read_torch)):
-        path = os.path.join(hf_dir, single)
-        if os.path.isfile(path):
-            return reader(path), path
-        index = path + ".index.json"  # Sharded checkpoint: {"weight_map": {name: shard}}.
-        if os.path.isfile(index):
-            with open(index, encoding="utf-8") as f:
-                shards = sorted(set(json.load(f).get("weight_map", {}).values()))
-            tensors: dict[str, np.ndarray] = {}
-            for shard in shards:
-                tensors.update(reader(os.path.join(hf_dir, shard)))
-            return tensors, index
-    raise UserError(f"{hf_dir}: no {SAFETENSORS_FILE} or {TORCH_FILE} found; "
-                    f"point to a Hugging Face BERT directory")
-
+from flax_bert.hf_layout import (ALL_GROUPS, DEFAULT_NUM_LABELS, HEADS, IGNORED_SUFFIXES,
+                                 SAFETENSORS_FILE, TIED_DECODER_BIAS, TIED_DECODER_WEIGHT,
+                                 Params, get_path, group_of, init_params,
+                                 name_map, param_shapes, per_layer, read_weights,
+                                 set_path, stacked)
+from flax_bert.workdir import CONFIG_FILE, VOCAB_FILE, Paths, WorkdirLock
 
 def read_config(hf_dir: str) -> BertConfig:
     """The BertConfig of an HF directory's config.json (UserError if absent or not BERT)."""
@@ -331,42 +95,42 @@ def load_pretrained(path: str, seed: int = 0, head: str = "pretraining",
     config = read_config(path)
     if num_labels is None:
         num_labels = len(read_labels(path))
-    raw, weight_file = _read_weights(path)
+    raw, weight_file = read_weights(path)
     prefixed = any(k.startswith("bert.") for k in raw)
     tensors: dict[str, np.ndarray] = {}
     for name, value in raw.items():
-        if name.endswith(_IGNORED_SUFFIXES):
+        if name.endswith(IGNORED_SUFFIXES):
             continue
         name = _normalise(name)
-        if not prefixed and _group(name) is None:
+        if not prefixed and group_of(name) is None:
             name = "bert." + name  # Bare BertModel checkpoint.
         tensors[name] = np.asarray(value, np.float32)
 
-    decoder_bias = tensors.pop(_TIED_DECODER_BIAS, None)
+    decoder_bias = tensors.pop(TIED_DECODER_BIAS, None)
     if decoder_bias is not None:
         bias = tensors.setdefault("cls.predictions.bias", decoder_bias)
         if not np.array_equal(bias, decoder_bias):
-            raise UserError(f"{weight_file}: {_TIED_DECODER_BIAS} differs from "
+            raise UserError(f"{weight_file}: {TIED_DECODER_BIAS} differs from "
                             f"cls.predictions.bias; they must be the same tensor")
-    decoder_weight = tensors.pop(_TIED_DECODER_WEIGHT, None)
+    decoder_weight = tensors.pop(TIED_DECODER_WEIGHT, None)
 
     mapping = name_map(config, head)
     known = {hf for hf, _, _ in mapping}
-    other_heads = sorted(hf for hf in set(tensors) - known if _group(hf) is not None)
+    other_heads = sorted(hf for hf in set(tensors) - known if group_of(hf) is not None)
     unexpected = sorted(set(tensors) - known - set(other_heads))
     if unexpected:
         raise UserError(f"{weight_file}: unexpected tensor {unexpected[0]!r} "
                         f"({len(unexpected)} in all); only BERT encoder, pooler and "
-                        f"task-head tensors ({', '.join(_ALL_GROUPS)}) can be imported")
+                        f"task-head tensors ({', '.join(ALL_GROUPS)}) can be imported")
     if other_heads:
         warnings.warn(f"{weight_file}: not used by {HEADS[head].architecture}: "
-                      f"{', '.join(sorted({_group(hf) for hf in other_heads}))}", stacklevel=2)
-    present_groups = {_group(hf) for hf in tensors}
-    shapes = _param_shapes(config, head, num_labels)
+                      f"{', '.join(sorted({group_of(hf) for hf in other_heads}))}", stacklevel=2)
+    present_groups = {group_of(hf) for hf in tensors}
+    shapes = param_shapes(config, head, num_labels)
     params: Params = {}
     fresh: list[str] = []
     for hf, ours, is_kernel in mapping:
-        group = _group(hf)
+        group = group_of(hf)
         if hf not in tensors:
             if group in HEADS[head].optional_groups and group not in present_groups:
                 fresh.append(hf)
@@ -374,28 +138,28 @@ def load_pretrained(path: str, seed: int = 0, head: str = "pretraining",
             raise UserError(f"{weight_file}: tensor {hf!r} is missing; the checkpoint is "
                             f"incomplete or does not match {CONFIG_FILE}")
         value = tensors[hf].T if is_kernel else tensors[hf]
-        expected = _get(shapes, ours)
+        expected = get_path(shapes, ours)
         if value.shape != expected:
             want = expected[::-1] if is_kernel else expected
             raise UserError(f"{weight_file}: tensor {hf!r} has shape {tensors[hf].shape}, "
                             f"expected {want} from {CONFIG_FILE}; fix config.json or the weights")
-        _set(params, ours, np.ascontiguousarray(value))
+        set_path(params, ours, np.ascontiguousarray(value))
 
     if fresh:
-        init = _init_params(config, seed, head, num_labels)
+        init = init_params(config, seed, head, num_labels)
         for hf, ours, _ in mapping:
             if hf in fresh:
-                _set(params, ours, _get(init, ours))
-        groups = sorted({_group(hf) for hf in fresh})
+                set_path(params, ours, get_path(init, ours))
+        groups = sorted({group_of(hf) for hf in fresh})
         warnings.warn(f"{weight_file}: no weights for {', '.join(groups)}; freshly "
                       f"initialised: {', '.join(fresh)}", stacklevel=2)
 
     if decoder_weight is not None and head == "pretraining":
         word = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
         if decoder_weight.shape != word.shape or not np.array_equal(decoder_weight, word):
-            raise UserError(f"{weight_file}: {_TIED_DECODER_WEIGHT} differs from the word "
+            raise UserError(f"{weight_file}: {TIED_DECODER_WEIGHT} differs from the word "
                             f"embeddings; only tied MLM decoders are supported")
-    return config, _stacked(params)
+    return config, stacked(params)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -406,7 +170,7 @@ def num_labels_of(params: Params, head: str) -> int:
     if not HEADS[head].labelled:
         return DEFAULT_NUM_LABELS
     try:
-        return int(np.shape(_get(params, ("classifier", "bias")))[0])
+        return int(np.shape(get_path(params, ("classifier", "bias")))[0])
     except (KeyError, TypeError) as e:
         raise UserError(f"params: classifier/bias is missing; pass the params of "
                         f"{HEADS[head].architecture}") from e
@@ -421,20 +185,20 @@ def to_state_dict(config: BertConfig, params: Params,
     import flax.linen as nn
 
     params = nn.unbox(params)
-    shapes = _param_shapes(config, head, num_labels_of(params, head))
+    shapes = param_shapes(config, head, num_labels_of(params, head))
     try:
         params = per_layer(params)
     except (KeyError, TypeError) as e:
-        raise UserError(f"params: bert/encoder/{model_lib.LAYERS} is missing; pass the params "
+        raise UserError(f"params: bert/encoder/{layers.LAYERS} is missing; pass the params "
                         f"of {HEADS[head].architecture} for this config") from e
     out: dict[str, np.ndarray] = {}
     for hf, ours, is_kernel in name_map(config, head):
         try:
-            value = np.asarray(_get(params, ours), np.float32)
+            value = np.asarray(get_path(params, ours), np.float32)
         except (KeyError, TypeError) as e:
             raise UserError(f"params: {'/'.join(ours)} is missing; pass the params of "
                             f"{HEADS[head].architecture} for this config") from e
-        expected = _get(shapes, ours)
+        expected = get_path(shapes, ours)
         if value.shape != expected:
             raise UserError(f"params: {'/'.join(ours)} has shape {value.shape}, expected "
                             f"{expected} from the config; pass matching config and params")
@@ -481,18 +245,27 @@ def save_pretrained(config: BertConfig, params: Params, path: str,
 
 def import_to_workdir(hf_dir: str, workdir: str) -> str:
     """Imports an HF directory into `workdir/pretrained` (an export dir); returns its path."""
-    target = os.path.join(workdir, PRETRAINED_DIR)
+    paths = Paths(workdir)
+    target = paths.pretrained
     if os.path.exists(target):
         raise UserError(f"{target} already exists; remove it or choose another --workdir")
-    if os.path.exists(os.path.join(workdir, CHECKPOINTS_DIR)):
-        raise UserError(f"{os.path.join(workdir, CHECKPOINTS_DIR)} exists: the workdir already "
-                        f"has training checkpoints; choose a fresh --workdir")
+    if os.path.exists(paths.checkpoints):
+        raise UserError(f"{paths.checkpoints} exists: the workdir already has training "
+                        f"checkpoints; choose a fresh --workdir")
     config, params = load_pretrained(hf_dir)
     checkpoint.save_params(target, config, params)
     vocab = os.path.join(hf_dir, VOCAB_FILE)
     if os.path.isfile(vocab):
         shutil.copyfile(vocab, os.path.join(target, VOCAB_FILE))
     return target
+
+
+def own_vocab(path: str) -> str | None:
+    """The vocab.txt a run folder (its own, or its imported model's), an export or a Hugging
+    Face folder was trained with, if it has one."""
+    found = [p for p in (os.path.join(path, VOCAB_FILE),
+                         os.path.join(Paths(path).pretrained, VOCAB_FILE)) if os.path.isfile(p)]
+    return found[0] if found else None
 
 
 def export_from_workdir(workdir: str, out_dir: str, vocab: str | None = None) -> None:
@@ -506,12 +279,7 @@ def export_from_workdir(workdir: str, out_dir: str, vocab: str | None = None) ->
     except FileNotFoundError as e:
         raise UserError(f"{workdir}: no model found ({e.filename or e}); pass a workdir "
                         f"with a checkpoint or an export directory") from e
-    if vocab is None:
-        found = [p for p in (os.path.join(workdir, VOCAB_FILE),
-                             os.path.join(workdir, PRETRAINED_DIR, VOCAB_FILE))
-                 if os.path.isfile(p)]
-        vocab = found[0] if found else None
-    save_pretrained(config, params, out_dir, vocab=vocab)
+    save_pretrained(config, params, out_dir, vocab=vocab or own_vocab(workdir))
 
 
 def main(argv: list[str] | None = None) -> int:

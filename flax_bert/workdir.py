@@ -1,4 +1,24 @@
-"""Guards of a workdir: one writer at a time (a lock), and clear stops when its disk fills.
+"""A run's folder (--workdir): the names of everything in it, one writer at a time (a
+lock), and clear stops when its disk fills.
+
+`Paths` is the one place that names the files and folders of a run folder:
+    config.json           the model's BertConfig (HF field names)
+    vocab.txt             the WordPiece vocab the model's inputs are tokenized with
+    checkpoints/          orbax train checkpoints (flax_bert.checkpoint)
+    checkpoints_broken/   checkpoints that failed to restore, moved aside (never deleted)
+    pretrained/           optional: imported initial weights (python -m flax_bert.hf import)
+    metrics.jsonl         one JSON row per logged step and per eval
+    tensorboard/          the same scalars as TensorBoard event files
+    loss.png, accuracy.png  curves drawn from metrics.jsonl
+    run.lock              names the process writing here
+    jax_cache/            jax's compilation cache (config.train.compilation_cache_dir)
+  pretraining:
+    prepared/             the prepared corpus, unless config.data.prepared_dir names one
+    prepared_phase1/      the same documents in phase 1's shorter examples
+  fine-tuning:
+    finetune.json         the class names in id order and where the model started
+    books/                the book task, when built
+    hf/                   the transformers export
 
 The lock is an exclusive `fcntl.flock` on `WORKDIR/run.lock`, held by the writing process
 (process 0) for the whole run; the file names the holder (host, PID, start time). The
@@ -9,6 +29,7 @@ lock is never stale; the file itself stays (it only names the last holder).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -20,10 +41,62 @@ from typing import IO, Iterator
 
 from flax_bert.errors import UserError
 
+CONFIG_FILE = "config.json"  # in a run folder, an export and a Hugging Face folder alike
+VOCAB_FILE = "vocab.txt"  # likewise
 LOCK_FILE = "run.lock"
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # How tensorstore (orbax's array writer) reports ENOSPC: a ValueError with this text.
 NO_SPACE_TEXTS = ("No space left on device", "Disk quota exceeded")
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    """The paths inside the run folder `root` (see the module docstring)."""
+
+    root: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", os.path.abspath(self.root))
+
+    def _join(self, *names: str) -> str:
+        return os.path.join(self.root, *names)
+
+    config = property(lambda self: self._join(CONFIG_FILE))
+    vocab = property(lambda self: self._join(VOCAB_FILE))
+    checkpoints = property(lambda self: self._join("checkpoints"))
+    broken_checkpoints = property(lambda self: self._join("checkpoints_broken"))
+    pretrained = property(lambda self: self._join("pretrained"))
+    metrics = property(lambda self: self._join("metrics.jsonl"))
+    tensorboard = property(lambda self: self._join("tensorboard"))
+    lock = property(lambda self: self._join(LOCK_FILE))
+    prepared = property(lambda self: self._join("prepared"))
+    finetune_run = property(lambda self: self._join("finetune.json"))
+    books = property(lambda self: self._join("books"))
+    export = property(lambda self: self._join("hf"))
+
+    def plot(self, name: str) -> str:
+        """A curve's PNG (`loss`, `accuracy`)."""
+        return self._join(f"{name}.png")
+
+    def under(self, relative: str) -> str:
+        """A path the config gives relative to the run folder (absolute ones as they are)."""
+        return self._join(os.path.expanduser(relative))
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two files hold the same bytes."""
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        return fa.read() == fb.read()
+
+
+def install_vocab(vocab: str, paths: Paths) -> None:
+    """Copies `vocab` to the run folder's vocab.txt; one already there must be the same
+    (a model trained on other token ids is a UserError, not a silent mix)."""
+    if not os.path.isfile(paths.vocab):
+        shutil.copyfile(vocab, paths.vocab)
+    elif not same_file(vocab, paths.vocab):
+        raise UserError(f"{paths.vocab} differs from {vocab}: the run folder holds a model of "
+                        f"another vocab; use its vocab or a new --workdir")
 
 
 class WorkdirInUse(UserError):
@@ -40,7 +113,7 @@ class WorkdirLock:
     """
 
     def __init__(self, workdir: str, enabled: bool = True):
-        self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+        self.path = Paths(workdir).lock
         self.enabled = enabled
         self._file: IO[str] | None = None
 

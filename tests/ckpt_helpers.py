@@ -32,6 +32,7 @@ TINY = [
     "--config.train.eval_every=0", "--config.train.eval_batches=1",
     "--config.mesh.fsdp=4", f"--config.train.steps={STEPS}",
     f"--config.checkpoint.every={EVERY}", "--config.checkpoint.keep=3",
+    "--config.train.tensorboard=False",  # no tensorboardX (and the torch it imports): ~4 s
 ]
 TIMING_KEYS = ("tokens_per_sec", "steps_per_sec")
 CACHE_LOG_MODULES = "jax._src.compiler,jax._src.compilation_cache"  # cache hit/write lines
@@ -95,11 +96,11 @@ def train_here(workdir: str, args: list[str]) -> tuple[str, str]:
     programs from the session's compilation cache: no start-up per run); returns what it
     printed (stdout, stderr)."""
     from configs import default
-    from flax_bert.training import loop
+    from flax_bert import pretraining
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        loop.train_and_evaluate(with_flags(default.get_config(), args), workdir)
+        pretraining.train_and_evaluate(with_flags(default.get_config(), args), workdir)
     return out.getvalue(), err.getvalue()
 
 
@@ -191,6 +192,7 @@ def setup(tmp_path_factory) -> dict:
     in this process share their programs."""
     from configs import default
     from flax_bert.data import pipeline, prepare
+    from flax_bert.data.options import DataOptions
 
     root = tmp_path_factory.mktemp("ckpt")
     corpus = str(root / "corpus.txt")
@@ -201,7 +203,7 @@ def setup(tmp_path_factory) -> dict:
     config.data.max_seq_length = 32
     config.data.num_workers = 1  # no worker processes to start (the data is the same)
     prepared = str(root / "prepared")
-    prepare.prepare_from_config(config.data, prepared)
+    prepare.prepare(DataOptions.from_config(config.data), prepared)
     vocab = pipeline.load_meta(prepared)["vocab_size"]
     args = TINY + [f"--config.data.input={corpus}", f"--config.data.prepared_dir={prepared}",
                    f"--config.model.vocab_size={vocab}"]

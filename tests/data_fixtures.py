@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import string
 
 import numpy as np
 
 from flax_bert.data import pipeline, prepare as prepare_lib
+from flax_bert.data.options import DataOptions
 
 WORD_LEN = 7
 WORDS_PER_DOC = 20
@@ -42,7 +42,7 @@ def marker_corpus(
 
 
 def prepared(tmp_path_factory, **overrides) -> tuple[str, dict[str, int], dict]:
-    """(prepared dir, word->doc, meta) for the marker corpus with PrepareOptions overrides;
+    """(prepared dir, word->doc, meta) for the marker corpus with DataOptions overrides;
     cached per option set for the whole test session."""
     key = tuple(sorted(overrides.items()))
     if key not in _CACHE:
@@ -54,7 +54,7 @@ def prepared(tmp_path_factory, **overrides) -> tuple[str, dict[str, int], dict]:
             max_predictions_per_seq=10, eval_fraction=0.2, num_workers=1, dupe_factor=2,
         )
         base.update(overrides)
-        opts = dataclasses.replace(prepare_lib.PrepareOptions(), **base)
+        opts = DataOptions.defaults().replace(**base)
         out = os.path.join(root, "out")
         meta = prepare_lib.prepare(opts, out, progress=False)
         _CACHE[key] = (out, word_doc, meta, opts)

@@ -27,7 +27,7 @@ TINY_RUN = ["--config.data.max_seq_length=16", "--config.train.global_batch_size
             "--config.train.steps=8", "--config.train.steps_per_call=2",
             "--config.train.log_every=2", "--config.train.eval_every=4",
             "--config.train.eval_batch_size=8", "--config.optimizer.warmup_steps=2",
-            "--config.checkpoint.every=4"]
+            "--config.checkpoint.every=4", "--config.train.tensorboard=False"]
 
 
 def write_vocab(path: str, extra: tuple[str, ...] = ()) -> str:

@@ -19,7 +19,7 @@ import ml_collections  # noqa: E402
 
 def main() -> None:
     port, process_id, num_processes = (int(a) for a in sys.argv[1:4])
-    from flax_bert.training import distributed
+    from flax_bert import distributed
     distributed.maybe_initialize(ml_collections.ConfigDict({
         "coordinator_address": f"127.0.0.1:{port}", "num_processes": num_processes,
         "process_id": process_id}))

@@ -137,7 +137,7 @@ def test_broken_checkpoints_fall_back(setup, reference):
     assert "/12 is broken" in err and "/8 is broken" in err, err
     assert f"resumed from {ckpt_dir}/4 at step 4" in out
     assert h.tree_hash(os.path.join(ckpt_dir, "4")) == good  # the good checkpoint untouched
-    broken = sorted(os.listdir(os.path.join(workdir, checkpoint.BROKEN_DIR)))
+    broken = sorted(os.listdir(workdir_lib.Paths(workdir).broken_checkpoints))
     assert [name.split("-")[0] for name in broken] == ["12", "8"]  # moved aside, not deleted
     _assert_same_final_state(workdir, reference)  # steps 5..12 retrained identically
     assert sorted(os.listdir(ckpt_dir), key=int) == ["4", "8", "12"]
@@ -215,7 +215,7 @@ def test_nonfinite_guard_stops_at_the_configured_count(limit, per_call, log_ever
     finite step resets the count), also when the run spans calls of several steps, and
     names the steps of that run."""
     from flax_bert.errors import UserError
-    from flax_bert.training.loop import NonfiniteGuard
+    from flax_bert.training.monitor import NonfiniteGuard
 
     # A run of limit-1 skips (reset by a finite step), then a run of `limit` skips.
     flags = [0, 0] + [1] * (limit - 1) + [0] + [1] * limit + [0] * (2 * log_every)

@@ -18,17 +18,18 @@ CASES = {
     "unknown_key": (["--config.train.foo=3"], "--config.train.foo: the config has no field"),
     "wrong_type": (["--config.train.steps=abc"], "--config.train.steps=abc: invalid literal"),
     "other_model": (["--config.model.hidden_size=64"],
-                    "config.json has hidden_size=32 but the config asks for 64"),
+                    "config.json has hidden_size=32 but the config asks for 64; drop "
+                    "--config.model.hidden_size"),
     "other_model_no_config_json": (["--config.model.hidden_size=64"], "holds another model"),
     "other_vocab": (["--config.model.vocab_size=150"],
-                    "but the config asks for 150; use the workdir's model config"),
+                    "config.json has vocab_size=98 but the config asks for 150"),
     "vocab_mismatch_no_config_json": (["--config.model.vocab_size=150"],
                                       "but config.model.vocab_size is 150; set "),
-    "heads": (["--config.model.num_attention_heads=3"],
+    "heads_no_config_json": (["--config.model.num_attention_heads=3"],
               "hidden_size (32) must be divisible by num_attention_heads (3)"),
-    "seq_too_long": (["--config.model.max_position_embeddings=16"],
-                     "config.data.max_seq_length (32) exceeds "
-                     "config.model.max_position_embeddings (16)"),
+    "seq_too_long_no_config_json": (["--config.model.max_position_embeddings=16"],
+                                    "config.data.max_seq_length (32) exceeds the model's "
+                                    "max_position_embeddings (16)"),
     "phase1_not_shorter": (["--config.train.phase1_fraction=0.4"],
                            "config.train.phase1_seq_length (32) must be shorter than "
                            "config.data.max_seq_length (32)"),

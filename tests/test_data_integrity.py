@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.data_fixtures import prepared
-from flax_bert.data import pipeline, prepared as prepared_lib
+from flax_bert.data import folder as folder_lib, pipeline
 from flax_bert.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +50,7 @@ def sharded(tmp_path_factory):
 @pytest.mark.parametrize("how", ["truncated", "altered"])
 def test_every_damaged_file_is_a_one_line_error_naming_it(sharded, tmp_path, how):
     out, meta, opts = sharded
-    names = sorted(meta["files"]) + [prepared_lib.META]
+    names = sorted(meta["files"]) + [folder_lib.META]
     assert len(names) == len(os.listdir(out))  # every file of the folder is tried
     for name in names:
         copy = str(tmp_path / f"{how}-{name}")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from tests.data_fixtures import marker_corpus, prepared, read_split, unmask
-from flax_bert.data import pipeline, prepare as prepare_lib
+from flax_bert.data import options, pipeline, prepare as prepare_lib, shards
+from flax_bert.data.options import DataOptions
 from flax_bert.errors import UserError
 
 BATCH = 16
@@ -103,8 +104,8 @@ def test_prepare_is_cached_and_refuses_another_prepares_folder(tmp_path_factory)
     assert os.path.getmtime(os.path.join(out, "meta.json")) == stamp
     config = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
     config["input"] = ",".join(opts.input)
-    config["prepare_seed"] = config.pop("seed")
-    assert prepare_lib.prepare_from_config(config, out) == meta  # config path: same key
+    config["worker_count"] = 2  # how the pipeline feeds: not part of the key
+    assert prepare_lib.prepare(DataOptions.from_config(config), out) == meta  # same key
     changed = dataclasses.replace(opts, short_seq_prob=0.5)
     before = sorted(os.listdir(out))
     with pytest.raises(UserError, match="meta.json: the folder holds another prepare's data"):
@@ -134,15 +135,25 @@ def test_worker_processes_give_the_same_shards(tmp_path_factory):
                 os.path.join(out2, s2["name"]), "rb").read()
 
 
-def test_options_defaults_match_the_default_config():
+def test_options_are_the_default_config_and_the_cli_flags():
+    """config.data is read in one place (DataOptions.from_config) with one set of defaults
+    (configs/default.py), which the prepare CLI's flags take; a missing field is an error."""
     from configs.default import get_config
 
     d = get_config().data
-    opts = prepare_lib.options_from_config(d)
-    for f in dataclasses.fields(prepare_lib.PrepareOptions):
-        if f.name not in ("input", "seed"):
-            assert getattr(opts, f.name) == f.default == d[f.name], f.name
-    assert opts.input == (prepare_lib.PrepareOptions().input) == (d.input,)
+    opts = DataOptions.from_config(d)
+    assert opts == DataOptions.defaults()
+    assert set(d) == {f.name for f in dataclasses.fields(DataOptions)}
+    assert opts.input == (d.input,)
+    args = prepare_lib.parser().parse_args(["--input", "a.txt", "--output", "o"])
+    assert options.from_flags(args) == opts.replace(input=("a.txt",))
+    args = prepare_lib.parser().parse_args(["--input", "a", "b", "--output", "o",
+                                            "--no-lowercase", "--max-seq-length", "64"])
+    assert options.from_flags(args) == opts.replace(
+        input=("a", "b"), lowercase=False, max_seq_length=64)
+    del d["prefetch"]
+    with pytest.raises(UserError, match="config.data has no field 'prefetch'"):
+        DataOptions.from_config(d)
 
 
 def test_worker_processes_give_the_same_batches(tmp_path_factory):
@@ -153,7 +164,7 @@ def test_worker_processes_give_the_same_batches(tmp_path_factory):
     out, _, _, opts = prepared(tmp_path_factory)
     reference = _train(out, opts)
     with_workers = pipeline.make_train_iterator(
-        out, {**dataclasses.asdict(opts), "worker_count": 2}, global_batch_size=BATCH, seed=0,
+        out, opts.replace(worker_count=2), global_batch_size=BATCH, seed=0,
         process_index=0, process_count=1,
     )
     try:
@@ -166,12 +177,10 @@ def test_worker_processes_give_the_same_batches(tmp_path_factory):
 
 def test_phase1_batches_come_first_then_the_main_data_and_resume_exactly(tmp_path_factory):
     out, _, meta, opts = prepared(tmp_path_factory)
-    config = dataclasses.asdict(opts)
-    config["prepare_seed"] = config.pop("seed")
-    short = prepare_lib.phase1_config(config, 32, os.path.join(out, "vocab.txt"))
-    assert (short["max_seq_length"], short["max_predictions_per_seq"]) == (32, 5)  # 10 * 32/64
+    short = opts.for_phase1(32, os.path.join(out, "vocab.txt"))
+    assert (short.max_seq_length, short.max_predictions_per_seq) == (32, 5)  # 10 * 32/64
     short_dir = out + "_phase1"
-    short_meta = prepare_lib.prepare_from_config(short, short_dir)
+    short_meta = prepare_lib.prepare(short, short_dir)
     assert open(os.path.join(short_dir, "vocab.txt")).read() == open(
         os.path.join(out, "vocab.txt")).read()
     # Same held-out documents: phase 1 never trains on the main eval split.
@@ -204,10 +213,11 @@ def test_shares_of_two_processes_give_the_single_prepare(tmp_path):
     files = [str(tmp_path / f"c{i}.txt") for i in range(3)]
     for i, f in enumerate(files):
         marker_corpus(f, num_docs=4, sentences=60, seed=i)
-    opts = prepare_lib.PrepareOptions(input=tuple(files), vocab_size=600, max_seq_length=32,
-                                      eval_fraction=0.3, num_workers=1, shard_mb=0.01)
+    opts = DataOptions.defaults().replace(input=tuple(files), vocab_size=600,
+                                          max_seq_length=32, eval_fraction=0.3,
+                                          num_workers=1, shard_mb=0.01)
     single = prepare_lib.prepare(opts, str(tmp_path / "single"), progress=False)
-    assert len(prepare_lib.plan_groups(single["source_files"], 0.01 * prepare_lib.MB)) == 3
+    assert len(shards.plan_groups(single["source_files"], 0.01 * shards.MB)) == 3
     given = dataclasses.replace(opts, vocab=str(tmp_path / "single" / "vocab.txt"))
     single = prepare_lib.prepare(given, str(tmp_path / "single2"), progress=False)
     shared = str(tmp_path / "shared")

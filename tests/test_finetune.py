@@ -13,11 +13,12 @@ import pytest
 
 from flax_bert import checkpoint, hf
 from flax_bert.data import split, vocab as vocab_lib
-from flax_bert.finetune import books, data, loop, steps as ft_steps
+from flax_bert.finetune import books, classification, labelled, start as start_lib
+from flax_bert.finetune import steps as ft_steps
 from flax_bert.training import preemption
 from tests import ckpt_helpers as h, finetune_fixtures as fx
 
-COLUMNS = data.Columns("text", "text_pair", "label")
+COLUMNS = labelled.Columns("text", "text_pair", "label")
 
 
 def test_classification_metrics_by_hand():
@@ -40,17 +41,17 @@ def test_formats_read_alike_and_tokenize_as_bert(tmp_path):
         writer.writerows(rows)
     datasets = pytest.importorskip("datasets")
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
-    read = [data.read_examples(str(tmp_path / name), COLUMNS) for name in ("t.jsonl", "t.csv", "ds")]
+    read = [labelled.read_examples(str(tmp_path / name), COLUMNS) for name in ("t.jsonl", "t.csv", "ds")]
     for examples in read:
         assert examples.texts == [r["text"] for r in rows]
         assert examples.pairs == [r["text_pair"] for r in rows]
         assert examples.labels == [r["label"] for r in rows]
-    assert data.label_names(read[0]) == ["animals", "food", "weather"]
-    assert data.label_names(data.Examples("x", ["a"] * 3, None, ["10", "9", "b"])) == ["9", "10", "b"]
+    assert labelled.label_names(read[0]) == ["animals", "food", "weather"]
+    assert labelled.label_names(labelled.Examples("x", ["a"] * 3, None, ["10", "9", "b"])) == ["9", "10", "b"]
 
     vocab = fx.write_vocab(str(tmp_path / "vocab.txt"))
     tokens = vocab_lib.read_vocab(vocab)
-    arrays = data.encode(read[0], data.make_tokenizer(vocab, True, 16), data.label_names(read[0]))
+    arrays = labelled.encode(read[0], labelled.make_tokenizer(vocab, True, 16), labelled.label_names(read[0]))
     for i, row in enumerate(rows):
         a, b = row["text"].split(), row["text_pair"].split()
         want = ["[CLS]", *a, "[SEP]", *b, "[SEP]"][:16]
@@ -63,14 +64,14 @@ def test_formats_read_alike_and_tokenize_as_bert(tmp_path):
 
 def test_train_batches_are_epochs_of_permutations():
     arrays = {"label": np.arange(10), "input_ids": np.arange(10)[:, None]}
-    it = data.make_train_iterator(arrays, 5, seed=3)
+    it = labelled.make_train_iterator(arrays, 5, seed=3)
     first = [next(it)["label"] for _ in range(4)]
     assert sorted(np.concatenate(first[:2])) == list(range(10))  # epoch 0
     assert sorted(np.concatenate(first[2:])) == list(range(10))  # epoch 1
     assert not np.array_equal(first[0], first[2])
     state = it.get_state()
     after = next(it)["label"]
-    it2 = data.make_train_iterator(arrays, 5, seed=3)
+    it2 = labelled.make_train_iterator(arrays, 5, seed=3)
     it2.set_state(state)
     np.testing.assert_array_equal(next(it2)["label"], after)
 
@@ -140,10 +141,10 @@ def test_finetune_resumes_exactly_and_exports_to_transformers(task, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     args = (str(task / "pre"), str(task / "train.jsonl"), str(task / "test.jsonl"))
-    final = loop.train_and_evaluate(_config(*args), str(tmp_path / "once"))
+    final = classification.train_and_evaluate(_config(*args), str(tmp_path / "once"))
     with pytest.raises(preemption.Interrupted, match="stopped after step 4"):
-        loop.train_and_evaluate(_config(*args, train__stop_after=4), str(tmp_path / "twice"))
-    assert loop.train_and_evaluate(_config(*args), str(tmp_path / "twice")) == final
+        classification.train_and_evaluate(_config(*args, train__stop_after=4), str(tmp_path / "twice"))
+    assert classification.train_and_evaluate(_config(*args), str(tmp_path / "twice")) == final
     assert _rows(tmp_path / "once") == _rows(tmp_path / "twice")
     once, twice = (checkpoint.load_params(str(tmp_path / w)) for w in ("once", "twice"))
     jax.tree.map(np.testing.assert_array_equal, once, twice)
@@ -167,23 +168,23 @@ def test_finetune_resumes_exactly_and_exports_to_transformers(task, tmp_path):
     assert (out / "vocab.txt").read_text() == (task / "pre" / "vocab.txt").read_text()
     # transformers' tokenizer and model give our eval predictions.
     tokenizer = transformers.BertTokenizerFast.from_pretrained(out)
-    examples = data.read_examples(str(task / "test.jsonl"), COLUMNS)
+    examples = labelled.read_examples(str(task / "test.jsonl"), COLUMNS)
     enc = tokenizer(examples.texts, padding="max_length", max_length=16, truncation=True,
                     return_tensors="pt")
     with torch.no_grad():
         predictions = model.eval()(**enc).logits.argmax(-1).numpy()
-    labels = data.label_ids(examples, ["animals", "food", "weather"])
+    labels = labelled.label_ids(examples, ["animals", "food", "weather"])
     assert np.mean(predictions == labels) == pytest.approx(final["accuracy"])
 
 
 def test_start_from_pretrained_or_scratch(task, tmp_path):
     config = _config(str(task / "pre"), "", "")
-    start = loop.resolve_start(config)
+    start = start_lib.resolve_start(config, classification.HEAD)
     saved = checkpoint.load_params(str(task / "pre"))
     jax.tree.map(np.testing.assert_array_equal, start.encoder, saved["bert"])
     assert start.vocab == str(task / "pre" / "vocab.txt")
     config.init.from_scratch = True
-    scratch = loop.resolve_start(config)
+    scratch = start_lib.resolve_start(config, classification.HEAD)
     assert scratch.encoder is None and scratch.config == start.config
 
     # A Hugging Face directory (here a BertForPreTraining export) starts the same encoder.
@@ -191,7 +192,7 @@ def test_start_from_pretrained_or_scratch(task, tmp_path):
     hf.save_pretrained(start.config, saved, hf_dir, vocab=start.vocab)
     config.init.checkpoint, config.init.from_scratch = hf_dir, False
     with pytest.warns(UserWarning) as record:  # MLM/NSP heads dropped, classifier fresh
-        from_hf = loop.resolve_start(config)
+        from_hf = start_lib.resolve_start(config, classification.HEAD)
     assert any("not used by BertForSequenceClassification" in str(w.message) for w in record)
     jax.tree.map(np.testing.assert_array_equal, from_hf.encoder, saved["bert"])
     assert from_hf.vocab == os.path.join(hf_dir, "vocab.txt")

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from flax_bert import BertForPreTraining, functional
+from flax_bert.compute import Compute
 from flax_bert.training import optimizer, steps
 from flax_bert.training.state import TrainState
 from tests.test_train_step import CFG as CFG2, make_batch, opt_config
@@ -97,12 +98,13 @@ def test_jvp_and_checkpoint_compose(params, batch):
 
 
 def test_loss_jvp_with_plain_backward(params, batch):
-    """With fused_backward=False the loss has forward mode: its jvp along t equals
+    """With Compute(fused_backward=False) the loss has forward mode: its jvp along t equals
     <grad, t> of the default (hand-written VJP) loss, dropout on."""
     tangent = jax.tree.map(lambda x: jnp.cos(jnp.arange(x.size)).reshape(x.shape), params)
     _, directional = jax.jit(lambda p, t: jax.jvp(
         lambda q: functional.pretraining_loss(q, batch, KEY, config=CFG,
-                                              fused_backward=False)[0], (p,), (t,)))(
+                                              compute=Compute(fused_backward=False))[0],
+        (p,), (t,)))(
         params, tangent)
     grad = loss_and_grad(params, batch, KEY)[1]
     expected = sum(jnp.vdot(g, t) for g, t in zip(jax.tree.leaves(grad), jax.tree.leaves(tangent)))

@@ -7,7 +7,6 @@ checkpoints before kept, and a resume from the newest once the shard is put back
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ import pytest
 
 from benchmarks import fuzz_prepared as fuzz
 from flax_bert.data import pipeline, prepare
+from flax_bert.data.options import DataOptions
 from flax_bert.errors import UserError
 from tests import ckpt_helpers as h
 from tests.data_fixtures import marker_corpus
@@ -56,9 +56,6 @@ def test_meta_of_another_prepare_and_a_flipped_version_field(fuzzed, tmp_path):
         pipeline.load_meta(copy)
 
 
-@pytest.mark.xfail(strict=True, reason="phase 2 (engine): train.py copies the prepared "
-                   "vocab.txt into the workdir before load_meta checks the folder: a missing "
-                   "vocab.txt is a FileNotFoundError traceback")
 def test_train_py_on_a_folder_without_vocab_is_one_error_line(fuzzed, tmp_path):
     _, folder, opts = fuzzed
     copy = str(tmp_path / "no_vocab")
@@ -88,9 +85,9 @@ def mid_run(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("mid_run")
     corpus = str(root / "corpus.txt")
     marker_corpus(corpus, num_docs=24, sentences=30)
-    opts = dataclasses.replace(prepare.PrepareOptions(), input=(corpus,), vocab_size=4000,
-                               max_seq_length=64, max_predictions_per_seq=10,
-                               eval_fraction=0.2, num_workers=1, dupe_factor=2, shard_mb=0.003)
+    opts = DataOptions.defaults().replace(
+        input=(corpus,), vocab_size=4000, max_seq_length=64, max_predictions_per_seq=10,
+        eval_fraction=0.2, num_workers=1, dupe_factor=2, shard_mb=0.003)
     out = str(root / "prepared")
     prepare.prepare(opts, out, progress=False)
     first = _first_reads(out, opts, batch=8, seed=0)

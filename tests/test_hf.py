@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from flax_bert import checkpoint, hf  # noqa: E402
+from flax_bert import checkpoint, hf, hf_layout  # noqa: E402
 from flax_bert.config import BertConfig  # noqa: E402
 from flax_bert.errors import UserError  # noqa: E402
 from flax_bert.model import BertForPreTraining, BertModel  # noqa: E402
@@ -116,7 +116,7 @@ def test_parity_bert_model_and_pytorch_bin(tmp_path):
     """A bare BertModel saved as pytorch_model.bin: encoder exact, heads fresh + warned."""
     model = _torch_model(transformers.BertModel, seed=2)
     model.config.save_pretrained(tmp_path)
-    torch.save(model.state_dict(), tmp_path / hf.TORCH_FILE)  # transformers 5 only writes safetensors.
+    torch.save(model.state_dict(), tmp_path / hf_layout.TORCH_FILE)  # transformers 5 only writes safetensors.
     with pytest.warns(UserWarning, match="freshly initialised") as record:
         config, params = hf.load_pretrained(str(tmp_path))
     message = str(record[0].message)
@@ -249,7 +249,7 @@ def test_cli_round_trip(tmp_path, capsys):
     (src / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n")
     work = tmp_path / "work"
     assert hf.main(["import", str(src), "--workdir", str(work)]) == 0
-    pretrained = work / hf.PRETRAINED_DIR
+    pretrained = work / "pretrained"
     assert (pretrained / "vocab.txt").read_text() == "[PAD]\n[UNK]\n[CLS]\n"
     assert checkpoint.load_config(str(pretrained)) == BertConfig(**SMALL)
 
@@ -313,7 +313,7 @@ def test_bf16_safetensors(tmp_path):
 
 def test_pytorch_bin_without_torch(tmp_path, monkeypatch):
     _hf_config().save_pretrained(tmp_path)
-    (tmp_path / hf.TORCH_FILE).write_bytes(b"")
+    (tmp_path / hf_layout.TORCH_FILE).write_bytes(b"")
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError.
     with pytest.raises(UserError, match=r"pytorch_model\.bin needs PyTorch to read; pip install torch"):
         hf.load_pretrained(str(tmp_path))

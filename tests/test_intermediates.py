@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from flax_bert import BertForPreTraining, BertModel
+from flax_bert.compute import Compute
 from flax_bert.training import optimizer, state as state_lib, steps
 from tests.test_train_step import CFG, make_batch, opt_config
 
@@ -40,7 +41,7 @@ def test_intermediates_match_transformers(tmp_path):
                          output_attentions=True)
     assert len(ref.hidden_states) == SMALL["num_hidden_layers"] + 1
     for policy in REMAT:
-        apply = jax.jit(lambda p, *b: BertModel(config, remat_policy=policy).apply(
+        apply = jax.jit(lambda p, *b: BertModel(config, Compute(remat_policy=policy)).apply(
             {"params": p}, *b, mutable=["intermediates"]))
         _, variables = apply(params["bert"], *batch)
         hidden, attentions = hidden_states_and_attentions(variables["intermediates"])
@@ -60,7 +61,7 @@ def test_remat_records_the_same_with_dropout():
     rngs = {"dropout": jax.random.key(1)}
     runs = {}
     for policy in REMAT:
-        model = BertModel(CFG, remat_policy=policy)
+        model = BertModel(CFG, Compute(remat_policy=policy))
         runs[policy] = jax.jit(lambda p: model.apply(
             {"params": p}, *inputs, deterministic=False, rngs=rngs, mutable=["intermediates"]))(
                 params)
@@ -70,7 +71,7 @@ def test_remat_records_the_same_with_dropout():
         assert [a.shape for a in attentions] == [(4, CFG.num_attention_heads, 16, 16)] * 2
         np.testing.assert_allclose(np.sum(attentions[0], -1), 1.0, atol=1e-6)
     # The scan's body returns more when recording; its sequence output stays the same.
-    plain, _ = jax.jit(lambda p: BertModel(CFG, remat_policy="nothing_saveable").apply(
+    plain, _ = jax.jit(lambda p: BertModel(CFG, Compute(remat_policy="nothing_saveable")).apply(
         {"params": p}, *inputs, deterministic=False, rngs=rngs))(params)
     np.testing.assert_array_equal(runs["nothing_saveable"][0][0], plain)
     ref, got = runs["none"][1], runs["nothing_saveable"][1]
@@ -78,9 +79,9 @@ def test_remat_records_the_same_with_dropout():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), ref, got)
 
 
-def _lowered_steps(model_kwargs: dict) -> dict[str, str]:
+def _lowered_steps(compute: Compute) -> dict[str, str]:
     """StableHLO of the train step and the eval step (as train.py builds the model)."""
-    model = BertForPreTraining(CFG, **model_kwargs)
+    model = BertForPreTraining(CFG, compute)
     tx, schedule = optimizer.make_optimizer(opt_config(), 100)
     params = jax.eval_shape(lambda: nn.unbox(model.init(
         jax.random.key(0), *state_lib.example_inputs(16))["params"]))  # shapes only
@@ -104,12 +105,12 @@ def test_train_step_unchanged_without_intermediates(monkeypatch, remat_policy):
     """Not asked for, intermediates leave the train and eval steps' programs as they are
     with recording switched off altogether (`sow` a no-op, the collection never mutable):
     the same StableHLO, hence the same compiled step. (Asked for, the programs differ.)"""
-    asked = _lowered_steps({"remat_policy": remat_policy})
+    asked = _lowered_steps(Compute(remat_policy=remat_policy))
     is_mutable = nn.Module.is_mutable_collection
     monkeypatch.setattr(nn.Module, "sow", lambda self, *args, **kwargs: False)
     monkeypatch.setattr(nn.Module, "is_mutable_collection",
                         lambda self, col: col != "intermediates" and is_mutable(self, col))
-    off = _lowered_steps({"remat_policy": remat_policy})
+    off = _lowered_steps(Compute(remat_policy=remat_policy))
     assert asked["train"] == off["train"]
     assert asked["eval"] == off["eval"]
     assert "dot_general" in asked["train"]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from flax_bert import BertConfig, BertForPreTraining, BertModel
+from flax_bert.compute import Compute
 from flax_bert.model import BertEncoder, BertLayer
 
 SMALL = BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -97,7 +98,7 @@ def test_decoder_is_tied_to_word_embeddings(params):
 
 
 def test_layer_norm_matches_numpy_and_flax_names():
-    from flax_bert.model import LayerNorm
+    from flax_bert.layers import LayerNorm
 
     rng = np.random.default_rng(6)
     x = (rng.normal(size=(2, 5, 16)) * 3 + 7).astype(np.float32)  # large mean: two-pass var
@@ -146,7 +147,7 @@ def test_remat_gives_same_outputs_and_grads(params):
     ids, types, mask = _batch(np.random.default_rng(5))
 
     def loss(p, policy):
-        logits, nsp = BertForPreTraining(SMALL, remat_policy=policy).apply(
+        logits, nsp = BertForPreTraining(SMALL, Compute(remat_policy=policy)).apply(
             {"params": p}, ids, types, mask, deterministic=False,
             rngs={"dropout": jax.random.key(0)})
         return jnp.sum(logits ** 2) + jnp.sum(nsp)
@@ -167,10 +168,10 @@ class _DropoutKey(nn.Module):
 
 
 @pytest.mark.parametrize("remat_policy, deterministic, scan_layers", [
-    ("none", True, True), ("none", False, True), ("nothing_saveable", False, True),
-    ("none", False, False)])
+    ("none", True, "scan"), ("none", False, "scan"), ("nothing_saveable", False, "scan"),
+    ("none", False, "unroll")])
 def test_scanned_encoder_equals_unrolled_layers(remat_policy, deterministic, scan_layers):
-    """The encoder's one nn.scan over stacked params (looped, or unrolled by scan_layers=False)
+    """The encoder's one nn.scan over stacked params (looped, or unrolled by "unroll")
     = a per-layer loop of BertLayer on row i of each param, layer i with dropout key split i;
     the rows differ (split init)."""
     cfg = dataclasses.replace(SMALL, num_hidden_layers=3)
@@ -178,7 +179,7 @@ def test_scanned_encoder_equals_unrolled_layers(remat_policy, deterministic, sca
     x = rng.normal(size=(3, 12, cfg.hidden_size)).astype(np.float32)  # [B, S, H]
     mask = np.ones((3, 12), np.int32)
     mask[1, 9:] = 0
-    encoder = BertEncoder(cfg, remat_policy=remat_policy, scan_layers=scan_layers)
+    encoder = BertEncoder(cfg, Compute(remat_policy=remat_policy, scan_layers=scan_layers))
     params = nn.unbox(encoder.init(jax.random.key(0), x, mask, True)["params"])
     kernels = params["layers"]["intermediate"]["dense"]["kernel"]  # [L, H, I]
     assert kernels.shape == (3, cfg.hidden_size, cfg.intermediate_size)
@@ -204,7 +205,7 @@ def test_scanned_encoder_equals_unrolled_layers(remat_policy, deterministic, sca
 
 def test_bfloat16_compute_keeps_float32_params_and_logits(params):
     ids, types, mask = _batch(np.random.default_rng(6))
-    logits, nsp = BertForPreTraining(SMALL, dtype=jnp.bfloat16).apply(
+    logits, nsp = BertForPreTraining(SMALL, Compute(dtype="bfloat16")).apply(
         {"params": params}, ids, types, mask)
     ref, _ = BertForPreTraining(SMALL).apply({"params": params}, ids, types, mask)
     assert logits.dtype == jnp.float32 and nsp.dtype == jnp.float32
@@ -244,7 +245,7 @@ def test_config_roundtrips_hf_json(tmp_path):
 
 
 def test_hash_dropout_rate_scale_and_keys():
-    from flax_bert.model import Dropout
+    from flax_bert.layers import Dropout
 
     x = jnp.ones((1000, 1000), jnp.float32)
 

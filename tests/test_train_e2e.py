@@ -12,7 +12,6 @@ import sys
 import numpy as np
 import pytest
 
-from tests import ckpt_helpers as h
 from tests.data_fixtures import marker_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,9 +28,9 @@ TINY = ["--config.model.hidden_size=32", "--config.model.num_hidden_layers=2",
 # default steps_per_call (4): every call has 4 steps, one compile per phase.
 
 
-def train(workdir, *extra, check=True):
+def train(workdir, *extra, check=True, tiny=True):
     result = subprocess.run(
-        [sys.executable, "train.py", f"--workdir={workdir}", *TINY, *extra],
+        [sys.executable, "train.py", f"--workdir={workdir}", *(TINY if tiny else []), *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
@@ -71,51 +70,64 @@ def test_train_writes_metrics_events_and_plots(corpus, tmp_path):
         assert (workdir / name).stat().st_size > 0, name
     assert {"8", "16", "20"} <= set(os.listdir(workdir / "checkpoints"))
     # Phase 1 (the default's first 40% of steps) trained on 16-token examples, 32 a batch.
-    meta = json.load(open(workdir / "data_phase1" / "meta.json"))
+    meta = json.load(open(workdir / "prepared_phase1" / "meta.json"))
     assert (meta["max_seq_length"], meta["max_predictions_per_seq"]) == (16, 3)
-    assert (workdir / "data_phase1" / "vocab.txt").read_text() == (workdir / "vocab.txt").read_text()
+    assert (workdir / "prepared_phase1" / "vocab.txt").read_text() == (workdir / "vocab.txt").read_text()
     assert "phase 1: steps 1-8 on 16-token examples" in log
 
 
-def test_continued_pretraining_of_an_hf_checkpoint(corpus, tmp_path, capsys):
+# train.py flags of the continued-pretraining runs: data and loop only, no --config.model.*.
+CONTINUE = ["--config.data.max_seq_length=32", "--config.data.max_predictions_per_seq=5",
+            "--config.data.eval_fraction=0.2", "--config.data.num_workers=1",
+            "--config.train.global_batch_size=16", "--config.train.log_every=4",
+            "--config.train.eval_every=0", "--config.train.eval_batches=2",
+            "--config.optimizer.warmup_steps=2", "--config.train.steps=8",
+            "--config.train.phase1_fraction=0", "--config.train.tensorboard=False"]
+
+
+def test_continued_pretraining_of_an_hf_model_of_another_size(corpus, tmp_path):
+    """`python -m flax_bert.hf import` of a transformers BertModel (no heads, like
+    sentence-transformers' MiniLM) whose size is not the config's, then `python train.py
+    --workdir W` with no --config.model flag: the workdir's model is continued (its
+    config.json), the MLM/NSP heads fresh; the export loads in transformers. A
+    --config.model flag that contradicts it is the one error line."""
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
-    from configs import default
     from flax_bert import hf
     from flax_bert.data import prepare as prepare_lib
-    from flax_bert.data import vocab as vocab_lib
-    from flax_bert.training import loop
+    from flax_bert.data.options import DataOptions
 
     # An HF model whose vocab is a WordPiece vocab trained on the corpus.
-    opts = prepare_lib.PrepareOptions(input=(corpus,), vocab_size=300, max_seq_length=32,
-                                      num_workers=1)
+    opts = DataOptions.defaults().replace(input=(corpus,), vocab_size=300, max_seq_length=32,
+                                          num_workers=1)
     meta = prepare_lib.prepare(opts, str(tmp_path / "prep"), progress=False)
     hf_dir = tmp_path / "hf"
     torch.manual_seed(0)
-    hf_config = transformers.BertConfig(
-        vocab_size=meta["vocab_size"], hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=4, intermediate_size=64)
-    original = transformers.BertForPreTraining(hf_config).eval()
+    size = dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
+                intermediate_size=96, max_position_embeddings=64)
+    original = transformers.BertModel(transformers.BertConfig(
+        vocab_size=meta["vocab_size"], **size)).eval()
     original.save_pretrained(hf_dir)
     shutil.copyfile(tmp_path / "prep" / "vocab.txt", hf_dir / "vocab.txt")
-    assert len(vocab_lib.read_vocab(str(hf_dir / "vocab.txt"))) == meta["vocab_size"]
 
-    # In this process: train.py's CLI runs in the test above, flax_bert.hf's in test_hf.
     workdir = tmp_path / "run"
-    assert hf.main(["import", str(hf_dir), f"--workdir={workdir}"]) == 0
-    # One phase, two calls of 4 steps: one train-step compile, no phase-1 data to prepare.
-    config = h.with_flags(default.get_config(), TINY + [
-        f"--config.data.input={corpus}", "--config.train.steps=8",
-        "--config.train.phase1_fraction=0", "--config.model.max_position_embeddings=512"])
-    loop.train_and_evaluate(config, str(workdir))
-    assert "initialising from" in capsys.readouterr().out
+    with pytest.warns(UserWarning, match="freshly initialised"):  # no MLM/NSP heads in it
+        assert hf.main(["import", str(hf_dir), f"--workdir={workdir}"]) == 0
+    result = train(workdir, f"--config.data.input={corpus}", *CONTINUE, tiny=False)
+    assert "initialising from" in result.stdout
+    saved = json.load(open(workdir / "config.json"))
+    assert {k: saved[k] for k in size} == size and saved["vocab_size"] == meta["vocab_size"]
     out = tmp_path / "exported"
     assert hf.main(["export", f"--workdir={workdir}", str(out)]) == 0
-
     model, info = transformers.BertForPreTraining.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    before = original.state_dict()
+    before = {f"bert.{k}": v for k, v in original.state_dict().items()}
     after = model.state_dict()
     moved = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(moved) > 10  # trained, not just copied
     assert (out / "vocab.txt").read_text() == (hf_dir / "vocab.txt").read_text()
+
+    wrong = train(workdir, f"--config.data.input={corpus}", *CONTINUE,
+                  "--config.model.hidden_size=32", tiny=False, check=False)
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1, wrong.stderr[-2000:]
+    assert "config.json has hidden_size=48 but the config asks for 32" in wrong.stderr

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 
 from flax_bert import BertForPreTraining
-from flax_bert.training import loop, optimizer, sharding, state as state_lib, steps
+from flax_bert.training import feed as feed_lib, optimizer, sharding, state as state_lib, steps
 from tests.test_train_step import CFG, SEQ, make_batch, opt_config
 
 
@@ -32,7 +32,7 @@ def mesh():
 
 def test_feed_hands_out_calls_in_order_and_saves_the_trained_position():
     batches = [{"x": np.full((16, 3), i, np.int32)} for i in range(6)]
-    feed = loop.DeviceFeed(ListIterator(batches), [2, 3, 1], mesh())
+    feed = feed_lib.DeviceFeed(ListIterator(batches), [2, 3, 1], mesh())
     handed_out = 0
     for size, call in feed:
         expected = np.stack([b["x"] for b in batches[handed_out:handed_out + size]])
@@ -60,9 +60,9 @@ def test_prefetch_trains_the_same_params_bitwise():
 
     it, plain = ListIterator(batches), jax.device_put(initial, shardings)
     for size in sizes:
-        local = loop.stack_batches([next(it) for _ in range(size)])
-        plain, _ = step(plain, loop.global_batch(local, m, stacked=True), jax.random.PRNGKey(1))
-    feed, fed = loop.DeviceFeed(ListIterator(batches), sizes, m), jax.device_put(initial, shardings)
+        local = feed_lib.stack_batches([next(it) for _ in range(size)])
+        plain, _ = step(plain, feed_lib.global_batch(local, m, stacked=True), jax.random.PRNGKey(1))
+    feed, fed = feed_lib.DeviceFeed(ListIterator(batches), sizes, m), jax.device_put(initial, shardings)
     for _, call in feed:
         fed, _ = step(fed, call, jax.random.PRNGKey(1))
         feed.prefetch()

@@ -23,16 +23,19 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from configs import default  # noqa: E402
-from flax_bert import hf  # noqa: E402
+from flax_bert import hf, hf_layout  # noqa: E402
+from flax_bert.compute import Compute  # noqa: E402
 from flax_bert.data import pipeline, prepare  # noqa: E402
+from flax_bert.data.options import DataOptions  # noqa: E402
 from flax_bert.model import BertForPreTraining  # noqa: E402
-from flax_bert.training import loop, optimizer, sharding, state as state_lib, steps  # noqa: E402
+from flax_bert.training import checks, feed, optimizer, sharding, state as state_lib  # noqa: E402
+from flax_bert.training import steps  # noqa: E402
 
 STEPS = 50
 STEPS_PER_CALL = 5  # Our side runs as the trainer does: K steps per jitted call (a scan).
 BATCH = 8
 RTOL = 1e-3
-BOOK = os.path.join(os.path.dirname(__file__), "..", "data", "corpus", "persuasion.txt.gz")
+BOOK = os.path.join(os.path.dirname(__file__), "..", "corpus", "persuasion.txt.gz")
 IGNORE_INDEX = -100  # torch CrossEntropyLoss's ignore_index, HF's "no label".
 # The attention key bias adds q . b to every score of a query, which the softmax drops: its
 # gradient is exactly 0, so its value is what Adam makes of round-off (norm ~1e-6, against
@@ -59,9 +62,10 @@ def _config(name: str, learning_rate: float, clip: float) -> ml_collections.Conf
 def data(tmp_path_factory) -> tuple[dict, list[dict[str, np.ndarray]]]:
     """meta and the first 50 train batches (dynamic masks) of one prepared bundled book."""
     config = _config("adamw", 0.0, 0.0)
-    out = str(tmp_path_factory.mktemp("parity") / "data")
-    meta = prepare.prepare_from_config(config.data, out)
-    it = pipeline.make_train_iterator(out, config.data, global_batch_size=BATCH,
+    out = str(tmp_path_factory.mktemp("parity") / "prepared")
+    opts = DataOptions.from_config(config.data)
+    meta = prepare.prepare(opts, out)
+    it = pipeline.make_train_iterator(out, opts, global_batch_size=BATCH,
                                       seed=config.seed, process_index=0, process_count=1)
     return meta, [next(it) for _ in range(STEPS)]
 
@@ -72,11 +76,11 @@ def _train_ours(config: ml_collections.ConfigDict, meta: dict, batches: list[dic
                 hf_dir: str) -> tuple[dict, list[float], list[float], list[float]]:
     """Our trainer's code path on one device; the initial weights are written to `hf_dir`.
     Returns (final params as an HF state dict, losses, learning rates, grad norms)."""
-    model_config = loop.model_config_for(config, meta)
+    model_config = checks.model_config(config.model, meta["vocab_size"],
+                                       meta["max_seq_length"])
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}),
                               jax.devices()[:1])
-    model = BertForPreTraining(model_config, dtype=loop.DTYPES[config.train.dtype],
-                               dropout_impl=config.train.dropout_impl)
+    model = BertForPreTraining(model_config, Compute.from_config(config.train))
     tx, schedule = optimizer.make_optimizer(config.optimizer, config.train.steps)
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     state, shardings = state_lib.create_train_state(model, tx, mesh, init_rng,
@@ -85,7 +89,7 @@ def _train_ours(config: ml_collections.ConfigDict, meta: dict, batches: list[dic
     train_step = steps.jit_train_step(mesh, shardings, model=model, tx=tx, schedule=schedule)
     logs: dict[str, list[float]] = {"loss": [], "learning_rate": [], "grad_norm": []}
     for i in range(0, STEPS, STEPS_PER_CALL):
-        stacked = loop.global_batch(loop.stack_batches(batches[i:i + STEPS_PER_CALL]), mesh,
+        stacked = feed.global_batch(feed.stack_batches(batches[i:i + STEPS_PER_CALL]), mesh,
                                     stacked=True)
         state, metrics = train_step(state, stacked, dropout_rng)
         for key, values in logs.items():
@@ -162,9 +166,9 @@ def _param_groups(model: torch.nn.Module, model_config, params: dict,
                   opt: ml_collections.ConfigDict) -> list[dict]:
     """torch param groups from our decay mask (optimizer.decay_mask of our `params`),
     matched by HF name."""
-    decayed = optimizer.decay_mask(hf.per_layer(params))  # name_map's per-layer layout
+    decayed = optimizer.decay_mask(hf_layout.per_layer(params))  # name_map's per-layer layout
     mask = {hf_name: functools.reduce(operator.getitem, path, decayed)
-            for hf_name, path, _ in hf.name_map(model_config)}
+            for hf_name, path, _ in hf_layout.name_map(model_config)}
     groups = {True: [], False: []}
     for name, p in model.named_parameters():  # the tied decoder is listed once, as the embedding
         groups[bool(mask[name])].append(p)

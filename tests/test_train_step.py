@@ -12,7 +12,7 @@ import pytest
 
 from configs import default
 from flax_bert import BertConfig, BertForPreTraining
-from flax_bert.training import loop, optimizer, sharding, state as state_lib, steps
+from flax_bert.training import feed, optimizer, sharding, state as state_lib, steps
 
 CFG = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                  intermediate_size=64, max_position_embeddings=32)
@@ -47,7 +47,7 @@ def place(batches: list[dict[str, np.ndarray]], mesh) -> dict[str, jax.Array]:
     processes: each process fills only the shards of its own devices)."""
     spec = sharding.batch_sharding(mesh, stacked=True)
     return {k: jax.make_array_from_callback(v.shape, spec, lambda idx, v=v: v[idx])
-            for k, v in loop.stack_batches(batches).items()}
+            for k, v in feed.stack_batches(batches).items()}
 
 
 def run_steps(mesh_shape, batches, *, accum=1, cfg=CFG, opt=None, n_devices=None,
@@ -184,7 +184,7 @@ def test_weight_decay_skips_layernorm_and_biases():
 
 
 def test_call_sizes_end_on_every_log_eval_checkpoint_and_stop_step():
-    call_sizes = loop.call_sizes
+    call_sizes = feed.call_sizes
     # From step 3 to 30, 4 per call; intervals 10 and 8 (0 = off), a stop at 12.
     sizes = list(call_sizes(3, 30, 4, every=(10, 0, 8), at=(12, 0)))
     assert sizes == [4, 1, 2, 2, 4, 4, 4, 4, 2]  # ends 7, 8, 10, 12, 16, 20, 24, 28, 30

@@ -147,7 +147,7 @@ def test_truncate_after_drops_later_and_partial_rows(tmp_path):
     for step in range(1, 6):
         writer.write(step, {"loss": step / 10})
     writer.close()
-    path = os.path.join(tmp_path, metrics_lib.METRICS_FILE)
+    path = workdir_lib.Paths(str(tmp_path)).metrics
     with open(path, "a") as f:
         f.write('{"step": 6, "split": "tr')  # a write cut short (disk full, kill -9)
     metrics_lib.MetricWriter(str(tmp_path), enabled=False).truncate_after(9)  # disabled: no-op
@@ -230,13 +230,13 @@ def test_disk_full_while_writing_metrics(tmpfs):
             writer.write(step, {"loss": 1.0, "mlm_accuracy": 0.5})
     message = str(e.value)
     assert f"writing step {step} to " in message and "the disk is full (0.0 MiB free)" in message
-    assert (os.path.join(tmpfs, metrics_lib.METRICS_FILE) in message
+    assert (workdir_lib.Paths(tmpfs).metrics in message
             or os.path.join(tmpfs, "tensorboard") in message)
     assert "\n" not in message
-    rows = metrics_lib.read_metrics(os.path.join(tmpfs, metrics_lib.METRICS_FILE))
+    rows = metrics_lib.read_metrics(workdir_lib.Paths(tmpfs).metrics)
     assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
     assert rows[-1]["step"] >= step - 1  # at most the failing row is missing
-    with open(os.path.join(tmpfs, metrics_lib.METRICS_FILE)) as f:
+    with open(workdir_lib.Paths(tmpfs).metrics) as f:
         assert all(json.loads(line) for line in f)
 
 

@@ -1,10 +1,11 @@
-"""Pretraining data: corpus -> WordPiece vocab -> NSP/MLM examples -> grain pipeline.
+"""Pretraining data: corpus -> WordPiece vocab -> NSP/MLM examples -> shards -> batches.
 
-Modules: corpus (streamed reading, sentence splitting), vocab (WordPiece), split (the
-held-out documents, by hash), examples (pairs and masking, pure NumPy), records (one
-example as one ArrayRecord record), storage (local or gs:// paths, checksums), prepared
-(the prepared folder: names, meta.json, integrity checks), prepare (sharded prepare, CLI
-`python -m flax_bert.data.prepare`, `prepare_from_config`), beam_prepare (the same as an
-Apache Beam pipeline), pipeline (`load_meta`, `make_train_iterator`, `make_eval_iterator`).
-Import the module you need; this package imports nothing heavy.
+The front door is `inputs.pretraining_data` (what a run reads, prepared on first use).
+Behind it: options (config.data as one value), corpus (streamed reading, sentence
+splitting), vocab (WordPiece), split (the held-out documents, by hash), examples (pairs and
+masking, pure NumPy), records (one example as one ArrayRecord record), storage (local or
+gs:// paths, checksums), folder (a prepared folder: names, meta.json, integrity checks),
+prepare (sharded preparation; CLI `python -m flax_bert.data.prepare`), beam_prepare (the
+same as an Apache Beam pipeline), streams (the random streams and the epoch order) and
+pipeline (the grain train and eval iterators). This package imports nothing heavy.
 """

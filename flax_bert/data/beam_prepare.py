@@ -1,7 +1,7 @@
 """Prepare as an Apache Beam pipeline: the same per-shard functions, on many machines.
 
     pip install -e ".[beam]"
-    python -m flax_bert.data.beam_prepare --input 'data/corpus/*.txt.gz' --output /tmp/prep \
+    python -m flax_bert.data.beam_prepare --input 'corpus/*.txt.gz' --output /tmp/prep \
         --vocab vocab.txt --runner DirectRunner --direct_num_workers 2 \
         --direct_running_mode multi_processing
     python -m flax_bert.data.beam_prepare --input 'gs://b/text/*.txt' --output gs://b/prep \
@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import sys
 
-from flax_bert.data import prepare as prepare_lib, prepared, storage
+from flax_bert.data import folder as folder_lib, options, prepare as prepare_lib
+from flax_bert.data import shards as shards_lib
+from flax_bert.data import storage
+from flax_bert.data.options import DataOptions
 from flax_bert.errors import UserError
 
 ERRORS = "beam-errors.txt"  # the first UserError of a failed run (read and removed by run)
 
 
-def run(opts: prepare_lib.PrepareOptions, output_dir: str, beam_args: list[str], *,
+def run(opts: DataOptions, output_dir: str, beam_args: list[str], *,
         force: bool = False) -> dict:
     """Prepare `opts` into output_dir with Beam; returns meta (cached like `prepare`).
 
@@ -45,7 +48,7 @@ def run(opts: prepare_lib.PrepareOptions, output_dir: str, beam_args: list[str],
     def shards(group: tuple[int, list[str]]):
         g, paths = group
         try:
-            for part, docs in enumerate(prepare_lib.group_shards(paths, opts)):
+            for part, docs in enumerate(shards_lib.group_shards(paths, opts)):
                 yield g, part, docs
         except UserError as e:
             yield str(e)
@@ -75,7 +78,7 @@ def run(opts: prepare_lib.PrepareOptions, output_dir: str, beam_args: list[str],
         message = errors.read_text()
         errors.unlink()
         raise UserError(message)
-    return prepared.load_meta(output_dir)
+    return folder_lib.load_meta(output_dir)
 
 
 def _caught(fn, *args):
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = prepare_lib.parser("python -m flax_bert.data.beam_prepare", __doc__.splitlines()[0])
     args, beam_args = parser.parse_known_args(argv)
     try:
-        meta = run(prepare_lib.options_from_args(args), args.output, beam_args, force=args.force)
+        meta = run(options.from_flags(args), args.output, beam_args, force=args.force)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

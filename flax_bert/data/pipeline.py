@@ -3,7 +3,7 @@
 Records are read from the folder's ArrayRecord shards, one reader per shard opened when
 first read (`records.open_reader`; `records.py` has their format); the files' sizes are
 checked when the pipeline is made and each shard's checksum when it is first read
-(`prepared.py`).
+(`folder.py`). Masking and feeding follow `options.DataOptions` (config.data).
 
 Shape legend: b per-process batch (global_batch_size // process_count), L max_seq_length,
 P max_predictions_per_seq. Each batch is a dict of NumPy arrays:
@@ -14,7 +14,7 @@ P max_predictions_per_seq. Each batch is a dict of NumPy arrays:
 
 Train: element k of an endless `grain.MapDataset.range` is global batch k; global example
 position g = k * global_batch_size + j reads example perm_e[g % N] with e = g // N and
-perm_e a fresh permutation per epoch (seeded by (seed, e)). Process p takes rows
+perm_e a fresh permutation per epoch (`streams.epoch_indices`, seeded by (seed, e)). Process p takes rows
 [p*b, (p+1)*b) of each global batch, and dynamic masks come from (seed, k) drawn for the
 whole global batch, so the processes' batches stacked are exactly the single-process
 batch. Everything is a pure function of k, so the iterator state is grain's next index:
@@ -43,13 +43,12 @@ from typing import Any
 import grain
 import numpy as np
 
-from flax_bert.data import examples, prepared, records, storage, vocab as vocab_lib
-from flax_bert.data.prepare import config_value as _get, masking_kwargs
-from flax_bert.data.prepared import load_meta
+from flax_bert.data import examples, folder as folder_lib, records, storage, streams
+from flax_bert.data import vocab as vocab_lib
+from flax_bert.data.folder import load_meta
+from flax_bert.data.options import DataOptions
 from flax_bert.errors import UserError
 
-MASK_STREAM = 1  # rng stream ids: keep shuffle and masking randomness independent
-SHUFFLE_STREAM = 2
 PERM_CACHE = 2  # epochs whose permutation is kept (a batch spans at most 2 epochs)
 
 
@@ -74,10 +73,10 @@ def _per_process(global_batch_size: int, process_count: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class Phase1:
     """The first `steps` train batches come from `prepared_dir` (shorter examples, prepared
-    with the main folder's vocab) at `global_batch_size`, masked as `data_config` says."""
+    with the main folder's vocab) at `global_batch_size`, masked as `options` say."""
 
     prepared_dir: str
-    data_config: Any
+    options: DataOptions
     global_batch_size: int
     steps: int
 
@@ -85,9 +84,9 @@ class Phase1:
 class _Batches:
     """Random access to batches: batch k of a split (picklable for grain workers)."""
 
-    def __init__(self, prepared_dir: str, split: str, data_config, *, global_batch_size: int,
-                 seed: int, process_index: int, process_count: int, dynamic: bool,
-                 train: bool):
+    def __init__(self, prepared_dir: str, split: str, options: DataOptions, *,
+                 global_batch_size: int, seed: int, process_index: int, process_count: int,
+                 dynamic: bool, train: bool):
         meta = load_meta(prepared_dir)
         self.dir, self.split, self.train, self.dynamic = prepared_dir, split, train, dynamic
         self.seed, self.global_batch = seed, global_batch_size
@@ -98,8 +97,8 @@ class _Batches:
         self.preds = meta["max_predictions_per_seq"]
         special = meta["special_ids"]
         self.mask_kwargs = (
-            masking_kwargs(data_config, meta["vocab_size"], special["mask"],
-                           os.path.join(prepared_dir, "vocab.txt"))
+            options.masking(meta["vocab_size"], special["mask"],
+                            os.path.join(prepared_dir, folder_lib.VOCAB))
             if dynamic else None
         )
         if self.mask_kwargs and self.mask_kwargs["max_predictions"] != self.preds:
@@ -125,7 +124,7 @@ class _Batches:
         """The shard's reader, opened (after checking its checksum) on first use."""
         if shard not in self._readers:
             folder = storage.path(self.dir)
-            prepared.verify_file(folder, self.names[shard], self.meta)
+            folder_lib.verify_file(folder, self.names[shard], self.meta)
             self._readers[shard] = records.open_reader(folder / self.names[shard])
         return self._readers[shard]
 
@@ -143,17 +142,14 @@ class _Batches:
         if epoch not in self._perms:
             if len(self._perms) >= PERM_CACHE:
                 self._perms.pop(min(self._perms))
-            rng = np.random.default_rng([self.seed, SHUFFLE_STREAM, epoch])
-            self._perms[epoch] = rng.permutation(self.n)
+            self._perms[epoch] = streams.permutation(self.seed, streams.TRAIN_ORDER, epoch,
+                                                     self.n)
         return self._perms[epoch]
 
     def __call__(self, k: int, _=None) -> dict[str, np.ndarray]:
         g = k * self.global_batch + self.offset + np.arange(self.b)  # [b] global positions
         if self.train:
-            epoch, pos = g // self.n, g % self.n
-            idx = np.empty(self.b, np.int64)
-            for e in np.unique(epoch):
-                idx[epoch == e] = self._perm(int(e))[pos[epoch == e]]
+            idx = streams.epoch_indices(g, self.n, self._perm)
             valid = np.ones(self.b, bool)
         else:
             valid = g < self.n
@@ -162,7 +158,7 @@ class _Batches:
         len_a, len_b = a["len_a"], a["len_b"]  # [b]
         token_type_ids, attention_mask = examples.segment_arrays(len_a, len_b, self.seq)
         if self.dynamic:
-            rng = np.random.default_rng([self.seed, MASK_STREAM, k])
+            rng = np.random.default_rng([self.seed, streams.TRAIN_MASKS, k])
             m = examples.mask_batch(
                 a["input_ids"], len_a, len_b, rng,
                 global_rows=self.global_batch, row_offset=self.offset, **self.mask_kwargs,
@@ -198,7 +194,7 @@ class _Phased:
 
 def make_train_iterator(
     prepared_dir: str,
-    data_config,
+    options: DataOptions,
     *,
     global_batch_size: int,
     seed: int,
@@ -210,37 +206,35 @@ def make_train_iterator(
     process, from `phase1` first when given; supports next(), get_state(), set_state()."""
     process_index, process_count = _process(process_index, process_count)
 
-    def train_batches(folder: str, config, batch_size: int) -> _Batches:
-        dynamic = bool(_get(config, "dynamic_masking", True))
-        if not dynamic and not load_meta(folder)["static_train_masks"]:
+    def train_batches(folder: str, opts: DataOptions, batch_size: int) -> _Batches:
+        if not opts.dynamic_masking and not load_meta(folder)["static_train_masks"]:
             raise UserError(
                 f"config.data.dynamic_masking=False but {folder} has no static masks; "
-                f"re-run prepare with --static-masking (or delete {folder})"
+                f"re-run prepare with --no-dynamic-masking (or delete {folder})"
             )
         return _Batches(
-            folder, "train", config, global_batch_size=batch_size, seed=seed,
-            process_index=process_index, process_count=process_count, dynamic=dynamic,
-            train=True,
+            folder, "train", opts, global_batch_size=batch_size, seed=seed,
+            process_index=process_index, process_count=process_count,
+            dynamic=opts.dynamic_masking, train=True,
         )
 
-    batches = train_batches(prepared_dir, data_config, global_batch_size)
+    batches = train_batches(prepared_dir, options, global_batch_size)
     if phase1 is not None:
-        first = train_batches(phase1.prepared_dir, phase1.data_config, phase1.global_batch_size)
+        first = train_batches(phase1.prepared_dir, phase1.options, phase1.global_batch_size)
         batches = _Phased(first, phase1.steps, batches)
     ds = grain.MapDataset.range(sys.maxsize).map_with_index(batches)
-    prefetch = int(_get(data_config, "prefetch", 2))
+    prefetch = options.prefetch
     it_ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=1 if prefetch > 0 else 0, prefetch_buffer_size=prefetch)
     )
-    workers = int(_get(data_config, "worker_count", 0))
-    if workers > 0:
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    if options.worker_count > 0:
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=options.worker_count))
     return iter(it_ds)
 
 
 def make_eval_iterator(
     prepared_dir: str,
-    data_config,
+    options: DataOptions,
     *,
     global_batch_size: int,
     process_index: int | None = None,
@@ -252,7 +246,7 @@ def make_eval_iterator(
     process_index, process_count = _process(process_index, process_count)
     meta = load_meta(prepared_dir)
     batches = _Batches(
-        prepared_dir, "eval", data_config, global_batch_size=global_batch_size, seed=0,
+        prepared_dir, "eval", options, global_batch_size=global_batch_size, seed=0,
         process_index=process_index, process_count=process_count, dynamic=False, train=False,
     )
     num_batches = math.ceil(meta["num_eval_examples"] / global_batch_size)

@@ -1,6 +1,6 @@
 """Prepare step: corpus -> WordPiece vocab -> shards of tokenized NSP pairs (+ held-out split).
 
-    python -m flax_bert.data.prepare --input data/corpus/*.txt.gz --output /tmp/prepared \
+    python -m flax_bert.data.prepare --input corpus/*.txt.gz --output /tmp/prepared \
         [--vocab-size 8192 | --vocab vocab.txt] --max-seq-length 128 \
         [--shard-index I --num-shards N]   # one process per machine, each a share
 
@@ -11,10 +11,11 @@ within the shard, as google-research/bert does per input file), masked when stat
 written on its own, in a worker process. Memory is bounded by the shard size; the output
 depends on the options and the inputs, never on the number of workers or machines. The
 held-out split is whole documents chosen by a hash of each document (`split.py`), so any
-shard decides alone. The same per-shard functions run as a Beam pipeline
-(`beam_prepare.py`). The folder's layout and its integrity checks: `prepared.py`; the
-record format: `records.py`. `prepare_from_config` is a no-op when meta.json exists with
-the same options and inputs.
+shard decides alone. A shard's work is `shards.ShardMaker`; the same per-shard functions run
+as a Beam pipeline (`beam_prepare.py`). The folder's layout and its integrity checks:
+`folder.py`; the record format: `records.py`. `prepare` is a no-op when meta.json exists with the same
+options and inputs. The options are `config.data` (`options.DataOptions`); the CLI's flags
+are its fields, with configs/default.py's values as defaults.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ import contextlib
 import ctypes
 import dataclasses
 import hashlib
-import itertools
 import json
-import math
 import multiprocessing
 import os
 import signal
@@ -38,91 +37,21 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 
-import numpy as np
-from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
-from flax_bert.data import corpus, examples, prepared, records, split, storage
+from flax_bert.data import corpus, folder as folder_lib, records, storage
 from flax_bert.data import vocab as vocab_lib
+from flax_bert.data.options import DataOptions, add_flags, from_flags
+from flax_bert.data.shards import MB, ShardMaker, doc_chars, group_shards, plan_groups
 from flax_bert.errors import UserError
 
-SENTENCES_PER_TASK = 20_000  # Sentences tokenized at a time (bounds a worker's memory).
 IN_FLIGHT_PER_WORKER = 2  # Shards queued per worker (bounds the reader's memory).
 POLL_SECONDS = 0.2  # The main thread waits for a shard in slices: a signal is seen within one.
 MIN_TRAIN_DOCS = 2  # NSP needs a document other than A's.
 MIN_EVAL_DOCS = 2
-MB = 1 << 20
-EVAL_STREAM = 1  # rng streams of a shard: pairs of train / eval, static masks
-MASK_STREAM = 2
 
 
-@dataclasses.dataclass(frozen=True)
-class PrepareOptions:
-    """Everything that decides the prepared output; defaults = configs/default.py."""
-
-    input: tuple[str, ...] = ("data/corpus/*.txt.gz",)
-    input_format: str = "auto"
-    text_column: str = "text"
-    vocab: str = ""
-    vocab_size: int = 8192
-    lowercase: bool = True
-    max_seq_length: int = 128
-    short_seq_prob: float = 0.1
-    masked_lm_prob: float = 0.15
-    max_predictions_per_seq: int = 20
-    mask_token_prob: float = 0.8
-    random_token_prob: float = 0.1
-    whole_word_masking: bool = False
-    dynamic_masking: bool = True
-    dupe_factor: int = 5
-    eval_fraction: float = 0.15
-    seed: int = 12345
-    shard_mb: float = 8.0
-    vocab_sample_mb: float = 256.0
-    num_workers: int = 0  # not part of the cache key: results do not depend on it
-
-    def cache_key(self) -> dict:
-        key = dataclasses.asdict(self)
-        key.pop("num_workers")
-        key["input"] = list(self.input)
-        return key
-
-
-def config_value(data_config, key: str, default=None):
-    """data_config[key] for a ConfigDict, a dict or an object with attributes."""
-    if isinstance(data_config, dict) or hasattr(data_config, "get"):
-        return data_config.get(key, default)
-    return getattr(data_config, key, default)
-
-
-def options_from_config(data_config) -> PrepareOptions:
-    """PrepareOptions from `config.data` (an ml_collections ConfigDict or a dict)."""
-    fields = {f.name: f.default for f in dataclasses.fields(PrepareOptions)}
-    kw = {name: config_value(data_config, name, default) for name, default in fields.items()}
-    kw["seed"] = config_value(data_config, "prepare_seed", fields["seed"])
-    inp = kw["input"]
-    kw["input"] = tuple(p.strip() for p in inp.split(",")) if isinstance(inp, str) else tuple(inp)
-    return PrepareOptions(**kw)
-
-
-def phase1_config(data_config, seq_length: int, vocab_path: str) -> dict:
-    """`config.data` (a ConfigDict or dict) for phase 1: the same corpus, split and masking
-    at `seq_length`, with the main folder's vocab; max_predictions_per_seq scales with the
-    length (20 at 128 is 5 at 32), as BERT's did from 128 to 512."""
-    config = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config)
-    main_length = config_value(data_config, "max_seq_length")
-    config["max_predictions_per_seq"] = math.ceil(
-        config_value(data_config, "max_predictions_per_seq") * seq_length / main_length)
-    config["max_seq_length"], config["vocab"] = seq_length, vocab_path
-    return config
-
-
-def prepare_from_config(data_config, output_dir: str) -> dict:
-    """Prepare `config.data`'s corpus into output_dir (cached); returns meta."""
-    return prepare(options_from_config(data_config), output_dir)
-
-
-def _source_files(opts: PrepareOptions) -> list[dict]:
+def _source_files(opts: DataOptions) -> list[dict]:
     paths = corpus.expand_inputs(list(opts.input))
     return [{"path": _abspath(p), "bytes": _size(p)} for p in paths]
 
@@ -138,164 +67,18 @@ def _size(path: str) -> int:
     return p.stat().length
 
 
-def cache_key(opts: PrepareOptions, sources: list[dict]) -> tuple[dict, str]:
+def cache_key(opts: DataOptions, sources: list[dict]) -> tuple[dict, str]:
     """(meta.json's "options", the fingerprint in shard names) of options and inputs."""
-    key = opts.cache_key()
+    key = opts.prepared_key()
     key["vocab_crc32"] = storage.crc32(storage.path(opts.vocab)) if opts.vocab else 0
-    key["format_version"] = prepared.FORMAT_VERSION
+    key["format_version"] = folder_lib.FORMAT_VERSION
     blob = json.dumps({"options": key, "sources": sources}, sort_keys=True).encode()
     return key, hashlib.sha256(blob).hexdigest()[:8]
 
 
-def plan_groups(sources: list[dict], shard_bytes: int) -> list[list[str]]:
-    """Input files in groups read by one reader each: consecutive files up to
-    shard_bytes on disk; a `datasets` folder alone. Depends on the inputs only."""
-    groups, current, size = [], [], 0
-    for s in sources:
-        if corpus.is_dataset_dir(s["path"]):
-            groups += [current] if current else []
-            groups.append([s["path"]])
-            current, size = [], 0
-            continue
-        current.append(s["path"])
-        size += s["bytes"]
-        if size >= shard_bytes:
-            groups.append(current)
-            current, size = [], 0
-    return groups + ([current] if current else [])
-
-
-def _doc_chars(doc: list[str] | str) -> int:
-    return len(doc) if isinstance(doc, str) else sum(len(s) + 1 for s in doc)
-
-
-def group_shards(paths: list[str], opts: PrepareOptions) -> Iterator[list]:
-    """The raw documents of a group, read as a stream, cut into shards of about
-    opts.shard_mb MB of text."""
-    shard, chars = [], 0
-    for _, doc in corpus.iter_raw_documents(paths, opts.input_format, opts.text_column):
-        shard.append(doc)
-        chars += _doc_chars(doc)
-        if chars >= opts.shard_mb * MB:
-            yield shard
-            shard, chars = [], 0
-    if shard:
-        yield shard
-
-
-@dataclasses.dataclass
-class ShardMaker:
-    """Makes and writes the records of one shard of documents: a picklable callable
-    (worker processes, Beam); the tokenizer is loaded on first use."""
-
-    opts: PrepareOptions
-    output_dir: str
-    fingerprint: str
-    vocab_path: str
-    _ctx: tuple | None = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_ctx": None}
-
-    def context(self) -> tuple:
-        """(tokenizer, special ids, vocab size, local vocab path), made once per process."""
-        if self._ctx is None:
-            local = self.vocab_path
-            if "://" in local:  # the tokenizer reads a local file
-                local = tempfile.mkstemp(suffix=prepared.VOCAB)[1]
-                storage.path(self.vocab_path).copy(local, overwrite=True)
-            tokenizer = vocab_lib.load_tokenizer(local, self.opts.lowercase)
-            vocab_size = len(vocab_lib.read_vocab(local))
-            self._ctx = (tokenizer, vocab_lib.special_ids(local), vocab_size, local)
-        return self._ctx
-
-    def __call__(self, task: tuple[int, int, list]) -> dict:
-        """(group, part, raw documents) -> stats of the shard's files."""
-        group, part, raw = task
-        opts = self.opts
-        tokenizer, special, vocab_size, vocab_path = self.context()
-        docs = [d for d in (corpus.to_sentences(r, opts.input_format) for r in raw) if d]
-        held = np.array([opts.eval_fraction > 0 and split.is_held_out(d, opts.eval_fraction,
-                                                                       opts.seed) for d in docs])
-        tokens, sent_offsets, doc_offsets = _tokenize(tokenizer, docs)
-        out = {"group": group, "part": part, "documents": len(docs),
-               "sentences": int(len(sent_offsets) - 1), "tokens": int(len(tokens)), "splits": {}}
-        for name, stream, want in (("train", 0, False), ("eval", EVAL_STREAM, True)):
-            chosen = np.flatnonzero(held == want) if len(docs) else np.zeros(0, np.int64)
-            rng = np.random.default_rng([opts.seed, group, part, stream])
-            pairs = _pairs_for_docs(tokens, sent_offsets, doc_offsets, chosen, opts, special, rng)
-            masks = None
-            if (name == "eval" or not opts.dynamic_masking) and len(pairs["len_a"]):
-                masks = examples.mask_batch(
-                    pairs["input_ids"], pairs["len_a"], pairs["len_b"],
-                    np.random.default_rng([opts.seed, group, part, stream, MASK_STREAM]),
-                    **masking_kwargs(opts, vocab_size, special.mask, vocab_path))
-            recs = records.encode(pairs, masks, records.id_dtype(vocab_size))
-            info = {"documents": int(len(chosen)), "records": len(recs)}
-            if recs:
-                file = prepared.shard_name(name, self.fingerprint, group, part)
-                info.update(name=file, **_write_records(self.output_dir, file, recs))
-            out["splits"][name] = info
-        return out
-
-
-def _tokenize(tokenizer, docs: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All tokens [T] int32, sentence offsets [S+1], document offsets (in sentences) [D+1]."""
-    sentences = list(itertools.chain.from_iterable(docs))
-    ids, lengths = [], []
-    for i in range(0, len(sentences), SENTENCES_PER_TASK):
-        enc = tokenizer.encode_batch_fast(sentences[i : i + SENTENCES_PER_TASK],
-                                          add_special_tokens=False)
-        lengths.append(np.fromiter((len(e.ids) for e in enc), np.int64, len(enc)))
-        ids.append(np.fromiter(itertools.chain.from_iterable(e.ids for e in enc), np.int32,
-                               int(lengths[-1].sum())))
-    lens = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-    per_doc = np.fromiter((len(d) for d in docs), np.int64, len(docs))
-    return (np.concatenate(ids) if ids else np.zeros(0, np.int32),
-            np.concatenate([[0], np.cumsum(lens)]), np.concatenate([[0], np.cumsum(per_doc)]))
-
-
-def _write_records(output_dir: str, name: str, recs: list[bytes]) -> dict:
-    """Write one shard (through a local temp file when the folder is not local)."""
-    dest = storage.path(output_dir) / name
-    local = "://" not in output_dir
-    path = str(dest) if local else tempfile.mkstemp(suffix=prepared.SHARD_SUFFIX)[1]
-    writer = ArrayRecordWriter(path, records.WRITER_OPTIONS)
-    for r in recs:
-        writer.write(r)
-    writer.close()
-    if not local:
-        storage.path(path).copy(dest, overwrite=True)
-        os.remove(path)
-    return storage.describe(dest)
-
-
-def _pairs_for_docs(tokens, sent_offsets, doc_offsets, docs, opts, special, rng) -> dict:
-    """Pairs of the documents `docs` (their indices kept in doc_a/doc_b)."""
-    if len(docs) == 0:
-        return examples.create_pairs(
-            tokens, sent_offsets, np.zeros(1, np.int64), max_seq_length=opts.max_seq_length,
-            short_seq_prob=opts.short_seq_prob, dupe_factor=1, special=special, rng=rng,
-        )
-    # Re-index the chosen documents' sentences as a contiguous list.
-    sents = np.concatenate([np.arange(doc_offsets[d], doc_offsets[d + 1]) for d in docs])
-    sub_doc_offsets = np.concatenate([[0], np.cumsum(doc_offsets[docs + 1] - doc_offsets[docs])])
-    sent_lengths = sent_offsets[sents + 1] - sent_offsets[sents]
-    sub_sent_offsets = np.concatenate([[0], np.cumsum(sent_lengths)])
-    tok_start, tok_end = sent_offsets[doc_offsets[docs]], sent_offsets[doc_offsets[docs + 1]]
-    sub_tokens = np.concatenate([tokens[s:e] for s, e in zip(tok_start, tok_end)])
-    pairs = examples.create_pairs(
-        sub_tokens, sub_sent_offsets, sub_doc_offsets, max_seq_length=opts.max_seq_length,
-        short_seq_prob=opts.short_seq_prob, dupe_factor=opts.dupe_factor, special=special,
-        rng=rng,
-    )
-    pairs["doc_a"], pairs["doc_b"] = docs[pairs["doc_a"]], docs[pairs["doc_b"]]
-    return pairs
-
-
 # ---- The whole prepare ------------------------------------------------------------------
 def prepare(
-    opts: PrepareOptions, output_dir: str, *, force: bool = False, progress: bool = True,
+    opts: DataOptions, output_dir: str, *, force: bool = False, progress: bool = True,
     shard_index: int = 0, num_shards: int = 1,
 ) -> dict:
     """Prepare the corpus into output_dir (cached); returns meta. With num_shards > 1 this
@@ -323,22 +106,22 @@ class Plan:
     output_dir: str
 
 
-def start(opts: PrepareOptions, output_dir: str, *, force: bool = False,
+def start(opts: DataOptions, output_dir: str, *, force: bool = False,
           shard_parallel: bool = False) -> Plan:
     """Check the folder, write the vocab, plan the groups (or find the cached meta)."""
     sources = _source_files(opts)
     key, fingerprint = cache_key(opts, sources)
     folder = storage.path(output_dir)
-    old = prepared.read_meta(folder) if folder.exists() else None
+    old = folder_lib.read_meta(folder) if folder.exists() else None
     if old is not None and old.get("fingerprint") == fingerprint and not force:
-        return Plan(prepared.load_meta(output_dir), key, sources, [], None, output_dir)
-    _validate(opts)
+        return Plan(folder_lib.load_meta(output_dir), key, sources, [], None, output_dir)
+    opts.check()
     _claim(folder, fingerprint, old, force)
-    vocab_path = str(folder / prepared.VOCAB)
+    vocab_path = str(folder / folder_lib.VOCAB)
     if opts.vocab:
         vocab_lib.read_vocab(opts.vocab)
         if _abspath(opts.vocab) != _abspath(vocab_path):
-            storage.path(opts.vocab).copy(folder / prepared.VOCAB, overwrite=True)
+            storage.path(opts.vocab).copy(folder / folder_lib.VOCAB, overwrite=True)
     else:
         if shard_parallel:
             raise UserError("--num-shards > 1 needs --vocab (a vocab.txt every process shares); "
@@ -347,18 +130,18 @@ def start(opts: PrepareOptions, output_dir: str, *, force: bool = False,
             paths = [s["path"] for s in sources]
             trained = vocab_lib.train_vocab(lambda: _vocab_sample(opts, paths),
                                             opts.vocab_size, opts.lowercase, tmp)
-            storage.path(trained).copy(folder / prepared.VOCAB, overwrite=True)
+            storage.path(trained).copy(folder / folder_lib.VOCAB, overwrite=True)
     maker = ShardMaker(opts, output_dir, fingerprint, vocab_path)
     return Plan(None, key, sources, plan_groups(sources, opts.shard_mb * MB), maker, output_dir)
 
 
-def _vocab_sample(opts: PrepareOptions, paths: list[str]) -> Iterator[str]:
+def _vocab_sample(opts: DataOptions, paths: list[str]) -> Iterator[str]:
     """Sentences of the first opts.vocab_sample_mb MB of text (vocab training streams)."""
     chars = 0
     for _, doc in corpus.iter_raw_documents(paths, opts.input_format, opts.text_column):
         sentences = corpus.to_sentences(doc, opts.input_format)
         yield from sentences
-        chars += _doc_chars(sentences)
+        chars += doc_chars(sentences)
         if chars >= opts.vocab_sample_mb * MB:
             return
 
@@ -366,22 +149,22 @@ def _vocab_sample(opts: PrepareOptions, paths: list[str]) -> Iterator[str]:
 def _claim(folder, fingerprint: str, old: dict | None, force: bool) -> None:
     """Make the folder ours: another prepare's meta.json or shards are an error, or with
     --force removed. Shards of this fingerprint (a run cut short) are overwritten."""
-    foreign = [p for p in folder.iterdir() if prepared.is_shard(p.name)
-               and prepared.fingerprint_of(p.name) != fingerprint] if folder.exists() else []
+    foreign = [p for p in folder.iterdir() if folder_lib.is_shard(p.name)
+               and folder_lib.fingerprint_of(p.name) != fingerprint] if folder.exists() else []
     if old is not None or foreign:
         if not force:
-            what = folder / prepared.META if old is not None else foreign[0]
+            what = folder / folder_lib.META if old is not None else foreign[0]
             raise UserError(
                 f"{what}: the folder holds another prepare's data (other options or inputs); "
                 f"choose another --output (config.data.prepared_dir), delete {folder}, or "
                 f"pass --force to replace it")
-        (folder / prepared.META).unlink(missing_ok=True)
+        (folder / folder_lib.META).unlink(missing_ok=True)
         for p in foreign:
             p.unlink()
     folder.mkdir(parents=True, exist_ok=True)
 
 
-def _run_local(maker: ShardMaker, groups: list[tuple[int, list[str]]], opts: PrepareOptions,
+def _run_local(maker: ShardMaker, groups: list[tuple[int, list[str]]], opts: DataOptions,
                progress: bool) -> Iterator[dict]:
     """Stats of every shard of the groups, made in worker processes (one shard each).
     SIGTERM / SIGINT stop it (`stop_on_signals`): the workers are killed at once; they
@@ -516,14 +299,14 @@ def finish(plan: Plan, stats: list[dict]) -> dict:
         raise UserError(f"{inputs}: no training pairs could be made; add text")
     folder = storage.path(plan.output_dir)
     _, special, vocab_size, _ = plan.maker.context()
-    files = {prepared.VOCAB: storage.describe(folder / prepared.VOCAB)}
+    files = {folder_lib.VOCAB: storage.describe(folder / folder_lib.VOCAB)}
     shards = {}
-    for split_name in prepared.SPLITS:
+    for split_name in folder_lib.SPLITS:
         infos = [s["splits"][split_name] for s in stats if s["splits"][split_name]["records"]]
         shards[split_name] = [{"name": i["name"], "records": i["records"]} for i in infos]
         files.update({i["name"]: {"bytes": i["bytes"], "crc32": i["crc32"]} for i in infos})
     meta = dict(
-        format_version=prepared.FORMAT_VERSION,
+        format_version=folder_lib.FORMAT_VERSION,
         fingerprint=plan.maker.fingerprint,
         vocab_size=vocab_size,
         id_dtype=records.id_dtype(vocab_size).name,
@@ -543,7 +326,7 @@ def finish(plan: Plan, stats: list[dict]) -> dict:
         shards=shards,
         files=files,
     )
-    return prepared.write_meta(folder, meta)
+    return folder_lib.write_meta(folder, meta)
 
 
 def finish_share(plan: Plan, stats: list[dict], shard_index: int, num_shards: int) -> dict:
@@ -561,88 +344,23 @@ def finish_share(plan: Plan, stats: list[dict], shard_index: int, num_shards: in
     try:
         every = [s for p in shares for s in json.loads(p.read_text())]
     except FileNotFoundError:  # another process finished at the same time and removed them
-        return prepared.load_meta(plan.output_dir)
+        return folder_lib.load_meta(plan.output_dir)
     meta = finish(plan, every)
     for p in shares:
         p.unlink(missing_ok=True)
     return meta
 
 
-def _validate(opts: PrepareOptions) -> None:
-    checks = [
-        (examples.NUM_SPECIAL_IN_PAIR + 1 < opts.max_seq_length <= records.MAX_SEQ_LENGTH,
-         "max_seq_length", f"> 4 and <= {records.MAX_SEQ_LENGTH}"),
-        (0 <= opts.short_seq_prob <= 1, "short_seq_prob", "in [0, 1]"),
-        (0 < opts.masked_lm_prob < 1, "masked_lm_prob", "in (0, 1)"),
-        (opts.max_predictions_per_seq >= 1, "max_predictions_per_seq", ">= 1"),
-        (opts.mask_token_prob + opts.random_token_prob <= 1,
-         "mask_token_prob + random_token_prob", "<= 1"),
-        (opts.dupe_factor >= 1, "dupe_factor", ">= 1"),
-        (0 <= opts.eval_fraction < 1, "eval_fraction", "in [0, 1)"),
-        (opts.vocab or opts.vocab_size > len(vocab_lib.SPECIAL_TOKENS), "vocab_size", "> 5"),
-        (opts.shard_mb > 0, "shard_mb", "> 0"),
-        (opts.vocab_sample_mb > 0, "vocab_sample_mb", "> 0"),
-    ]
-    for ok, field, rule in checks:
-        if not ok:
-            raise UserError(f"config.data.{field} must be {rule}; fix the config / flag")
-
-
-def masking_kwargs(opts_or_config, vocab_size: int, mask_id: int, vocab_path: str) -> dict:
-    """Keyword arguments of `examples.mask_batch` from options or `config.data`."""
-    g = lambda k: config_value(opts_or_config, k)  # noqa: E731
-    return dict(
-        vocab_size=vocab_size,
-        mask_id=mask_id,
-        masked_lm_prob=g("masked_lm_prob"),
-        max_predictions=g("max_predictions_per_seq"),
-        mask_token_prob=g("mask_token_prob"),
-        random_token_prob=g("random_token_prob"),
-        continuation=vocab_lib.continuation_table(vocab_path) if g("whole_word_masking") else None,
-    )
-
-
 # ---- CLI ----------------------------------------------------------------------------------
 def parser(prog: str = "python -m flax_bert.data.prepare",
            description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
-    """The options of a prepare CLI (this one and `beam_prepare`)."""
-    d = PrepareOptions()
+    """The options of a prepare CLI (this one and `beam_prepare`): --output, --force and the
+    flags of config.data's fields (options.add_flags)."""
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--input", nargs="+", required=True, help="files, globs or a datasets dir")
     p.add_argument("--output", required=True, help="prepared folder to write")
-    p.add_argument("--input-format", default=d.input_format,
-                   choices=["auto", "sentences", "paragraphs"])
-    p.add_argument("--text-column", default=d.text_column)
-    p.add_argument("--vocab", default=d.vocab, help="existing vocab.txt (else one is trained)")
-    p.add_argument("--vocab-size", type=int, default=d.vocab_size)
-    p.add_argument("--no-lowercase", action="store_true", help="keep case and accents")
-    p.add_argument("--max-seq-length", type=int, default=d.max_seq_length)
-    p.add_argument("--short-seq-prob", type=float, default=d.short_seq_prob)
-    p.add_argument("--masked-lm-prob", type=float, default=d.masked_lm_prob)
-    p.add_argument("--max-predictions-per-seq", type=int, default=d.max_predictions_per_seq)
-    p.add_argument("--whole-word-masking", action="store_true")
-    p.add_argument("--static-masking", action="store_true", help="fix train masks now")
-    p.add_argument("--dupe-factor", type=int, default=d.dupe_factor)
-    p.add_argument("--eval-fraction", type=float, default=d.eval_fraction)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--shard-mb", type=float, default=d.shard_mb, help="MB of text per shard")
-    p.add_argument("--vocab-sample-mb", type=float, default=d.vocab_sample_mb,
-                   help="MB of text the vocab is trained on (the first MB of the input)")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    add_flags(p)
     return p
-
-
-def options_from_args(args: argparse.Namespace) -> PrepareOptions:
-    return PrepareOptions(
-        input=tuple(args.input), input_format=args.input_format, text_column=args.text_column,
-        vocab=args.vocab, vocab_size=args.vocab_size, lowercase=not args.no_lowercase,
-        max_seq_length=args.max_seq_length, short_seq_prob=args.short_seq_prob,
-        masked_lm_prob=args.masked_lm_prob, max_predictions_per_seq=args.max_predictions_per_seq,
-        whole_word_masking=args.whole_word_masking, dynamic_masking=not args.static_masking,
-        dupe_factor=args.dupe_factor, eval_fraction=args.eval_fraction, seed=args.seed,
-        shard_mb=args.shard_mb, vocab_sample_mb=args.vocab_sample_mb,
-        num_workers=getattr(args, "num_workers", PrepareOptions.num_workers),
-    )
 
 
 def summary(output: str, meta: dict) -> str:
@@ -653,13 +371,13 @@ def summary(output: str, meta: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
-    p.add_argument("--num-workers", type=int, default=PrepareOptions().num_workers,
+    p.add_argument("--num-workers", type=int, default=DataOptions.defaults().num_workers,
                    help="processes making shards (0 = all cores)")
     p.add_argument("--shard-index", type=int, default=0, help="this process's share (0-based)")
     p.add_argument("--num-shards", type=int, default=1,
                    help="processes sharing the work, e.g. one per machine (needs --vocab)")
     args = p.parse_args(argv)
-    opts = options_from_args(args)
+    opts = from_flags(args)
     if not 0 <= args.shard_index < args.num_shards:
         print("error: --shard-index must be in [0, --num-shards)", file=sys.stderr)
         return 2

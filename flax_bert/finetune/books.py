@@ -27,7 +27,7 @@ SPLIT_SALT = 1  # added to prepare_seed: the train/test hash is independent of h
 
 
 def book_name(path: str) -> str:
-    """`data/corpus/emma.txt.gz` -> `emma`."""
+    """`corpus/emma.txt.gz` -> `emma`."""
     return os.path.basename(path).split(".")[0]
 
 

@@ -28,9 +28,10 @@ def _logits(model: nn.Module, params: Any, batch: Batch, deterministic: bool,
 def train_step(state: TrainState, batch: Batch, rng: Array, *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: optax.Schedule
                ) -> tuple[TrainState, dict[str, Array]]:
-    """One optimizer step of mean cross-entropy on `batch`; the dropout key is `rng`
-    folded with the step. Non-finite steps are skipped (steps.apply_gradients)."""
-    dropout_rng = jax.random.fold_in(rng, state.step)
+    """One optimizer step of mean cross-entropy on `batch`; the dropout key is
+    `steps.dropout_key(rng, state.step)`. Non-finite steps are skipped
+    (steps.apply_gradients)."""
+    dropout_rng = pretrain_steps.dropout_key(rng, state.step)
     weights = jnp.ones(batch["label"].shape, jnp.float32)  # [B]
 
     def loss_fn(params: Any) -> tuple[Array, dict[str, Array]]:

@@ -1,1 +1,4 @@
-"""Training: optimizer, sharding rules and mesh, train/eval steps, the loop, metric writers."""
+"""What every job shares: engine.py (the run sequence), feed.py (the device feed),
+monitor.py (metric rows, evals, the non-finite guard), checks.py (the config and the run
+folder), steps.py (pure train/eval steps), optimizer.py, sharding.py (the logical-axis
+rules), state.py, metrics.py (metric writers), preemption.py, compile_cache.py."""

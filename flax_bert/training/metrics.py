@@ -1,7 +1,8 @@
-"""Metric writers: metrics.jsonl, TensorBoard event files and PNG curves, in the workdir.
+"""Metric writers: metrics.jsonl, TensorBoard event files and PNG curves, in the run folder.
 
 Only the writing process (process 0) creates files; other processes get a writer whose
-calls do nothing, so the loop needs no `if process_index == 0` of its own.
+calls do nothing, so the loop needs no `if process_index == 0` of its own. tensorboardX is
+imported only when TensorBoard is on (it imports torch where torch is installed: seconds).
 """
 
 from __future__ import annotations
@@ -13,25 +14,23 @@ from typing import Mapping
 from flax_bert import workdir as workdir_lib
 from flax_bert.errors import UserError
 
-METRICS_FILE = "metrics.jsonl"
-LOSS_PLOT = "loss.png"
-ACCURACY_PLOT = "accuracy.png"
-# (file, metric keys, y label) of each plot of a pretraining run.
-PRETRAINING_PLOTS = ((LOSS_PLOT, ("mlm_loss", "nsp_loss"), "loss"),
-                     (ACCURACY_PLOT, ("mlm_accuracy", "nsp_accuracy"), "accuracy"))
+# (name, metric keys) of each plot of a pretraining run: WORKDIR/<name>.png, y label <name>.
+PRETRAINING_PLOTS = (("loss", ("mlm_loss", "nsp_loss")),
+                     ("accuracy", ("mlm_accuracy", "nsp_accuracy")))
 
 
 class MetricWriter:
-    """Appends one JSON object per logged step; mirrors scalars to TensorBoard."""
+    """Appends one JSON object per logged step; mirrors scalars to TensorBoard when
+    `tensorboard` is on."""
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
-        self.path = os.path.join(workdir, METRICS_FILE)
-        self.workdir = workdir
+        self.paths = workdir_lib.Paths(workdir)
+        self.path = self.paths.metrics
         self._tb = None
-        if enabled:
+        if enabled and tensorboard:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = SummaryWriter(self.paths.tensorboard)
 
     def write(self, step: int, scalars: Mapping[str, float], split: str = "train") -> None:
         if not self.enabled:
@@ -46,6 +45,8 @@ class MetricWriter:
             except OSError as e:
                 f.truncate(end)  # no partial row left behind (truncating needs no space)
                 raise self._failed(step, self.path, e) from e
+        if self._tb is None:
+            return
         try:
             for name, value in scalars.items():
                 self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
@@ -88,15 +89,16 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def plot_curves(workdir: str, plots: tuple = PRETRAINING_PLOTS) -> list[str]:
-    """Writes one PNG per (file, metric keys, y label) of `plots` (default loss.png and
+    """Writes one PNG per (name, metric keys) of `plots` (default loss.png and
     accuracy.png) from metrics.jsonl; returns their paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(os.path.join(workdir, METRICS_FILE))
+    run = workdir_lib.Paths(workdir)
+    rows = read_metrics(run.metrics)
     paths = []
-    for filename, keys, ylabel in plots:
+    for name, keys in plots:
         fig, ax = plt.subplots(figsize=(7, 4))
         for split, style in (("train", "-"), ("eval", "o--")):
             for key in keys:
@@ -105,11 +107,11 @@ def plot_curves(workdir: str, plots: tuple = PRETRAINING_PLOTS) -> list[str]:
                     steps, values = zip(*points)
                     ax.plot(steps, values, style, label=f"{split} {key}")
         ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        path = os.path.join(workdir, filename)
+        path = run.plot(name)
         fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from flax_bert.model import LAYERS
+from flax_bert.layers import LAYERS
 
 
 NAMES = ("adamw", "lamb")  # config.optimizer.name values

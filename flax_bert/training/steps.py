@@ -22,13 +22,14 @@ Batch = Mapping[str, Array]
 def forward_sums(model: nn.Module, params: Any, batch: Batch, deterministic: bool,
                  dropout_rng: Array | None) -> dict[str, Array]:
     """Loss and accuracy sums of one batch (see losses.pretraining_metrics); the
-    cross-entropy's backward follows the model's `fused_backward`."""
+    cross-entropy's backward follows the model's `compute.fused_backward`."""
     mlm_logits, nsp_logits = model.apply(
         {"params": params}, batch["input_ids"], batch["token_type_ids"],
         batch["attention_mask"], deterministic=deterministic,
         masked_positions=batch["masked_positions"],
         rngs=None if deterministic else {"dropout": dropout_rng})  # [B, P, V], [B, 2]
-    return losses.pretraining_metrics(mlm_logits, nsp_logits, batch, model.fused_backward)
+    return losses.pretraining_metrics(mlm_logits, nsp_logits, batch,
+                                      model.compute.fused_backward)
 
 
 def dropout_key(rng: Array, step: Array) -> Array:

@@ -1,4 +1,4 @@
-"""Multi-process (multi-host) setup."""
+"""Multi-process (multi-host) runs: joining one, and waiting for every process."""
 
 from __future__ import annotations
 
@@ -18,3 +18,15 @@ def maybe_initialize(dist: ml_collections.ConfigDict) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=dist.coordinator_address or None,
                                num_processes=dist.num_processes, process_id=dist.process_id)
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run's shared files (process 0)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process of the run gets here (a no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)

@@ -1,7 +1,7 @@
-"""Rebuild the bundled corpus data/corpus/*.txt.gz from two Debian packages.
+"""Rebuild the bundled corpus corpus/*.txt.gz from two Debian packages.
 
-    python data/make_corpus.py [--deb r-cran-janeaustenr_1.0.0-1_all.deb \
-        r-cran-tokenizers_0.3.0-1_amd64.deb] [--out data/corpus]
+    python corpus/make_corpus.py [--deb r-cran-janeaustenr_1.0.0-1_all.deb \
+        r-cran-tokenizers_0.3.0-1_amd64.deb] [--out corpus]
 
 Without --deb it runs `apt-get download` for them in a temporary folder.
 r-cran-janeaustenr stores Jane Austen's six novels and r-cran-tokenizers Herman

@@ -24,10 +24,8 @@ import grain
 import numpy as np
 from tokenizers import processors
 
-from flax_bert.data import corpus, vocab as vocab_lib
+from flax_bert.data import corpus, streams, vocab as vocab_lib
 from flax_bert.errors import UserError
-
-SHUFFLE_STREAM = 1  # RNG stream of the train order (see TrainBatches)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,11 +164,8 @@ class TrainBatches:
 
     def __call__(self, k: int, _: Any = None) -> dict[str, np.ndarray]:
         g = k * self.global_batch + self.offset + np.arange(self.b)  # [b] stream positions
-        epoch, pos = g // self.n, g % self.n
-        idx = np.empty(self.b, np.int64)
-        for e in np.unique(epoch):
-            perm = np.random.default_rng([self.seed, SHUFFLE_STREAM, int(e)]).permutation(self.n)
-            idx[epoch == e] = perm[pos[epoch == e]]
+        idx = streams.epoch_indices(g, self.n, lambda epoch: streams.permutation(
+            self.seed, streams.FINETUNE_ORDER, epoch, self.n))
         return {k: v[idx] for k, v in self.arrays.items()}
 
 

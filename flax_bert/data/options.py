@@ -1,0 +1,148 @@
+"""`config.data` as one frozen value: the corpus, how it is prepared, masked and fed.
+
+Its one set of defaults is configs/default.py's `config.data`, where each field is
+commented. `DataOptions.from_config` is the one reader of `config.data`; the prepare CLIs
+make their flags from the same fields (`--max-seq-length` for `max_seq_length`, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from typing import Any
+
+from flax_bert.data import examples, records, vocab as vocab_lib
+from flax_bert.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """Every field of config.data (configs/default.py documents each)."""
+
+    input: tuple[str, ...]  # files, globs or a `datasets` folder
+    input_format: str
+    text_column: str
+    prepared_dir: str
+    vocab: str
+    vocab_size: int
+    lowercase: bool
+    max_seq_length: int
+    short_seq_prob: float
+    masked_lm_prob: float
+    max_predictions_per_seq: int
+    mask_token_prob: float
+    random_token_prob: float
+    whole_word_masking: bool
+    dynamic_masking: bool
+    dupe_factor: int
+    eval_fraction: float
+    prepare_seed: int
+    shard_mb: float
+    vocab_sample_mb: float
+    num_workers: int
+    worker_count: int
+    prefetch: int
+
+    @classmethod
+    def from_config(cls, data_config: Any) -> DataOptions:
+        """The value of `config.data` (a ConfigDict or a dict); `input` may be a comma
+        separated string. A missing field is a UserError naming it."""
+        values = {}
+        for field in dataclasses.fields(cls):
+            if field.name not in data_config:
+                raise UserError(f"config.data has no field {field.name!r}; start the config "
+                                f"from configs/default.py")
+            values[field.name] = data_config[field.name]
+        inp = values["input"]
+        values["input"] = (tuple(p.strip() for p in inp.split(",")) if isinstance(inp, str)
+                           else tuple(inp))
+        return cls(**values)
+
+    @classmethod
+    def defaults(cls) -> DataOptions:
+        """configs/default.py's config.data (the default run's corpus and settings)."""
+        from configs import default
+
+        return cls.from_config(default.get_config().data)
+
+    def replace(self, **changes: Any) -> DataOptions:
+        return dataclasses.replace(self, **changes)
+
+    def check(self) -> None:
+        """A UserError naming the first field outside its range."""
+        checks = [
+            (examples.NUM_SPECIAL_IN_PAIR + 1 < self.max_seq_length <= records.MAX_SEQ_LENGTH,
+             "max_seq_length", f"> 4 and <= {records.MAX_SEQ_LENGTH}"),
+            (0 <= self.short_seq_prob <= 1, "short_seq_prob", "in [0, 1]"),
+            (0 < self.masked_lm_prob < 1, "masked_lm_prob", "in (0, 1)"),
+            (self.max_predictions_per_seq >= 1, "max_predictions_per_seq", ">= 1"),
+            (self.mask_token_prob + self.random_token_prob <= 1,
+             "mask_token_prob + random_token_prob", "<= 1"),
+            (self.dupe_factor >= 1, "dupe_factor", ">= 1"),
+            (0 <= self.eval_fraction < 1, "eval_fraction", "in [0, 1)"),
+            (self.vocab or self.vocab_size > len(vocab_lib.SPECIAL_TOKENS), "vocab_size", "> 5"),
+            (self.shard_mb > 0, "shard_mb", "> 0"),
+            (self.vocab_sample_mb > 0, "vocab_sample_mb", "> 0"),
+        ]
+        for ok, field, rule in checks:
+            if not ok:
+                raise UserError(f"config.data.{field} must be {rule}; fix the config / flag")
+
+    def prepared_key(self) -> dict:
+        """The fields that decide the prepared output (not where it goes or who makes it,
+        nor how the pipeline feeds it): meta.json's "options", the cache key."""
+        key = dataclasses.asdict(self)
+        for name in FEED_ONLY_FIELDS:
+            key.pop(name)
+        key["input"] = list(self.input)
+        return key
+
+    def masking(self, vocab_size: int, mask_id: int, vocab_path: str) -> dict:
+        """Keyword arguments of `examples.mask_batch`."""
+        return dict(
+            vocab_size=vocab_size, mask_id=mask_id, masked_lm_prob=self.masked_lm_prob,
+            max_predictions=self.max_predictions_per_seq,
+            mask_token_prob=self.mask_token_prob, random_token_prob=self.random_token_prob,
+            continuation=(vocab_lib.continuation_table(vocab_path)
+                          if self.whole_word_masking else None))
+
+    def for_phase1(self, seq_length: int, vocab: str) -> DataOptions:
+        """Phase 1's options: the same corpus, split and masking at `seq_length`, with the
+        main folder's `vocab`; max_predictions_per_seq scales with the length (20 at 128 is
+        5 at 32), as BERT's did from 128 to 512."""
+        predictions = math.ceil(self.max_predictions_per_seq * seq_length / self.max_seq_length)
+        return self.replace(max_seq_length=seq_length, max_predictions_per_seq=predictions,
+                            vocab=vocab)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of config.data that decides the prepared output, named after it
+    (--max-seq-length for max_seq_length, --no-lowercase for lowercase=False, ...), with
+    configs/default.py's value as its default."""
+    defaults = DataOptions.defaults()
+    for field in dataclasses.fields(DataOptions):
+        if field.name in FEED_ONLY_FIELDS:
+            continue
+        flag, default = "--" + field.name.replace("_", "-"), getattr(defaults, field.name)
+        help_text = f"config.data.{field.name} (default: %(default)s)"
+        if field.name == "input":
+            parser.add_argument(flag, nargs="+", required=True,
+                                help="files, globs or a datasets dir")
+        elif isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=help_text)
+
+
+def from_flags(args: argparse.Namespace) -> DataOptions:
+    """The parsed flags (add_flags') over configs/default.py's config.data."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DataOptions)
+             if hasattr(args, f.name)}
+    return DataOptions.defaults().replace(**given | {"input": tuple(args.input)})
+
+
+# Fields that change where prepared data goes, who makes it or how the pipeline feeds it:
+# not part of the prepared output's key.
+FEED_ONLY_FIELDS = ("prepared_dir", "num_workers", "worker_count", "prefetch")
