@@ -22,12 +22,15 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confi
 DEFAULT_WORKDIR = "runs/finetune"
 
 
-def main(argv: list[str]) -> None:
+parse_flags = functools.partial(train.parse_flags, default_config=DEFAULT_CONFIG,
+                                default_workdir=DEFAULT_WORKDIR)
+
+
+def main(argv: list[str], flag_values: train.flags.FlagValues = train.FLAGS) -> None:
     from flax_bert.finetune import classification
 
-    train.run(argv, classification.train_and_evaluate)
+    train.run(argv, classification.train_and_evaluate, flag_values)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=functools.partial(
-        train.parse_flags, default_config=DEFAULT_CONFIG, default_workdir=DEFAULT_WORKDIR))
+    app.run(main, flags_parser=parse_flags)

@@ -42,17 +42,21 @@ def _unknown_field(argv: list[str], error: Exception, config_file: str) -> str:
 
 
 def parse_flags(argv: list[str], default_config: str = DEFAULT_CONFIG,
-                default_workdir: str = DEFAULT_WORKDIR) -> list[str]:
-    """Defines and parses the flags; any mistake becomes one `error:` line."""
+                default_workdir: str = DEFAULT_WORKDIR,
+                flag_values: flags.FlagValues = FLAGS) -> list[str]:
+    """Defines and parses the flags (in `flag_values`: absl's global FLAGS, or a fresh
+    FlagValues for a run in-process); any mistake becomes one `error:` line."""
     from ml_collections import config_flags
 
     try:
         flags.DEFINE_string("workdir", default_workdir,
-                            "Directory for data cache, checkpoints, metrics.")
+                            "Directory for data cache, checkpoints, metrics.",
+                            flag_values=flag_values)
         # ml_collections applies --config.* overrides while defining the flag.
         config_flags.DEFINE_config_file("config", default_config, "Run config file.",
-                                        lock_config=True)
-        return FLAGS(argv)
+                                        flag_values=flag_values, lock_config=True,
+                                        sys_argv=argv)
+        return flag_values(argv)
     except flags.Error as e:
         fail(f"{e}; see python {os.path.basename(argv[0])} --helpfull")
     except (AttributeError, KeyError) as e:
@@ -62,9 +66,10 @@ def parse_flags(argv: list[str], default_config: str = DEFAULT_CONFIG,
     return []
 
 
-def run(argv: list[str], train_and_evaluate: Callable) -> None:
-    """`train_and_evaluate(config, workdir)` from the flags; user mistakes end in one
-    `error:` line (exit 2), an interruption in its message and exit code."""
+def run(argv: list[str], train_and_evaluate: Callable,
+        flag_values: flags.FlagValues = FLAGS) -> None:
+    """`train_and_evaluate(config, workdir)` from the parsed flags; user mistakes end in
+    one `error:` line (exit 2), an interruption in its message and exit code."""
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}; flags look like --config.train.steps=10")
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
@@ -73,35 +78,36 @@ def run(argv: list[str], train_and_evaluate: Callable) -> None:
     from flax_bert.training import compile_cache, preemption
 
     logging.get_absl_handler().addFilter(workdir.HideDiskFullTracebacks())
-    compile_cache.enable(FLAGS.config.train.compilation_cache_dir, FLAGS.workdir)
+    config, workdir_path = flag_values.config, flag_values.workdir
+    compile_cache.enable(config.train.compilation_cache_dir, workdir_path)
 
     try:
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        train_and_evaluate(config, workdir_path)
     except UserError as e:
         fail(str(e))
     except OSError as e:
         if not workdir.is_disk_full(e):
             raise
-        fail(f"{e} ({workdir.free_space(e.filename or FLAGS.workdir)}); free space, then "
+        fail(f"{e} ({workdir.free_space(e.filename or workdir_path)}); free space, then "
              f"rerun the same command to resume")
     except preemption.Interrupted as e:
         print(str(e), file=sys.stderr)
         sys.exit(e.exit_code)
 
 
-def model_flags() -> set[str]:
+def model_flags(flag_values: flags.FlagValues = FLAGS) -> set[str]:
     """The config.model fields set on the command line (--config.model.FIELD=...)."""
     from ml_collections import config_flags
 
-    overrides = config_flags.get_override_values(FLAGS["config"])
+    overrides = config_flags.get_override_values(flag_values["config"])
     return {key.split(".", 1)[1] for key in overrides if key.startswith("model.")}
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> None:
     from flax_bert import pretraining
 
     run(argv, functools.partial(pretraining.train_and_evaluate,
-                                explicit_model_fields=model_flags()))
+                                explicit_model_fields=model_flags(flag_values)), flag_values)
 
 
 if __name__ == "__main__":

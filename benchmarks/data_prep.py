@@ -1,9 +1,16 @@
 """Data speed and memory: prepare's MB of text per second per core and peak RSS, and the
-train pipeline's examples/s from the prepared shards.
+train pipeline's examples/s from the prepared shards; unpacked, and packed with --packing.
 
     python benchmarks/make_corpora.py --mb 20 200 --output /tmp/corpora
     python benchmarks/data_prep.py --input '/tmp/corpora/20mb/*.txt' '/tmp/corpora/200mb/*.txt' \
         [--baseline /tmp/main-checkout]
+    python benchmarks/make_corpora.py --short-docs --output /tmp/corpora
+    python benchmarks/data_prep.py --input '/tmp/corpora/short-docs/*.txt' \
+        --max-seq-length 512 --packing --num-workers 1
+
+With --packing every prepare of this code runs twice, packing off then on (data.packing,
+max_pairs_per_row 3), one after the other in the same run, and prints the ratio of their
+MB per CPU-second; the packed folder's pipeline rate is in rows/s and pairs/s.
 
 Each prepare runs as `python -m flax_bert.data.prepare` in a fresh process with all cores
 (--num-workers, 0 = all) and a vocab trained first on the bundled corpus (given to every
@@ -43,16 +50,21 @@ import json, sys, time
 from flax_bert.data import pipeline
 from flax_bert.data.options import DataOptions
 out, batch, batches, wwm = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+meta = pipeline.load_meta(out)
+packed = dict(packing=True, max_pairs_per_row=meta["max_pairs_per_row"]) if meta.get(
+    "packed") else {}
 opts = DataOptions.defaults().replace(
-    max_predictions_per_seq=pipeline.load_meta(out)["max_predictions_per_seq"],
-    whole_word_masking=wwm, dynamic_masking=True, prefetch=0)
+    max_predictions_per_seq=meta["max_predictions_per_seq"],
+    whole_word_masking=wwm, dynamic_masking=True, prefetch=0, **packed)
 it = pipeline.make_train_iterator(out, opts, global_batch_size=batch, seed=0, process_index=0,
                                   process_count=1)
 next(it)
-t0 = time.perf_counter()
+pairs, t0 = 0, time.perf_counter()
 for _ in range(batches):
-    next(it)
-print(json.dumps(batches * batch / (time.perf_counter() - t0)))
+    b = next(it)
+    pairs += float(b["pair_weights"].sum()) if "pair_weights" in b else len(b["input_ids"])
+seconds = time.perf_counter() - t0
+print(json.dumps([batches * batch / seconds, pairs / seconds]))
 """
 
 
@@ -101,6 +113,8 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=300, help="train batches timed")
     p.add_argument("--whole-word", action="store_true", help="time whole-word masking too")
     p.add_argument("--sample-s", type=float, default=0.05, help="RSS sampling period")
+    p.add_argument("--packing", action="store_true",
+                   help="also prepare (and feed) each corpus packed, right after unpacked")
     args = p.parse_args()
     workers = args.num_workers or os.cpu_count() or 1
     codes = [("this", ROOT)] + ([("baseline", os.path.abspath(args.baseline))]
@@ -116,26 +130,38 @@ def main() -> None:
             text_mb = sum(len(s) + 1 for f in files for _, doc in
                           corpus.iter_raw_documents([f], "auto", "text") for s in doc) / MB
             print(f"corpus {pattern}: {len(files)} files, {text_mb:.1f} MB of text")
+            per_cpu = {}
             for name, code in codes:
-                out = os.path.join(tmp, f"{name}-{len(os.listdir(tmp))}")
-                cmd = [sys.executable, "-m", "flax_bert.data.prepare", "--input", *files,
-                       "--output", out, "--vocab", vocab, "--num-workers", str(workers),
-                       "--max-seq-length", str(args.max_seq_length), "--eval-fraction",
-                       str(args.eval_fraction)]
-                wall, cpu, tree, one = run_measured(cmd, code, args.sample_s)
-                print(f"  prepare ({name}, {workers} workers): {wall:.1f} s, "
-                      f"{text_mb / wall:.2f} MB/s, {text_mb / wall / workers:.2f} MB/s per core, "
-                      f"{text_mb / cpu:.2f} MB per CPU-second ({cpu:.0f} CPU-s), "
-                      f"peak RSS {tree / 1e9:.2f} GB (tree), {one / 1e9:.2f} GB (largest)")
-                for wwm in ("0", "1") if args.whole_word else ("0",):
-                    rate = json.loads(subprocess.run(
-                        [sys.executable, "-c", PIPELINE_TIMER, out, str(args.batch_size),
-                         str(args.batches), wwm], env=env_for(code), cwd=code, check=True,
-                        capture_output=True, text=True).stdout)
-                    kind = "whole-word" if wwm == "1" else "dynamic"
-                    print(f"  train pipeline ({name}, {kind} masking, batch "
-                          f"{args.batch_size}): {rate:.0f} examples/s")
+                for packed in (False, True) if args.packing and name == "this" else (False,):
+                    label = f"{name}, packed" if packed else name
+                    out = os.path.join(tmp, f"{name}-{len(os.listdir(tmp))}")
+                    cmd = [sys.executable, "-m", "flax_bert.data.prepare", "--input", *files,
+                           "--output", out, "--vocab", vocab, "--num-workers", str(workers),
+                           "--max-seq-length", str(args.max_seq_length), "--eval-fraction",
+                           str(args.eval_fraction)] + (["--packing"] if packed else [])
+                    wall, cpu, tree, one = run_measured(cmd, code, args.sample_s)
+                    per_cpu[label] = text_mb / cpu
+                    print(f"  prepare ({label}, {workers} workers): {wall:.1f} s, "
+                          f"{text_mb / wall:.2f} MB/s, {text_mb / wall / workers:.2f} MB/s per "
+                          f"core, {text_mb / cpu:.2f} MB per CPU-second ({cpu:.0f} CPU-s), "
+                          f"peak RSS {tree / 1e9:.2f} GB (tree), {one / 1e9:.2f} GB (largest)")
+                    time_pipeline(out, code, label, args)
+            if "this, packed" in per_cpu:
+                print(f"  prepare MB per CPU-second, packed / unpacked: "
+                      f"{per_cpu['this, packed'] / per_cpu['this']:.2f}x")
 
+
+def time_pipeline(out: str, code: str, label: str, args: argparse.Namespace) -> None:
+    """Print the train pipeline's rate from a prepared folder (rows and pairs when packed)."""
+    for wwm in ("0", "1") if args.whole_word else ("0",):
+        rows, pairs = json.loads(subprocess.run(
+            [sys.executable, "-c", PIPELINE_TIMER, out, str(args.batch_size),
+             str(args.batches), wwm], env=env_for(code), cwd=code, check=True,
+            capture_output=True, text=True).stdout)
+        kind = "whole-word" if wwm == "1" else "dynamic"
+        rate = (f"{rows:.0f} rows/s, {pairs:.0f} pairs/s" if "packed" in label
+                else f"{rows:.0f} examples/s")
+        print(f"  train pipeline ({label}, {kind} masking, batch {args.batch_size}): {rate}")
 
 if __name__ == "__main__":
     main()

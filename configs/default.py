@@ -53,6 +53,15 @@ def get_config() -> ml_collections.ConfigDict:
     d.whole_word_masking = False  # Mask all WordPieces of a word together.
     d.dynamic_masking = True  # Fresh masks every epoch in the pipeline (else fixed once).
     d.dupe_factor = 5  # Times the corpus is paired into examples (different pairings).
+    # Packing (decided at prepare time): whole sentence pairs are put together in rows of
+    # max_seq_length tokens, at most max_pairs_per_row in a row (best-fit decreasing per
+    # shard, flax_bert/data/packing.py), so short pairs do not pay for padding: attention
+    # stays inside each pair, positions restart at each pair's [CLS], NSP reads each pair's
+    # [CLS], and each pair keeps its own masked predictions. With packing,
+    # train.global_batch_size and train.phase1_batch_size count rows, not pairs (the size
+    # files pick them for ~256 pairs a step). The default run is unpacked.
+    d.packing = False
+    d.max_pairs_per_row = 3  # NVIDIA's and Graphcore's packed BERT use 3.
     # Fraction of documents held out for evaluation, chosen by a hash of each document
     # (flax_bert/data/split.py). 0.15 holds out 55 of the bundled corpus's 404 chapters, at
     # least 2 of each book, which the downstream book task is built from. The size files
@@ -70,7 +79,8 @@ def get_config() -> ml_collections.ConfigDict:
     # ---- Training loop. -------------------------------------------------------------------
     t = config.train = ml_collections.ConfigDict()
     t.steps = 4500  # Optimizer steps, both phases.
-    t.global_batch_size = 28  # Examples per optimizer step, over all hosts and devices.
+    # Examples per optimizer step, over all hosts and devices (rows when data.packing).
+    t.global_batch_size = 28
     # Two phases, as BERT trained (128 tokens for 90% of the steps, then 512): the first
     # phase1_fraction of the steps use examples of phase1_seq_length tokens (prepared next
     # to the main data, same vocab and held-out documents) at phase1_batch_size; the rest
@@ -79,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
     # neighbours sooner than over 128), at a quarter of the cost per example.
     t.phase1_fraction = 0.4  # 0: one phase at data.max_seq_length.
     t.phase1_seq_length = 32
-    t.phase1_batch_size = 48
+    t.phase1_batch_size = 48  # Examples (rows when data.packing) per phase-1 step.
     t.grad_accum_steps = 1  # Micro-batches per optimizer step (global batch split this way).
     # Optimizer steps per jit'd call, a lax.scan over that many batches (BERT's
     # iterations_per_loop). Logs, evals, checkpoints, the phase switch and preemption act
@@ -164,15 +174,23 @@ def get_config() -> ml_collections.ConfigDict:
 def with_size(config: ml_collections.ConfigDict, layers: int, hidden: int,
               heads: int) -> ml_collections.ConfigDict:
     """A published BERT size with the papers' recipe: feed-forward width 4 * hidden,
-    dropout 0.1; batch 256, 1M steps, Adam lr 1e-4 with 10k warmup steps, linear decay
-    (Devlin et al. 2018; Turc et al. 2019 use it for every size)."""
-    m, t, o, c = config.model, config.train, config.optimizer, config.checkpoint
-    config.data.eval_fraction = 0.01
+    dropout 0.1; 1M steps of ~256 sentence pairs, 90% of them at 128 tokens then 10% at 512
+    (google-research/bert's README), Adam lr 1e-4 with 10k warmup steps, linear decay
+    (Devlin et al. 2018; Turc et al. 2019 use it for every size); packed (at most 3 pairs a
+    row, as NVIDIA's and Graphcore's BERT), so the batch sizes count rows: 224 rows at 128
+    and 128 rows at 512 hold ~250 pairs on encyclopedia-like text (1.12 and 1.96 pairs a
+    row, benchmarks/make_corpora.py --short-docs; novels' longer documents fill rows with
+    fewer: 1.02 and 1.11), which keeps BERT's learning-rate schedule meaningful."""
+    m, d, t, o, c = config.model, config.data, config.train, config.optimizer, config.checkpoint
+    d.eval_fraction = 0.01
+    d.max_seq_length, d.max_predictions_per_seq = 512, 80  # 20 at 128 in phase 1 (scaled)
+    d.packing, d.max_pairs_per_row = True, 3
     m.num_hidden_layers, m.hidden_size, m.num_attention_heads = layers, hidden, heads
     m.intermediate_size = 4 * hidden
     m.hidden_dropout_prob = m.attention_probs_dropout_prob = 0.1
-    t.global_batch_size, t.steps, t.eval_every, t.eval_batches = 256, 1_000_000, 10_000, 100
-    t.phase1_fraction = 0.0  # One phase at 128 tokens (BERT's 512-token phase is left out).
+    t.steps, t.eval_every, t.eval_batches = 1_000_000, 10_000, 100
+    t.phase1_fraction, t.phase1_seq_length = 0.9, 128
+    t.phase1_batch_size, t.global_batch_size = 224, 128  # rows (packed)
     t.log_every = 1000
     o.learning_rate, o.warmup_steps, o.b2 = 1e-4, 10_000, 0.999
     c.every = 10_000

@@ -4,6 +4,10 @@
     seq, pooled = functional.encode(params, batch, config=config)      # [B, S, H], [B, H]
     loss, sums = functional.pretraining_loss(params, batch, key, config=config)
 
+A batch may hold packed rows (several sentence pairs a row: `position_ids`, `pair_ids`,
+`cls_positions`, `pair_weights`; see flax_bert/model.py): then pooled is [B, K, H] and
+the NSP loss a mean over the pairs.
+
 `config` is a frozen, hashable `BertConfig`: a static argument of `jax.jit`. Nothing else
 is hidden, so `jax.grad`, `jax.vmap` (per-example gradients: vmap over examples, each given
 a batch axis of one) and `jax.checkpoint` compose with all three, and `jax.jvp` with
@@ -48,10 +52,12 @@ def init(config: BertConfig, rng: Array) -> Params:
 def encode(params: Params, batch: Batch, *, config: BertConfig, rng: Array | None = None,
            compute: Compute = Compute()) -> tuple[Array, Array]:
     """(sequence [B, S, H], pooled [B, H]) of `input_ids`, `token_type_ids`,
-    `attention_mask` [B, S], with `params["bert"]`."""
+    `attention_mask` [B, S] (and packed rows' inputs: pooled [B, K, H]), with
+    `params["bert"]`."""
     model = BertModel(config, compute)
     return model.apply({"params": params["bert"]}, batch["input_ids"], batch["token_type_ids"],
                        batch["attention_mask"], deterministic=rng is None,
+                       **steps.packed_inputs(batch),
                        rngs=None if rng is None else {"dropout": rng})
 
 

@@ -1,5 +1,7 @@
 """The building blocks of the model: dropout, LayerNorm, Dense layers with BERT's init and
-logical axis names, activations, and the stacked layout of the encoder's layers.
+logical axis names, activations, the encoder layer's feed-forward and output blocks, the
+activation layouts, the gather of tokens at positions, and the stacked layout of the
+encoder's layers.
 
 Shape legend as in model.py.
 """
@@ -14,10 +16,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_bert import ops
+from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
 
 Array = jax.Array
 Dtype = Any
+
+# Activation layouts, mapped to mesh axes by the rules in flax_bert/training/sharding.py.
+BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
+BATCH_LENGTH_HEADS_KV = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+BATCH_LENGTH_MLP = ("activation_batch", "activation_length", "activation_mlp")
+BATCH_LENGTH_VOCAB = ("activation_batch", "activation_length", "activation_vocab")
 
 
 def _gelu_erf(x: Array) -> Array:
@@ -93,6 +102,45 @@ class LayerNorm(nn.Module):
 
 def layer_norm(config: BertConfig, dtype: Dtype, name: str = "LayerNorm") -> LayerNorm:
     return LayerNorm(config.layer_norm_eps, dtype, name=name)
+
+
+def at_positions(x: Array, positions: Array) -> Array:
+    """The tokens of x [B, S, H] at positions [B, P] (int) -> [B, P, H]."""
+    return jnp.take_along_axis(x, positions[..., None], axis=1)
+
+
+class BertIntermediate(nn.Module):
+    """The feed-forward block's first half: Dense to I, then the activation."""
+
+    config: BertConfig
+    compute: Compute = Compute()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        y = ops.per_token(dense(cfg, cfg.intermediate_size, ("embed", "mlp"),
+                                  self.compute.jnp_dtype, "dense"), x)  # [B, S, I]
+        y = activation_fn(cfg.hidden_act)(y)  # [B, S, I]
+        return nn.with_logical_constraint(y, BATCH_LENGTH_MLP)
+
+
+class BertOutput(nn.Module):
+    """Projection back to H, dropout, then the post-LN residual: LN(x + residual)."""
+
+    config: BertConfig
+    in_axis: str  # Logical name of the input features: "heads" or "mlp".
+    compute: Compute = Compute()
+
+    @nn.compact
+    def __call__(self, x: Array, residual: Array, deterministic: bool,
+                 dropout_rng: Array | None = None) -> Array:
+        cfg, dtype = self.config, self.compute.jnp_dtype
+        y = ops.per_token(dense(cfg, cfg.hidden_size, (self.in_axis, "embed"), dtype,
+                                  "dense"), x)  # [B, S, H]
+        y = Dropout(cfg.hidden_dropout_prob, self.compute.dropout_impl)(
+            y, deterministic, dropout_rng)  # [B, S, H]
+        y = layer_norm(cfg, dtype)(y + residual)  # [B, S, H]
+        return nn.with_logical_constraint(y, BATCH_LENGTH_EMBED)
 
 
 class DenseParams(nn.Module):

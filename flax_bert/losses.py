@@ -30,14 +30,19 @@ def weighted_cross_entropy(logits: Array, labels: Array, weights: Array,
 
 def pretraining_metrics(mlm_logits: Array, nsp_logits: Array, batch: Mapping[str, Array],
                         fused: bool = True) -> dict[str, Array]:
-    """Loss and accuracy sums for MLM (over real predictions) and NSP (over examples).
+    """Loss and accuracy sums for MLM (over real predictions) and NSP (over sentence pairs).
 
     mlm_logits [B, P, V], nsp_logits [B, 2]; batch has masked_ids [B, P],
     masked_weights [B, P], next_sentence_label [B] and optionally example_weight [B]
-    (0 for padding examples in an eval batch).
+    (0 for padding examples in an eval batch). Packed rows of K pairs: mlm_logits
+    [B, K*P, V], masked_* [B, K*P], nsp_logits [B, K, 2], next_sentence_label [B, K] and
+    pair_weights [B, K] (1 for a pair, 0 for an empty slot or an eval padding row), the
+    NSP weights.
     """
     mlm_weights = batch["masked_weights"].astype(jnp.float32)  # [B, P]
-    nsp_weights = batch.get("example_weight")
+    nsp_weights = batch.get("pair_weights")  # [B, K]: packed rows
+    if nsp_weights is None:
+        nsp_weights = batch.get("example_weight")
     if nsp_weights is None:
         nsp_weights = jnp.ones(nsp_logits.shape[:1], jnp.float32)  # [B]
     nsp_weights = nsp_weights.astype(jnp.float32)

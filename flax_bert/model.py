@@ -1,11 +1,18 @@
 """BERT in Flax Linen, read top to bottom.
 
 embeddings -> self-attention -> encoder layer -> encoder -> pooler -> BertModel ->
-pretraining heads -> BertForPreTraining. (The building blocks: layers.py; the fine-tuning
-heads: heads.py.)
+pretraining heads -> BertForPreTraining. (The building blocks, the layer's feed-forward and
+output blocks among them: layers.py; the fine-tuning heads: heads.py.)
 
 Shape legend: B batch, S sequence length, H hidden_size, N num_attention_heads,
-D head_dim (= H / N), I intermediate_size, V vocab_size, P predictions per example.
+D head_dim (= H / N), I intermediate_size, V vocab_size, P predictions per example,
+K sentence pairs per packed row.
+
+Packed rows (several sentence pairs back to back in one row) take three more inputs:
+`position_ids` [B, S] (positions restart at each pair), `pair_ids` [B, S] (i + 1 on the
+tokens of pair i, 0 on padding: attention stays inside each pair) and `cls_positions`
+[B, K] (where each pair's [CLS] is: the pooler and the NSP head run there). Without them,
+a row is one sequence.
 
 Parameter names follow Hugging Face's PyTorch BERT (`embeddings/word_embeddings`,
 `encoder/layer/0/attention/self/query`, `cls/predictions/transform/dense`, ...), so that
@@ -24,17 +31,12 @@ import jax.numpy as jnp
 from flax_bert import ops
 from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
-from flax_bert.layers import (LAYERS, DenseParams, Dropout, activation_fn, dense, init,
-                              layer_norm, unstack_layers)
+from flax_bert.layers import (BATCH_LENGTH_EMBED, BATCH_LENGTH_HEADS_KV, BATCH_LENGTH_VOCAB,
+                              LAYERS, BertIntermediate, BertOutput, DenseParams, Dropout,
+                              activation_fn, at_positions, dense, init, layer_norm,
+                              unstack_layers)
 
 Array = jax.Array
-
-# Activation layouts, mapped to mesh axes by the rules in flax_bert/training/sharding.py.
-BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
-BATCH_LENGTH_HEADS_KV = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
-BATCH_LENGTH_MLP = ("activation_batch", "activation_length", "activation_mlp")
-BATCH_LENGTH_VOCAB = ("activation_batch", "activation_length", "activation_vocab")
-
 
 class BertEmbeddings(nn.Module):
     """Sum of word, segment (token type) and learned position embeddings; LN; dropout."""
@@ -56,12 +58,13 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = layer_norm(cfg, dtype)
         self.dropout = Dropout(cfg.hidden_dropout_prob, self.compute.dropout_impl)
 
-    def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
-        seq_len = input_ids.shape[1]
-        positions = jnp.arange(seq_len)[None, :]  # [1, S]
+    def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool,
+                 position_ids: Array | None = None) -> Array:
+        if position_ids is None:
+            position_ids = jnp.arange(input_ids.shape[1])[None, :]  # [1, S]
         x = (self.word_embeddings(input_ids)  # [B, S, H]
              + self.token_type_embeddings(token_type_ids)  # [B, S, H]
-             + self.position_embeddings(positions))  # [1, S, H]
+             + self.position_embeddings(position_ids))  # [1 or B, S, H]
         x = self.LayerNorm(x)  # [B, S, H]
         x = self.dropout(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
@@ -70,7 +73,8 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    """Multi-head self-attention over non-padding keys; returns merged heads [B, S, H].
+    """Multi-head self-attention over the non-padding keys (of the query's own pair, with
+    `pair_ids`); returns merged heads [B, S, H].
 
     Q, K and V keep HF's separate `query` / `key` / `value` parameters but are computed by
     one fused [H, 3H] matmul (one larger GEMM forward, and one for the input gradient).
@@ -83,7 +87,7 @@ class BertSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, key_mask: Array, deterministic: bool,
-                 dropout_rng: Array | None = None) -> Array:
+                 dropout_rng: Array | None = None, pair_ids: Array | None = None) -> Array:
         cfg, dtype = self.config, self.compute.jnp_dtype
         batch, seq_len, hidden = x.shape
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
@@ -103,13 +107,14 @@ class BertSelfAttention(nn.Module):
 
         rate = cfg.attention_probs_dropout_prob
         dropout = not deterministic and rate > 0.0
-        fused = ops.fused_attention_impl(self.compute.attention_impl, dtype, head_dim)
+        fused = ops.fused_attention_impl(self.compute.attention_impl, dtype, head_dim,
+                                         packed=pair_ids is not None)
         if fused and not dropout and not self.is_mutable_collection("intermediates"):
-            ctx = ops.dot_product_attention(q, k, v, key_mask, fused)  # [B, S, N, D]
+            ctx = ops.dot_product_attention(q, k, v, key_mask, fused, pair_ids)  # [B, S, N, D]
         else:
             # Dropout on the attention probabilities, or a probe recording them, needs them
             # materialised. The 1/sqrt(D) scale goes on q ([B, S, N, D]), not on the scores.
-            mask = key_mask[:, None, None, :].astype(bool)  # [B, 1, 1, S]: query x key
+            mask = ops.attention_mask(key_mask, pair_ids)  # [B, 1, 1 or S, S]: query x key
             q = q * jnp.asarray(head_dim ** -0.5, q.dtype)  # [B, S, N, D]
             scores = jnp.einsum("bqnd,bknd->bnqk", q, k)  # [B, N, S, S]
             scores = jnp.where(mask, scores.astype(jnp.float32),
@@ -122,50 +127,19 @@ class BertSelfAttention(nn.Module):
         return ctx.reshape(batch, seq_len, cfg.hidden_size)  # [B, S, H]
 
 
-class BertOutput(nn.Module):
-    """Projection back to H, dropout, then the post-LN residual: LN(x + residual)."""
-
-    config: BertConfig
-    in_axis: str  # Logical name of the input features: "heads" or "mlp".
-    compute: Compute = Compute()
-
-    @nn.compact
-    def __call__(self, x: Array, residual: Array, deterministic: bool,
-                 dropout_rng: Array | None = None) -> Array:
-        cfg, dtype = self.config, self.compute.jnp_dtype
-        y = ops.per_token(dense(cfg, cfg.hidden_size, (self.in_axis, "embed"), dtype,
-                                  "dense"), x)  # [B, S, H]
-        y = Dropout(cfg.hidden_dropout_prob, self.compute.dropout_impl)(
-            y, deterministic, dropout_rng)  # [B, S, H]
-        y = layer_norm(cfg, dtype)(y + residual)  # [B, S, H]
-        return nn.with_logical_constraint(y, BATCH_LENGTH_EMBED)
-
-
 class BertAttention(nn.Module):
     config: BertConfig
     compute: Compute = Compute()
 
     @nn.compact
     def __call__(self, x: Array, key_mask: Array, deterministic: bool,
-                 dropout_rngs: tuple[Array, Array] | None = None) -> Array:
+                 dropout_rngs: tuple[Array, Array] | None = None,
+                 pair_ids: Array | None = None) -> Array:
         rngs = dropout_rngs or (None, None)
         ctx = BertSelfAttention(self.config, self.compute, name="self")(
-            x, key_mask, deterministic, rngs[0])
+            x, key_mask, deterministic, rngs[0], pair_ids)
         return BertOutput(self.config, "heads", self.compute, name="output")(
             ctx, x, deterministic, rngs[1])
-
-
-class BertIntermediate(nn.Module):
-    config: BertConfig
-    compute: Compute = Compute()
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        cfg = self.config
-        y = ops.per_token(dense(cfg, cfg.intermediate_size, ("embed", "mlp"),
-                                  self.compute.jnp_dtype, "dense"), x)  # [B, S, I]
-        y = activation_fn(cfg.hidden_act)(y)  # [B, S, I]
-        return nn.with_logical_constraint(y, BATCH_LENGTH_MLP)
 
 
 class BertLayer(nn.Module):
@@ -179,7 +153,8 @@ class BertLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, key_mask: Array, deterministic: bool,
-                 dropout_rng: Array | None = None) -> tuple[Array, None]:
+                 dropout_rng: Array | None = None,
+                 pair_ids: Array | None = None) -> tuple[Array, None]:
         """`dropout_rng`: this layer's dropout key (default: drawn from the "dropout" stream);
         its three dropout sites use fold_in(dropout_rng, 0 | 1 | 2)."""
         rngs = [None] * 3
@@ -187,7 +162,7 @@ class BertLayer(nn.Module):
             key = self.make_rng("dropout") if dropout_rng is None else dropout_rng
             rngs = [jax.random.fold_in(key, site) for site in range(3)]
         x = BertAttention(self.config, self.compute, name="attention")(
-            x, key_mask, deterministic, (rngs[0], rngs[1]))
+            x, key_mask, deterministic, (rngs[0], rngs[1]), pair_ids)
         h = BertIntermediate(self.config, self.compute, name="intermediate")(x)  # [B, S, I]
         x = BertOutput(self.config, "mlp", self.compute, name="output")(
             h, x, deterministic, rngs[2])  # [B, S, H]
@@ -209,7 +184,8 @@ class BertEncoder(nn.Module):
     compute: Compute = Compute()
 
     @nn.compact
-    def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, key_mask: Array, deterministic: bool,
+                 pair_ids: Array | None = None) -> Array:
         num_layers = self.config.num_hidden_layers
         layer = BertLayer
         if self.compute.remat is not None:
@@ -217,30 +193,37 @@ class BertEncoder(nn.Module):
                              static_argnums=(3,))  # 3: deterministic
         layers = nn.scan(layer, variable_axes={"params": 0, "intermediates": 0},
                          split_rngs={"params": True},
-                         in_axes=(nn.broadcast, nn.broadcast, 0), length=num_layers,
+                         in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+                         length=num_layers,
                          unroll=1 if self.compute.scan else num_layers,
                          metadata_params={nn.PARTITION_NAME: "layers"})  # logical axis
         keys = None if deterministic else jax.random.split(self.make_rng("dropout"), num_layers)
         x, _ = layers(self.config, self.compute, name=LAYERS)(
-            x, key_mask, deterministic, keys)  # [B, S, H]
+            x, key_mask, deterministic, keys, pair_ids)  # [B, S, H]
         return x
 
 
 class BertPooler(nn.Module):
+    """tanh(dense) of the [CLS] token: the row's first, or each pair's (cls_positions)."""
+
     config: BertConfig
     compute: Compute = Compute()
 
     @nn.compact
-    def __call__(self, sequence_output: Array) -> Array:
-        cls = sequence_output[:, 0]  # [B, H]
+    def __call__(self, sequence_output: Array, cls_positions: Array | None = None) -> Array:
+        if cls_positions is None:
+            cls = sequence_output[:, 0]  # [B, H]
+        else:
+            cls = at_positions(sequence_output, cls_positions)  # [B, K, H]
         layer = dense(self.config, self.config.hidden_size, ("embed", "mlp"),
                       self.compute.jnp_dtype, "dense")
-        return jnp.tanh(layer(cls))  # [B, H]
+        return jnp.tanh(layer(cls))  # [B, H] or [B, K, H]
 
 
 class BertModel(nn.Module):
-    """The encoder: returns (sequence_output [B, S, H], pooled_output [B, H]); pooled_output
-    is None without the pooler (`add_pooling_layer=False`, as HF's token and span heads).
+    """The encoder: returns (sequence_output [B, S, H], pooled_output [B, H], or [B, K, H]
+    given cls_positions); pooled_output is None without the pooler
+    (`add_pooling_layer=False`, as HF's token and span heads). Packed rows: see the top.
 
     `apply(..., mutable=["intermediates"])` also returns what a probe needs (HF's
     `hidden_states` and `attentions`), each a 1-tuple as `sow` stores it, with or without remat:
@@ -264,14 +247,16 @@ class BertModel(nn.Module):
         self.pooler = BertPooler(self.config, self.compute) if self.add_pooling_layer else None
 
     def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
-                 deterministic: bool = True) -> tuple[Array, Array | None]:
+                 deterministic: bool = True, position_ids: Array | None = None,
+                 pair_ids: Array | None = None,
+                 cls_positions: Array | None = None) -> tuple[Array, Array | None]:
         if input_ids.shape[1] > self.config.max_position_embeddings:
             raise ValueError(
                 f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
                 f"({self.config.max_position_embeddings}); shorten data.max_seq_length")
-        x = self.embeddings(input_ids, token_type_ids, deterministic)  # [B, S, H]
-        x = self.encoder(x, attention_mask, deterministic)  # [B, S, H]
-        return x, None if self.pooler is None else self.pooler(x)
+        x = self.embeddings(input_ids, token_type_ids, deterministic, position_ids)  # [B, S, H]
+        x = self.encoder(x, attention_mask, deterministic, pair_ids)  # [B, S, H]
+        return x, None if self.pooler is None else self.pooler(x, cls_positions)
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -317,7 +302,7 @@ class BertPreTrainingHeads(nn.Module):
         mlm_logits = BertLMPredictionHead(self.config, self.compute, name="predictions")(
             x, word_embeddings)  # [B, P, V]
         nsp_logits = dense(self.config, 2, ("embed", None), self.compute.jnp_dtype,
-                            "seq_relationship")(pooled)  # [B, 2]
+                            "seq_relationship")(pooled)  # [B, 2] or [B, K, 2]
         return mlm_logits, nsp_logits.astype(jnp.float32)
 
 
@@ -326,7 +311,8 @@ class BertForPreTraining(nn.Module):
 
     mlm_logits is [B, P, V] at `masked_positions` [B, P] when given (the transform and the
     vocabulary projection then run only there, as in google-research/bert), else
-    [B, S, V]. nsp_logits is [B, 2] (label 0: B follows A; 1: B is random).
+    [B, S, V]. nsp_logits is [B, 2] (label 0: B follows A; 1: B is random), or [B, K, 2]
+    at packed rows' `cls_positions` [B, K] (packed rows: see the top).
     The encoder's parameters live under `bert`, so `BertModel` can run them alone.
     `compute.fused_backward` also picks the loss's cross-entropy VJP (losses.py).
     """
@@ -339,12 +325,13 @@ class BertForPreTraining(nn.Module):
         self.cls = BertPreTrainingHeads(self.config, self.compute)
 
     def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
-                 deterministic: bool = True,
-                 masked_positions: Array | None = None) -> tuple[Array, Array]:
-        sequence_output, pooled = self.bert(input_ids, token_type_ids, attention_mask,
-                                            deterministic)  # [B, S, H], [B, H]
+                 deterministic: bool = True, masked_positions: Array | None = None,
+                 position_ids: Array | None = None, pair_ids: Array | None = None,
+                 cls_positions: Array | None = None) -> tuple[Array, Array]:
+        sequence_output, pooled = self.bert(
+            input_ids, token_type_ids, attention_mask, deterministic, position_ids, pair_ids,
+            cls_positions)  # [B, S, H], [B, H] or [B, K, H]
         if masked_positions is not None:
-            sequence_output = jnp.take_along_axis(
-                sequence_output, masked_positions[..., None], axis=1)  # [B, P, H]
+            sequence_output = at_positions(sequence_output, masked_positions)  # [B, P, H]
         word_embeddings = self.bert.embeddings.word_embeddings.embedding  # [V, H]
         return self.cls(sequence_output, pooled, word_embeddings)

@@ -1,11 +1,11 @@
 """Kernels written for speed on one platform, each beside the plain form it must equal.
 
 model.py calls these where the paper's formula has a faster form on some platform:
-the encoder's layer loop (scanned or unrolled), attention (`jax.nn.dot_product_attention`:
-XLA's fused path, cuDNN flash attention on a GPU), the dropout keep mask (an integer hash),
-LayerNorm (two-pass variance), Dense layers over a [tokens, in] matrix (`per_token`), and
-the MLM head's fused backward passes.
-tests/test_ops.py checks each against its plain form.
+the encoder's layer loop (scanned or unrolled), attention (its mask: padding, or the pairs
+of a packed row; `jax.nn.dot_product_attention`: XLA's fused path, cuDNN flash attention on
+a GPU), the dropout keep mask (an integer hash), LayerNorm (two-pass variance), Dense layers
+over a [tokens, in] matrix (`per_token`), and the MLM head's fused backward passes.
+tests/test_ops.py and tests/test_attention.py check each against its plain form.
 
 The MLM head's tied decoder and the cross-entropy have hand-written backward passes
 (`jax.custom_vjp`) because autodiff's lay out badly on XLA:CPU (see each docstring). They
@@ -49,20 +49,24 @@ def scan_layers(choice: str, remat_policy: str = "none", platform: str | None = 
     return choice == "scan"
 
 
-# ---- Attention: softmax(q k^T / sqrt(D)) v over the non-padding keys --------------------
-def fused_attention_impl(impl: str, dtype: Any, head_dim: int) -> str | None:
+# ---- Attention: softmax(q k^T / sqrt(D)) v over the keys each query may see ----------------
+def fused_attention_impl(impl: str, dtype: Any, head_dim: int, packed: bool = False) -> str | None:
     """The `jax.nn.dot_product_attention` implementation that config value `impl` picks
-    for this compute dtype and head size; None: the explicit path (scores materialised).
+    for this compute dtype and head size, for packed rows or not (`pair_ids` given); None:
+    the explicit path (scores materialised).
 
     "auto": cuDNN flash attention on a GPU where it is eligible (bfloat16/float16, head
-    size a multiple of 8 up to 128), else XLA's path (jax's own default, `None`, is XLA
-    everywhere); "xla" / "cudnn" force one; "explicit" is model.py's einsum-softmax-einsum.
+    size a multiple of 8 up to 128, rows not packed), else XLA's path (jax's own default,
+    `None`, is XLA everywhere); "xla" / "cudnn" force one; "explicit" is model.py's
+    einsum-softmax-einsum. Packed rows need a [B, 1, S, S] mask, which jax (0.10) hands
+    cuDNN only as an additive bias whose gradient its backward pass always computes:
+    "auto" takes XLA's path for them, "cudnn" that bias.
     """
     if impl == "explicit":
         return None
     if impl == "auto":
         eligible = (jax.default_backend() == "gpu" and jnp.dtype(dtype) in _CUDNN_DTYPES
-                    and head_dim % 8 == 0 and head_dim <= _CUDNN_MAX_HEAD_DIM)
+                    and head_dim % 8 == 0 and head_dim <= _CUDNN_MAX_HEAD_DIM and not packed)
         return "cudnn" if eligible else "xla"
     return impl
 
@@ -72,21 +76,33 @@ def key_lengths(key_mask: Array) -> Array:
     return jnp.sum(key_mask.astype(jnp.int32), axis=-1)
 
 
+def attention_mask(key_mask: Array, pair_ids: Array | None = None) -> Array:
+    """bool: where a query may attend to a key. key_mask [B, S] (1: not padding) ->
+    [B, 1, 1, S], the non-padding keys; with pair_ids [B, S] (packed rows: i + 1 on the
+    tokens of pair i, 0 on padding) -> [B, 1, S, S], block-diagonal: the query's own
+    pair's non-padding keys. (A padding query sees no key: its softmax is uniform.)"""
+    if pair_ids is None:
+        return key_mask[:, None, None, :].astype(bool)  # [B, 1, 1, S]: query x key
+    same_pair = pair_ids[:, :, None] == pair_ids[:, None, :]  # [B, S, S]
+    return (same_pair & key_mask[:, None, :].astype(bool))[:, None]  # [B, 1, S, S]
+
+
 def dot_product_attention(q: Array, k: Array, v: Array, key_mask: Array,
-                          implementation: str) -> Array:
-    """Attention of q, k, v [B, S, N, D] over the keys where key_mask [B, S] is 1 ->
-    [B, S, N, D], without the [B, N, S, S] scores in the program: XLA fuses them (CPU,
-    TPU), cuDNN runs flash attention (GPU).
+                          implementation: str, pair_ids: Array | None = None) -> Array:
+    """Attention of q, k, v [B, S, N, D] over the keys of `attention_mask(key_mask,
+    pair_ids)` -> [B, S, N, D], without the [B, N, S, S] scores in the program: XLA fuses
+    them (CPU, TPU), cuDNN runs flash attention (GPU).
 
     cuDNN takes no [B, 1, 1, S] mask (only a bias of full [.., S, S] size), so "cudnn"
     passes the padding as key lengths: key_mask must be right padding (ones, then zeros),
     as BERT's data pipeline and tokenizers make it. Query rows stay full length, so padded
-    positions get the same outputs as on the other paths.
+    positions get the same outputs as on the other paths. Packed rows (pair_ids) give
+    cuDNN the [B, 1, S, S] mask, which jax turns into an additive bias.
     """
-    if implementation == "cudnn":
+    if implementation == "cudnn" and pair_ids is None:
         return jax.nn.dot_product_attention(
             q, k, v, key_value_seq_lengths=key_lengths(key_mask), implementation="cudnn")
-    mask = key_mask[:, None, None, :].astype(bool)  # [B, 1, 1, S]: query x key
+    mask = attention_mask(key_mask, pair_ids)  # [B, 1, 1 or S, S]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 

@@ -104,6 +104,22 @@ def train_here(workdir: str, args: list[str]) -> tuple[str, str]:
     return out.getvalue(), err.getvalue()
 
 
+def cli_here(module: Any, argv: list[str]) -> tuple[int, str]:
+    """A CLI module's (train.py, finetune.py) `parse_flags` + `main` on `argv` in this
+    process, with flags of its own (no process start-up); returns (exit code, stderr)."""
+    from absl import flags
+
+    err = io.StringIO()
+    flag_values = flags.FlagValues()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            module.main(module.parse_flags(argv, flag_values=flag_values), flag_values)
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    return code, err.getvalue()
+
+
 def cache_use(stderr: str) -> tuple[int, int]:
     """(cache hits, cache writes) in the stderr of a run with env(..., cache_dir=None)."""
     return (stderr.count("Persistent compilation cache hit"),

@@ -1,10 +1,14 @@
 """Test setup: 8 simulated CPU devices, set before jax is imported anywhere; jax's
 persistent compilation cache for this process; the session fixtures shared by several
-modules (registered here, so that each runs once a session)."""
+modules (registered here, so that each runs once a session); the groups that keep a
+module's tests, and the modules that share a session fixture, in one pytest-xdist worker
+(pyproject.toml runs the suite on the machine's cores, `--dist loadgroup`)."""
 import atexit
 import os
 import shutil
 import tempfile
+
+import pytest
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -24,3 +28,20 @@ jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 from tests.ckpt_helpers import reference, reference_run, setup  # noqa: E402, F401
+
+
+# Modules whose tests share a session fixture or cache: one xdist worker runs them all.
+SHARED_WORKER = {
+    "test_checkpoint": "reference", "test_cli_errors": "reference",  # the reference run
+    "test_compile_cache": "reference", "test_workdir": "reference",
+    "test_train_step": "data_parallel", "test_multihost": "data_parallel",  # its 8-device run
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each module's tests go to one worker (module fixtures run once); modules in
+    SHARED_WORKER share theirs."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(module, module)))

@@ -16,9 +16,11 @@ _CACHE: dict = {}
 
 
 def marker_corpus(
-    path: str, num_docs: int = 12, sentences: int = 60, seed: int = 0
+    path: str, num_docs: int = 12, sentences: int = 60, seed: int = 0,
+    min_sentences: int | None = None,
 ) -> dict[str, int]:
-    """Write a sentence-per-line corpus; every word belongs to exactly one document.
+    """Write a sentence-per-line corpus; every word belongs to exactly one document, which
+    has `sentences` sentences (with min_sentences: a number drawn in [min, sentences]).
     Returns {word: document index}."""
     rng = np.random.default_rng(seed)
     letters = np.array(list(string.ascii_lowercase))
@@ -32,7 +34,9 @@ def marker_corpus(
                 word_doc[w] = d
                 words.append(w)
         lines = []
-        for _ in range(sentences):
+        count = sentences if min_sentences is None else int(
+            rng.integers(min_sentences, sentences + 1))
+        for _ in range(count):
             n = int(rng.integers(4, 12))
             lines.append(" ".join(rng.choice(words, n)).capitalize() + ".")
         docs.append("\n".join(lines))
@@ -41,14 +45,18 @@ def marker_corpus(
     return word_doc
 
 
-def prepared(tmp_path_factory, **overrides) -> tuple[str, dict[str, int], dict]:
-    """(prepared dir, word->doc, meta) for the marker corpus with DataOptions overrides;
-    cached per option set for the whole test session."""
-    key = tuple(sorted(overrides.items()))
+SHORT_DOCS = dict(num_docs=80, sentences=5, min_sentences=1)  # packs ~2.2 pairs a row at 128
+
+
+def prepared(tmp_path_factory, corpus: dict | None = None,
+             **overrides) -> tuple[str, dict[str, int], dict, DataOptions]:
+    """(prepared dir, word->doc, meta, options) for the marker corpus (`corpus`: its
+    arguments) with DataOptions overrides; cached per set for the whole test session."""
+    key = (tuple(sorted((corpus or {}).items())), tuple(sorted(overrides.items())))
     if key not in _CACHE:
         root = tmp_path_factory.mktemp("prep")
         corpus_path = os.path.join(root, "corpus.txt")
-        word_doc = marker_corpus(corpus_path)
+        word_doc = marker_corpus(corpus_path, **(corpus or {}))
         base = dict(
             input=(corpus_path,), vocab_size=4000, max_seq_length=64,
             max_predictions_per_seq=10, eval_fraction=0.2, num_workers=1, dupe_factor=2,
@@ -73,8 +81,9 @@ def unmask(batch: dict) -> np.ndarray:
 
 
 def read_split(out: str, split: str) -> dict[str, np.ndarray]:
-    """Every example of a prepared split, decoded in order (static masks when written);
-    doc_a / doc_b made unique over shards: shard ordinal * 2**32 + index in the shard."""
+    """Every example of a prepared split, decoded in order (static masks when written;
+    a packed split's pairs, rows after rows, and pairs_per_row); doc_a / doc_b made unique
+    over shards: shard ordinal * 2**32 + index in the shard."""
     meta = pipeline.load_meta(out)
     static = split == "eval" or meta["static_train_masks"]
     batches = pipeline._Batches(out, split, {}, global_batch_size=1, seed=0, process_index=0,
@@ -83,6 +92,7 @@ def read_split(out: str, split: str) -> dict[str, np.ndarray]:
     idx = np.arange(meta[f"num_{split}_examples"])
     arrays = batches.read(idx)
     shard = np.searchsorted(batches.ends, idx, side="right").astype(np.int64)
+    shard = np.repeat(shard, arrays.get("pairs_per_row", 1))  # of each pair
     for key in ("doc_a", "doc_b"):
         arrays[key] = shard * 2**32 + arrays[key]
     return arrays

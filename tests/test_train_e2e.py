@@ -12,6 +12,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests import ckpt_helpers as h
+
 from tests.data_fixtures import marker_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,7 +129,9 @@ def test_continued_pretraining_of_an_hf_model_of_another_size(corpus, tmp_path):
     assert len(moved) > 10  # trained, not just copied
     assert (out / "vocab.txt").read_text() == (hf_dir / "vocab.txt").read_text()
 
-    wrong = train(workdir, f"--config.data.input={corpus}", *CONTINUE,
-                  "--config.model.hidden_size=32", tiny=False, check=False)
-    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1, wrong.stderr[-2000:]
-    assert "config.json has hidden_size=48 but the config asks for 32" in wrong.stderr
+    import train as train_cli  # its parse_flags + main, in this process
+    code, stderr = h.cli_here(train_cli, ["train.py", f"--workdir={workdir}",
+                                          f"--config.data.input={corpus}", *CONTINUE,
+                                          "--config.model.hidden_size=32"])
+    assert code == 2 and stderr.count("\n") == 1, stderr[-2000:]
+    assert "config.json has hidden_size=48 but the config asks for 32" in stderr

@@ -51,7 +51,9 @@ def place(batches: list[dict[str, np.ndarray]], mesh) -> dict[str, jax.Array]:
 
 
 def run_steps(mesh_shape, batches, *, accum=1, cfg=CFG, opt=None, n_devices=None,
-              per_call=1):
+              per_call=1, meter=None):
+    """Train steps on `batches`, `per_call` a call, from a fresh state: (state, losses).
+    `meter` (a monitor.TrainMeter) gets each call's metrics."""
     devices = jax.devices()[:n_devices] if n_devices else jax.devices()
     mesh = sharding.make_mesh(ml_collections.ConfigDict(mesh_shape), devices)
     model = BertForPreTraining(cfg)
@@ -61,9 +63,11 @@ def run_steps(mesh_shape, batches, *, accum=1, cfg=CFG, opt=None, n_devices=None
                                 grad_accum_steps=accum)
     losses = []
     for i in range(0, len(batches), per_call):
-        state, metrics = step(state, place(batches[i:i + per_call], mesh),
-                              jax.random.PRNGKey(1))
+        placed = place(batches[i:i + per_call], mesh)
+        state, metrics = step(state, placed, jax.random.PRNGKey(1))
         losses += [float(x) for x in metrics["loss"]]
+        if meter is not None:
+            meter.add(metrics, len(metrics["loss"]), placed["input_ids"].size)
     return state, losses
 
 

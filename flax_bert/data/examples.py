@@ -166,7 +166,7 @@ def mask_batch(
     random_token_prob: float,
     continuation: np.ndarray | None = None,  # [vocab] bool: whole-word masking when given
     global_rows: int | None = None,
-    row_offset: int = 0,
+    rows: np.ndarray | None = None,  # [B] the global rows of the batch's rows
 ) -> dict[str, np.ndarray]:
     """BERT masking for a batch, vectorized.
 
@@ -177,9 +177,10 @@ def mask_batch(
     random id, the rest stay. Returns input_ids [B,L] int32, masked_positions [B,P] int32,
     masked_ids [B,P] int32, masked_weights [B,P] float32, sorted by position.
 
-    The random numbers are drawn for `global_rows` rows (default B) and rows
-    [row_offset, row_offset + B) are used, so each process of a sharded global batch gets
-    exactly the masks a single process would give those rows.
+    The random numbers are drawn for `global_rows` rows (default B) and rows `rows`
+    (default 0..B-1) are used, so each process of a sharded global batch gets exactly the
+    masks a single process would give those rows (and a packed batch's pairs the masks of
+    their pair slots).
     """
     b, seq = input_ids.shape
     pos = np.arange(seq)[None, :]  # [1, L]
@@ -189,7 +190,7 @@ def mask_batch(
     num_pred = np.minimum(
         max_predictions, np.maximum(1, np.rint(n_cand * masked_lm_prob).astype(np.int64))
     )  # [B]
-    rows = slice(row_offset, row_offset + b)
+    rows = np.arange(b) if rows is None else rows  # [B]
     shape = (global_rows or b, seq)
     keys = rng.random(shape)[rows]  # [B, L]
     u = rng.random(shape)[rows]  # [B, L]

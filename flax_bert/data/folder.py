@@ -4,7 +4,10 @@ Layout (local or `gs://`):
   vocab.txt
   {split}-{fingerprint}-{group:05d}-{part:05d}.arrayrecord   one shard of records
   meta.json    written last; lists every file with its byte size and CRC-32, the shards
-               of each split in order with their record counts, and its own CRC-32
+               of each split in order with their record counts, and its own CRC-32; says
+               whether the folder is packed (a record is then a row of up to
+               max_pairs_per_row pairs), each split's rows (= records, also
+               num_{split}_examples), pairs and real-token fraction
 
 The fingerprint (of the options and the input files) is in every shard name, so shards
 of another prepare are told apart from leftovers of this one. Checks: `load_meta` checks

@@ -36,6 +36,8 @@ class DataOptions:
     whole_word_masking: bool
     dynamic_masking: bool
     dupe_factor: int
+    packing: bool
+    max_pairs_per_row: int
     eval_fraction: float
     prepare_seed: int
     shard_mb: float
@@ -80,6 +82,7 @@ class DataOptions:
             (self.mask_token_prob + self.random_token_prob <= 1,
              "mask_token_prob + random_token_prob", "<= 1"),
             (self.dupe_factor >= 1, "dupe_factor", ">= 1"),
+            (self.max_pairs_per_row >= 1, "max_pairs_per_row", ">= 1"),
             (0 <= self.eval_fraction < 1, "eval_fraction", "in [0, 1)"),
             (self.vocab or self.vocab_size > len(vocab_lib.SPECIAL_TOKENS), "vocab_size", "> 5"),
             (self.shard_mb > 0, "shard_mb", "> 0"),
@@ -91,9 +94,11 @@ class DataOptions:
 
     def prepared_key(self) -> dict:
         """The fields that decide the prepared output (not where it goes or who makes it,
-        nor how the pipeline feeds it): meta.json's "options", the cache key."""
+        nor how the pipeline feeds it): meta.json's "options", the cache key. Packing's
+        fields are in it only when packing is on: unpacked output is keyed by the other
+        fields alone, whatever max_pairs_per_row says."""
         key = dataclasses.asdict(self)
-        for name in FEED_ONLY_FIELDS:
+        for name in FEED_ONLY_FIELDS + (() if self.packing else PACKING_FIELDS):
             key.pop(name)
         key["input"] = list(self.input)
         return key
@@ -110,7 +115,7 @@ class DataOptions:
     def for_phase1(self, seq_length: int, vocab: str) -> DataOptions:
         """Phase 1's options: the same corpus, split and masking at `seq_length`, with the
         main folder's `vocab`; max_predictions_per_seq scales with the length (20 at 128 is
-        5 at 32), as BERT's did from 128 to 512."""
+        5 at 32), as BERT's did from 128 to 512. Packed when the main data is."""
         predictions = math.ceil(self.max_predictions_per_seq * seq_length / self.max_seq_length)
         return self.replace(max_seq_length=seq_length, max_predictions_per_seq=predictions,
                             vocab=vocab)
@@ -146,3 +151,4 @@ def from_flags(args: argparse.Namespace) -> DataOptions:
 # Fields that change where prepared data goes, who makes it or how the pipeline feeds it:
 # not part of the prepared output's key.
 FEED_ONLY_FIELDS = ("prepared_dir", "num_workers", "worker_count", "prefetch")
+PACKING_FIELDS = ("packing", "max_pairs_per_row")

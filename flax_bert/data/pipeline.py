@@ -6,11 +6,18 @@ checked when the pipeline is made and each shard's checksum when it is first rea
 (`folder.py`). Masking and feeding follow `options.DataOptions` (config.data).
 
 Shape legend: b per-process batch (global_batch_size // process_count), L max_seq_length,
-P max_predictions_per_seq. Each batch is a dict of NumPy arrays:
+P max_predictions_per_seq, K max_pairs_per_row. Each batch is a dict of NumPy arrays:
   input_ids [b,L] int32, token_type_ids [b,L] int32, attention_mask [b,L] int32,
   masked_positions [b,P] int32 (0 for padding predictions), masked_ids [b,P] int32,
   masked_weights [b,P] float32, next_sentence_label [b] int32
   (+ example_weight [b] float32 in eval batches: 1 real, 0 padding).
+From a packed folder (meta.json "packed"; b counts rows) each row holds up to K pairs
+(packing.py lists the arrays): input_ids, token_type_ids, attention_mask, position_ids,
+pair_ids [b,L] int32; cls_positions, next_sentence_label [b,K] int32; pair_weights [b,K]
+float32 (0 for empty slots and eval padding rows); masked_positions, masked_ids [b,K*P]
+int32, masked_weights [b,K*P] float32. A row's pairs are masked as a flat batch of pairs,
+each as an unpacked pair would be (its own min(P, max(1, round(masked_lm_prob *
+candidates))) predictions), with the random numbers of its global pair slot r*K + i.
 
 Train: element k of an endless `grain.MapDataset.range` is global batch k; global example
 position g = k * global_batch_size + j reads example perm_e[g % N] with e = g // N and
@@ -29,7 +36,8 @@ batch k of the phase-1 folder (its own length and batch size) and batch k >= ste
 batch k - steps1 of the main folder; the state is still the one index.
 
 Eval: finite, in order, static masks written by prepare; the last partial global batch is
-padded with all-zero rows whose masked_weights and example_weight are 0.
+padded with all-zero rows whose masked_weights and example_weight (packed: pair_weights)
+are 0.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from flax_bert.data import examples, folder as folder_lib, records, storage, streams
+from flax_bert.data import examples, folder as folder_lib, packing, records, storage, streams
 from flax_bert.data import vocab as vocab_lib
 from flax_bert.data.folder import load_meta
 from flax_bert.data.options import DataOptions
@@ -70,6 +78,17 @@ def _per_process(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
+def check_packing(folder: str, meta: dict, options: DataOptions) -> None:
+    """A UserError when config.data's packing fields are not the folder's."""
+    packed, pairs = meta.get("packed", False), meta.get("max_pairs_per_row", 1)
+    if options.packing != packed or (packed and options.max_pairs_per_row != pairs):
+        folder_has = f"is packed, max_pairs_per_row={pairs}" if packed else "is not packed"
+        raise UserError(
+            f"config.data.packing={options.packing}, max_pairs_per_row="
+            f"{options.max_pairs_per_row} but {folder} {folder_has} (its meta.json); set "
+            f"them to the folder's or re-run prepare (or delete {folder})")
+
+
 @dataclasses.dataclass(frozen=True)
 class Phase1:
     """The first `steps` train batches come from `prepared_dir` (shorter examples, prepared
@@ -92,7 +111,9 @@ class _Batches:
         self.seed, self.global_batch = seed, global_batch_size
         self.b = _per_process(global_batch_size, process_count)
         self.offset = process_index * self.b
-        self.n = meta[f"num_{split}_examples"]
+        self.n = meta[f"num_{split}_examples"]  # records: rows when packed
+        self.packed = meta.get("packed", False)
+        self.pairs_per_row = meta.get("max_pairs_per_row", 1)  # pair slots of a row
         self.seq = meta["max_seq_length"]
         self.preds = meta["max_predictions_per_seq"]
         special = meta["special_ids"]
@@ -129,14 +150,19 @@ class _Batches:
         return self._readers[shard]
 
     def read(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        """Decoded records idx [b] of the split; a shard's checksum is checked when it is
-        first read (a UserError names an altered shard)."""
+        """Decoded records idx [b] of the split (packed: their pairs, rows after rows, and
+        pairs_per_row [b]); a shard's checksum is checked when it is first read (a
+        UserError names an altered shard)."""
         shards = np.searchsorted(self.ends, idx, side="right")  # [b]
         positions = idx - (self.ends - self.counts)[shards]  # [b] record within its shard
         recs = [records.read_record(self._reader(s), p)
                 for s, p in zip(shards.tolist(), positions.tolist())]
-        return records.decode_batch(recs, self.seq, self.preds, self.id_dtype, self.special,
-                                    self.static)
+        if not self.packed:
+            return records.decode_batch(recs, self.seq, self.preds, self.id_dtype,
+                                        self.special, self.static)
+        pairs, per_row = records.split_rows(recs)
+        return dict(records.decode_batch(pairs, self.seq, self.preds, self.id_dtype,
+                                         self.special, self.static), pairs_per_row=per_row)
 
     def _perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perms:
@@ -155,30 +181,39 @@ class _Batches:
             valid = g < self.n
             idx = np.where(valid, g, 0)
         a = self.read(idx)
-        len_a, len_b = a["len_a"], a["len_b"]  # [b]
-        token_type_ids, attention_mask = examples.segment_arrays(len_a, len_b, self.seq)
+        k_slots = self.pairs_per_row
+        # [b] rows, or packed: [n] pairs in b*K slots (row r's pair i in slot r*K + i)
+        slot = (packing.slots(a.pop("pairs_per_row"), k_slots) if self.packed
+                else np.arange(self.b))
+        len_a, len_b = a["len_a"], a["len_b"]  # [b] or [n]
         if self.dynamic:
             rng = np.random.default_rng([self.seed, streams.TRAIN_MASKS, k])
             m = examples.mask_batch(
-                a["input_ids"], len_a, len_b, rng,
-                global_rows=self.global_batch, row_offset=self.offset, **self.mask_kwargs,
+                a["input_ids"], len_a, len_b, rng, global_rows=self.global_batch * k_slots,
+                rows=self.offset * k_slots + slot, **self.mask_kwargs,
             )
         else:
             m = dict(a, input_ids=a["masked_input_ids"])
-        batch = dict(
-            input_ids=m["input_ids"],
-            token_type_ids=token_type_ids,
-            attention_mask=attention_mask,
-            masked_positions=m["masked_positions"],
-            masked_ids=m["masked_ids"],
-            masked_weights=m["masked_weights"],
-            next_sentence_label=a["next_sentence_label"],
-        )
+        if self.packed:
+            batch = packing.rows(m, len_a, len_b, a["next_sentence_label"], slot, self.b,
+                                 k_slots, self.special.pad)
+        else:
+            token_type_ids, attention_mask = examples.segment_arrays(len_a, len_b, self.seq)
+            batch = dict(
+                input_ids=m["input_ids"],
+                token_type_ids=token_type_ids,
+                attention_mask=attention_mask,
+                masked_positions=m["masked_positions"],
+                masked_ids=m["masked_ids"],
+                masked_weights=m["masked_weights"],
+                next_sentence_label=a["next_sentence_label"],
+            )
         if not self.train:
             for key, value in batch.items():
                 row_valid = valid.reshape((-1,) + (1,) * (value.ndim - 1))  # [b, 1...]
                 batch[key] = value * row_valid.astype(value.dtype)
-            batch["example_weight"] = valid.astype(np.float32)
+            if not self.packed:  # packed: pair_weights weigh the pairs
+                batch["example_weight"] = valid.astype(np.float32)
         return batch
 
 
@@ -207,7 +242,9 @@ def make_train_iterator(
     process_index, process_count = _process(process_index, process_count)
 
     def train_batches(folder: str, opts: DataOptions, batch_size: int) -> _Batches:
-        if not opts.dynamic_masking and not load_meta(folder)["static_train_masks"]:
+        meta = load_meta(folder)
+        check_packing(folder, meta, opts)
+        if not opts.dynamic_masking and not meta["static_train_masks"]:
             raise UserError(
                 f"config.data.dynamic_masking=False but {folder} has no static masks; "
                 f"re-run prepare with --no-dynamic-masking (or delete {folder})"
@@ -245,6 +282,7 @@ def make_eval_iterator(
     masked_weights = 0 and example_weight = 0."""
     process_index, process_count = _process(process_index, process_count)
     meta = load_meta(prepared_dir)
+    check_packing(prepared_dir, meta, options)
     batches = _Batches(
         prepared_dir, "eval", options, global_batch_size=global_batch_size, seed=0,
         process_index=process_index, process_count=process_count, dynamic=False, train=False,

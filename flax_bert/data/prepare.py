@@ -305,6 +305,11 @@ def finish(plan: Plan, stats: list[dict]) -> dict:
         infos = [s["splits"][split_name] for s in stats if s["splits"][split_name]["records"]]
         shards[split_name] = [{"name": i["name"], "records": i["records"]} for i in infos]
         files.update({i["name"]: {"bytes": i["bytes"], "crc32": i["crc32"]} for i in infos})
+    sizes = {}  # each split's rows (= records), pairs and real tokens / (rows * L)
+    for name in folder_lib.SPLITS:
+        rows, tokens = total("records", name), total("real_tokens", name)
+        sizes.update({f"num_{name}_rows": rows, f"num_{name}_pairs": total("pairs", name),
+                      f"{name}_real_token_fraction": tokens / max(rows * opts.max_seq_length, 1)})
     meta = dict(
         format_version=folder_lib.FORMAT_VERSION,
         fingerprint=plan.maker.fingerprint,
@@ -314,6 +319,9 @@ def finish(plan: Plan, stats: list[dict]) -> dict:
         max_predictions_per_seq=opts.max_predictions_per_seq,
         num_train_examples=total("records", "train"),
         num_eval_examples=total("records", "eval"),
+        packed=opts.packing,
+        max_pairs_per_row=opts.max_pairs_per_row if opts.packing else 1,
+        **sizes,
         num_documents=n_docs,
         num_train_documents=n_train,
         num_eval_documents=n_eval,
@@ -365,8 +373,12 @@ def parser(prog: str = "python -m flax_bert.data.prepare",
 
 def summary(output: str, meta: dict) -> str:
     return (f"{output}: {meta['num_train_examples']} train / {meta['num_eval_examples']} eval "
-            f"examples in {len(meta['shards']['train'])} + {len(meta['shards']['eval'])} "
-            f"shards, vocab {meta['vocab_size']}, {meta['num_documents']} documents")
+            f"{'rows' if meta.get('packed') else 'examples'} in {len(meta['shards']['train'])} "
+            f"+ {len(meta['shards']['eval'])} shards, vocab {meta['vocab_size']}, "
+            f"{meta['num_documents']} documents" + (
+                f"; {meta['num_train_pairs']} train pairs, "
+                f"{meta['train_real_token_fraction']:.1%} real tokens" if "num_train_pairs" in meta
+                else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

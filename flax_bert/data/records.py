@@ -11,10 +11,15 @@ Record bytes (little-endian):
 doc_a / doc_b are document indices within the record's shard. The id dtype is uint16 when
 the vocab fits, else int32 (meta.json "id_dtype"). `decode_batch` rebuilds the padded
 arrays for a batch with a few vectorized NumPy ops.
+
+A packed folder's record is one row of k pairs (`encode_rows`, `split_rows`):
+  header  int32 [1 + k]: k, then the byte size of each pair's record
+  pairs   the k pairs' records (the format above), back to back.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 import numpy as np
@@ -80,6 +85,29 @@ def encode(pairs: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None,
         out[(col >= (end - size)[:, None]) & (col < end[:, None])] = values.view(np.uint8)
     data = out.tobytes()
     return [data[i * width : i * width + e] for i, e in enumerate(ends[-1].tolist())]
+
+
+def encode_rows(pair_records: Sequence[bytes], order: np.ndarray,
+                row_sizes: np.ndarray) -> list[bytes]:
+    """Records of rows: row i holds the pair records order[s_i : s_i + row_sizes[i]]."""
+    out, start = [], 0
+    for k in row_sizes.tolist():
+        pairs = [pair_records[j] for j in order[start : start + k].tolist()]
+        start += k
+        out.append(struct.pack(f"<{1 + k}i", k, *map(len, pairs)) + b"".join(pairs))
+    return out
+
+
+def split_rows(rows: Sequence[bytes]) -> tuple[list[bytes], np.ndarray]:
+    """(the pairs' records, rows after rows; [b] pairs of each row) of row records."""
+    pairs, counts = [], np.zeros(len(rows), np.int64)
+    for i, row in enumerate(rows):
+        k = counts[i] = int.from_bytes(row[: HEADER.itemsize], "little")
+        start = (1 + k) * HEADER.itemsize
+        for end in (start + np.cumsum(np.frombuffer(row, HEADER, k, HEADER.itemsize))).tolist():
+            pairs.append(row[start:end])
+            start = end
+    return pairs, counts
 
 
 def decode_batch(records: Sequence[bytes], seq: int, preds: int, dtype: np.dtype,

@@ -1,6 +1,7 @@
 """The shards of a prepare: input files in groups, each group's documents cut into shards
-of about data.shard_mb MB of text, and one shard of documents -> its records: tokenize, pair (random next segments drawn within
-the shard), mask when static, write. A picklable callable, run in prepare's worker
+of about data.shard_mb MB of text, and one shard of documents -> its records: tokenize,
+pair (random next segments drawn within the shard), mask when static, pack into rows when
+packing (packing.py), write. A picklable callable, run in prepare's worker
 processes or as a Beam step; its output depends only on the shard and the options.
 
 Shape legend: T tokens, S sentences, D documents, N pairs, L max_seq_length.
@@ -17,10 +18,12 @@ from collections.abc import Iterator
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from flax_bert.data import corpus, examples, folder as folder_lib, records, split, storage, streams
+from flax_bert.data import corpus, examples, folder as folder_lib, packing, records, split
+from flax_bert.data import storage, streams
 from flax_bert.data import vocab as vocab_lib
 from flax_bert.data.options import DataOptions
 
+NUM_SPECIAL = examples.NUM_SPECIAL_IN_PAIR
 SENTENCES_PER_TASK = 20_000  # Sentences tokenized at a time (bounds a worker's memory).
 MB = 1 << 20
 
@@ -112,7 +115,17 @@ class ShardMaker:
                                            streams.MASKS]),
                     **opts.masking(vocab_size, special.mask, vocab_path))
             recs = records.encode(pairs, masks, records.id_dtype(vocab_size))
-            info = {"documents": int(len(chosen)), "records": len(recs)}
+            real_tokens = pairs["len_a"].sum() + pairs["len_b"].sum() + len(recs) * NUM_SPECIAL
+            info = {"documents": int(len(chosen)), "pairs": len(recs),
+                    "real_tokens": int(real_tokens)}
+            if opts.packing:
+                order, sizes = packing.pack(
+                    pairs["len_a"].astype(np.int64) + pairs["len_b"] + NUM_SPECIAL,
+                    opts.max_seq_length, opts.max_pairs_per_row,
+                    np.random.default_rng([opts.prepare_seed, group, part, stream,
+                                           streams.PACKING]))
+                recs = records.encode_rows(recs, order, sizes)
+            info["records"] = len(recs)
             if recs:
                 file = folder_lib.shard_name(name, self.fingerprint, group, part)
                 info.update(name=file, **_write_records(self.output_dir, file, recs))

@@ -2,8 +2,9 @@
 
 Every random draw of the data is `np.random.default_rng([seed, ..., stream, ...])` with a
 stream id from this table, so no two uses share numbers. Two families, two seeds:
-  prepare (seed data.prepare_seed, per shard: [seed, group, part, stream(, MASKS)]):
-    PAIRS (0) train pairs, EVAL_PAIRS (1) held-out pairs, MASKS (2) static masks
+  prepare (seed data.prepare_seed, per shard: [seed, group, part, stream(, MASKS|PACKING)]):
+    PAIRS (0) train pairs, EVAL_PAIRS (1) held-out pairs, MASKS (2) static masks,
+    PACKING (3) which pair goes to which row and the rows' order (packing.pack)
   the input pipelines (seed config.seed: [seed, stream, index]):
     TRAIN_MASKS (1) dynamic masks of global batch k, TRAIN_ORDER (2) pretraining's epoch
     order, FINETUNE_ORDER (1) a fine-tune's epoch order (another pipeline, its own seed use)
@@ -15,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-PAIRS, EVAL_PAIRS, MASKS = 0, 1, 2
+PAIRS, EVAL_PAIRS, MASKS, PACKING = 0, 1, 2, 3
 TRAIN_MASKS, TRAIN_ORDER = 1, 2
 FINETUNE_ORDER = 1
 

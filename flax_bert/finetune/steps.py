@@ -42,7 +42,8 @@ def train_step(state: TrainState, batch: Batch, rng: Array, *, model: nn.Module,
 
     (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state, metrics = pretrain_steps.apply_gradients(state, loss, grads, tx)
-    return new_state, dict(sums, **metrics, learning_rate=schedule(state.step))
+    return new_state, dict(sums, **metrics, real_tokens=pretrain_steps.real_tokens(batch),
+                           learning_rate=schedule(state.step))
 
 
 def eval_step(params: Any, batch: Batch, *, model: nn.Module) -> dict[str, Array]:

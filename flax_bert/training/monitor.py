@@ -48,7 +48,11 @@ global_norm = jax.jit(optax.tree.norm)
 
 class TrainMeter:
     """Sums step metrics on device between log points; one host sync per log row.
-    `summarize` turns the summed metrics into the row's means (losses, accuracies)."""
+    `summarize` turns the summed metrics into the row's means (losses, accuracies); the
+    meter adds grad_norm, skipped, steps_per_sec and, from the steps' `real_tokens` (and
+    `pairs`, where a step counts them; steps.batch_counts), tokens_per_sec (real tokens:
+    padding is not counted), padding_fraction (of the batches' token slots) and
+    pairs_per_step."""
 
     def __init__(self, summarize: Callable[[dict[str, Any]], dict[str, float]]) -> None:
         self.summarize = summarize
@@ -57,7 +61,7 @@ class TrainMeter:
         self.start = time.perf_counter()
 
     def add(self, metrics: dict[str, jax.Array], steps: int, tokens: int) -> None:
-        """One call's metrics ([steps] each); `tokens`: its batches' total size (padding
+        """One call's metrics ([steps] each); `tokens`: its batches' token slots (padding
         included)."""
         if self.totals is None:
             self.totals = jax.tree.map(lambda m: jnp.zeros(m.shape[1:], m.dtype), metrics)
@@ -71,7 +75,11 @@ class TrainMeter:
         row = self.summarize(totals)
         row["grad_norm"] = float(totals["grad_norm"]) / self.steps
         row["skipped"] = float(totals["skipped"])
-        row["tokens_per_sec"] = self.tokens / elapsed
+        real_tokens = float(totals["real_tokens"])
+        row["tokens_per_sec"] = real_tokens / elapsed
+        row["padding_fraction"] = 1.0 - real_tokens / self.tokens
+        if "pairs" in totals:
+            row["pairs_per_step"] = float(totals["pairs"]) / self.steps
         row["steps_per_sec"] = self.steps / elapsed
         self.__init__(self.summarize)
         return row

@@ -18,18 +18,48 @@ from flax_bert.training.state import TrainState
 Array = jax.Array
 Batch = Mapping[str, Array]
 
+# The model inputs of a batch of packed rows (several sentence pairs a row), beside those
+# of every batch; see flax_bert/model.py.
+PACKED_INPUTS = ("position_ids", "pair_ids", "cls_positions")
+
+
+def packed_inputs(batch: Batch) -> dict[str, Array]:
+    """The PACKED_INPUTS that `batch` has (none: it is not packed)."""
+    return {key: batch[key] for key in PACKED_INPUTS if key in batch}
+
 
 def forward_sums(model: nn.Module, params: Any, batch: Batch, deterministic: bool,
                  dropout_rng: Array | None) -> dict[str, Array]:
-    """Loss and accuracy sums of one batch (see losses.pretraining_metrics); the
-    cross-entropy's backward follows the model's `compute.fused_backward`."""
+    """Loss and accuracy sums of one batch, packed or not (see
+    losses.pretraining_metrics); the cross-entropy's backward follows the model's
+    `compute.fused_backward`."""
     mlm_logits, nsp_logits = model.apply(
         {"params": params}, batch["input_ids"], batch["token_type_ids"],
         batch["attention_mask"], deterministic=deterministic,
-        masked_positions=batch["masked_positions"],
-        rngs=None if deterministic else {"dropout": dropout_rng})  # [B, P, V], [B, 2]
+        masked_positions=batch["masked_positions"], **packed_inputs(batch),
+        rngs=None if deterministic else {"dropout": dropout_rng}
+    )  # [B, P, V], [B, 2]; packed rows: [B, K*P, V], [B, K, 2]
     return losses.pretraining_metrics(mlm_logits, nsp_logits, batch,
                                       model.compute.fused_backward)
+
+
+def real_tokens(batch: Batch) -> Array:
+    """float32 []: the batch's non-padding tokens (the sum of its attention_mask)."""
+    return jnp.sum(batch["attention_mask"].astype(jnp.float32))
+
+
+def num_pairs(batch: Batch) -> Array:
+    """float32 []: the batch's sentence pairs: the sum of pair_weights (packed rows), else
+    its rows."""
+    if "pair_weights" in batch:
+        return jnp.sum(batch["pair_weights"].astype(jnp.float32))
+    return jnp.float32(batch["next_sentence_label"].shape[0])
+
+
+def batch_counts(batch: Batch) -> dict[str, Array]:
+    """What a train row's tokens_per_sec, padding_fraction and pairs_per_step count
+    (monitor.TrainMeter): the batch's real tokens and sentence pairs, on device."""
+    return {"real_tokens": real_tokens(batch), "pairs": num_pairs(batch)}
 
 
 def dropout_key(rng: Array, step: Array) -> Array:
@@ -46,17 +76,19 @@ def _split_micro_batches(batch: Batch, num: int) -> Batch:
 def train_step(state: TrainState, batch: Batch, rng: Array, *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                grad_accum_steps: int = 1) -> tuple[TrainState, dict[str, Array]]:
-    """One optimizer step of MLM + NSP on `batch` (the global batch).
+    """One optimizer step of MLM + NSP on `batch` (the global batch), packed or not.
 
     The dropout key is `dropout_key(rng, state.step)`. With `grad_accum_steps` > 1 the batch is
     split into micro-batches whose gradients are summed in a `lax.scan`; losses are
     normalised by the whole batch's counts, so the result equals one step on the full
-    batch. A step whose loss or gradient norm is not finite leaves params and optimizer
-    state unchanged and is counted in `nonfinite_run`.
+    batch. The NSP loss is a mean over the batch's sentence pairs (its rows, unpacked). A
+    step whose loss or gradient norm is not finite leaves params and optimizer state
+    unchanged and is counted in `nonfinite_run`. Metrics: the loss sums, `batch_counts`,
+    `apply_gradients`'s and the learning rate.
     """
     dropout_rng = dropout_key(rng, state.step)
     mlm_total = jnp.maximum(jnp.sum(batch["masked_weights"].astype(jnp.float32)), 1.0)
-    nsp_total = jnp.float32(batch["next_sentence_label"].shape[0])
+    nsp_total = num_pairs(batch)
 
     def loss_fn(params: Any, micro: Batch, key: Array) -> tuple[Array, dict[str, Array]]:
         sums = forward_sums(model, params, micro, deterministic=False, dropout_rng=key)
@@ -79,7 +111,8 @@ def train_step(state: TrainState, batch: Batch, rng: Array, *, model: nn.Module,
             (jnp.arange(grad_accum_steps), _split_micro_batches(batch, grad_accum_steps)))
 
     new_state, metrics = apply_gradients(state, loss, grads, tx)
-    return new_state, dict(sums, **metrics, learning_rate=schedule(state.step))
+    return new_state, dict(sums, **metrics, **batch_counts(batch),
+                           learning_rate=schedule(state.step))
 
 
 def apply_gradients(state: TrainState, loss: Array, grads: Any,
