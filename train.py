@@ -12,6 +12,7 @@ Mistakes on the command line or in the config end with one `error: ...` line and
 
 import functools
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -22,6 +23,18 @@ DEFAULT_WORKDIR = "runs/default"
 USAGE_EXIT = 2
 
 FLAGS = flags.FLAGS
+
+
+def exit_on_signals() -> None:
+    """SIGTERM / Ctrl-C end the process at once, saying so, until the run's preemption watch
+    takes over (flax_bert/preemption.py): nothing is written before."""
+    def stop(signum: int, frame: object) -> None:
+        os.write(2, f"interrupted ({signal.Signals(signum).name}) with nothing unsaved; rerun "
+                    f"the same command to resume\n".encode())
+        os._exit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
 
 
 def fail(message: str) -> None:
@@ -74,8 +87,8 @@ def run(argv: list[str], train_and_evaluate: Callable,
         fail(f"unexpected arguments: {' '.join(argv[1:])}; flags look like --config.train.steps=10")
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
     from flax_bert import workdir
-    from flax_bert.errors import UserError
-    from flax_bert.training import compile_cache, preemption
+    from flax_bert.errors import Interrupted, UserError
+    from flax_bert.training import compile_cache
 
     logging.get_absl_handler().addFilter(workdir.HideDiskFullTracebacks())
     config, workdir_path = flag_values.config, flag_values.workdir
@@ -90,8 +103,11 @@ def run(argv: list[str], train_and_evaluate: Callable,
             raise
         fail(f"{e} ({workdir.free_space(e.filename or workdir_path)}); free space, then "
              f"rerun the same command to resume")
-    except preemption.Interrupted as e:
-        print(str(e), file=sys.stderr)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr, flush=True)
+        if e.exit_code:  # a signal: all is saved and closed; a compile of the eval step
+            sys.stdout.flush()  # running in the background is not waited for
+            os._exit(e.exit_code)
         sys.exit(e.exit_code)
 
 
@@ -111,4 +127,5 @@ def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 if __name__ == "__main__":
+    exit_on_signals()
     app.run(main, flags_parser=parse_flags)

@@ -133,6 +133,7 @@ class TrainCheckpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_handlers=_handlers())
         self._saving: int | None = None  # the step of the save in flight
+        self._closed = False
         _drop_closed_loop_callbacks()
 
     def latest_step(self) -> int | None:
@@ -281,8 +282,14 @@ class TrainCheckpointer:
         self._saving = None
 
     def close(self) -> None:
-        self.wait()
-        self.manager.close()
+        """Waits for the save in flight to commit, then closes (again: a no-op)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 def _folder_bytes(path: str) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from flax_bert import checkpoint, workdir as workdir_lib
-from flax_bert.training import preemption
+from flax_bert.errors import Interrupted
 from tests import ckpt_helpers as h
 
 K = 5  # stop_after step of the interrupted runs (between saves at 4 and 8)
@@ -26,7 +26,7 @@ def stopped(setup) -> str:
     (Run in this process, as the resumes that check the state alone; the stop and resume
     of a train.py process are checked in the kill -9, SIGTERM and device-count tests.)"""
     workdir = str(setup["root"] / "stopped")
-    with pytest.raises(preemption.Interrupted, match=f"stopped after step {K}"):
+    with pytest.raises(Interrupted, match=f"stopped after step {K}"):
         h.train_here(workdir, setup["args"] + [f"--config.train.stop_after={K}"])
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", str(K)]
     return workdir
@@ -56,7 +56,7 @@ def test_steps_per_call_match_single_steps_and_resume(setup, reference):
     as the reference's one step per call."""
     workdir = str(setup["root"] / "per_call")
     args = setup["args"] + ["--config.train.steps_per_call=4", "--config.train.log_every=4"]
-    with pytest.raises(preemption.Interrupted, match=f"stopped after step {K}"):
+    with pytest.raises(Interrupted, match=f"stopped after step {K}"):
         h.train_here(workdir, args + [f"--config.train.stop_after={K}"])
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", str(K)]
     out, _ = h.train_here(workdir, args)

@@ -75,7 +75,7 @@ def test_signal_to_main_process_leaves_no_worker(corpus, tmp_path, signum):
     assert proc.returncode == 128 + signum
     assert err.splitlines() == [
         f"prepare of {out} interrupted ({signal.Signals(signum).name}); rerun the same command "
-        f"to resume: this prepare's shards are overwritten and meta.json is written last, so "
+        f"to resume: its shards are overwritten and meta.json is written last, so "
         f"a half-prepared folder is never used"]
     if signum == signal.SIGTERM:  # rerun: the same files as an uninterrupted prepare
         whole = str(tmp_path / "whole")

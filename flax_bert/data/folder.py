@@ -50,6 +50,13 @@ def fix_hint(folder) -> str:
     return f"re-run prepare with --force (or delete {folder})"
 
 
+def interrupted(folder) -> str:
+    """What a prepare into `folder` stopped by a signal says (preemption.Watch's message)."""
+    return (f"prepare of {folder} interrupted ({{signal}}); rerun the same command to resume: "
+            f"its shards are overwritten and meta.json is written last, so a half-prepared "
+            f"folder is never used")
+
+
 def _meta_crc(meta: dict) -> int:
     body = {k: v for k, v in meta.items() if k != SELF_CRC}
     return zlib.crc32(json.dumps(body, sort_keys=True).encode())
@@ -89,11 +96,6 @@ def read_meta(folder: epath.Path) -> dict | None:
         raise UserError(f"{p}: format {meta['format_version']}, this version reads "
                         f"{FORMAT_VERSION}; delete {folder} and re-run prepare")
     return meta
-
-
-def exists(prepared_dir: str) -> bool:
-    """Whether a folder holds a meta.json (it may still fail `load_meta`'s checks)."""
-    return (storage.path(prepared_dir) / META).exists()
 
 
 def load_meta(prepared_dir: str) -> dict:

@@ -22,23 +22,20 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
-import ctypes
 import dataclasses
 import hashlib
 import json
 import multiprocessing
 import os
-import signal
 import sys
 import tempfile
-import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, TimeoutError as FutureTimeout
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from tqdm import tqdm
 
+from flax_bert import preemption
 from flax_bert.data import corpus, folder as folder_lib, records, storage
 from flax_bert.data import vocab as vocab_lib
 from flax_bert.data.options import DataOptions, add_flags, from_flags
@@ -46,7 +43,6 @@ from flax_bert.data.shards import MB, ShardMaker, doc_chars, group_shards, plan_
 from flax_bert.errors import UserError
 
 IN_FLIGHT_PER_WORKER = 2  # Shards queued per worker (bounds the reader's memory).
-POLL_SECONDS = 0.2  # The main thread waits for a shard in slices: a signal is seen within one.
 MIN_TRAIN_DOCS = 2  # NSP needs a document other than A's.
 MIN_EVAL_DOCS = 2
 
@@ -166,89 +162,41 @@ def _claim(folder, fingerprint: str, old: dict | None, force: bool) -> None:
 
 def _run_local(maker: ShardMaker, groups: list[tuple[int, list[str]]], opts: DataOptions,
                progress: bool) -> Iterator[dict]:
-    """Stats of every shard of the groups, made in worker processes (one shard each).
-    SIGTERM / SIGINT stop it (`stop_on_signals`): the workers are killed at once; they
-    also die with this process, even a kill -9 of it (`_init_worker`)."""
+    """Stats of every shard of the groups, made in worker processes (one shard each)."""
     tasks = ((g, part, docs) for g, paths in groups
              for part, docs in enumerate(group_shards(paths, opts)))
     workers = opts.num_workers or os.cpu_count() or 1
-    executor = None
-    with stop_on_signals(maker.output_dir):
-        if workers == 1:
-            results: Iterable = map(maker, tasks)
-        else:
-            # spawn, not fork: the caller (train.py) may already run JAX threads. An
-            # executor (not a Pool) so a worker that dies raises instead of hanging.
-            executor = ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(maker, os.getpid()))
-            results = _ordered(executor, tasks, IN_FLIGHT_PER_WORKER * workers)
-        try:
-            # disable=None: no bar when stderr is not a terminal (logs, captured subprocesses).
-            with tqdm(desc="preparing", unit=" shard", disable=None if progress else True,
-                      file=sys.stderr) as bar:
-                for stats in results:
-                    bar.update(1)
-                    yield stats
-        except BrokenProcessPool as e:
-            raise RuntimeError(
-                "a prepare worker died (run the caller under `if __name__ == '__main__':`, "
-                "or set --num-workers 1)"
-            ) from e
-        except BaseException:  # a signal, an error: no shard of this run is awaited
-            if executor is not None:
-                for process in list(executor._processes.values()):  # no public kill (3.14 has)
-                    process.kill()
-            raise
-        finally:
-            if executor is not None:
-                executor.shutdown(cancel_futures=True)
-
-
-@contextlib.contextmanager
-def stop_on_signals(output_dir: str) -> Iterator[None]:
-    """SIGTERM / SIGINT raise `Interrupted` (exit code 128 + the signal) with how to resume,
-    in the main thread (elsewhere a no-op: only it gets signals). A second signal of the
-    same kind gets the default behaviour (an immediate exit)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    from flax_bert.training.preemption import SIGNALS, Interrupted
-
-    previous = {}
-
-    def handle(signum: int, frame) -> None:
-        signal.signal(signum, signal.SIG_DFL)
-        raise Interrupted(
-            f"prepare of {output_dir} interrupted ({signal.Signals(signum).name}); rerun the "
-            f"same command to resume: this prepare's shards are overwritten and meta.json is "
-            f"written last, so a half-prepared folder is never used", 128 + signum)
-
-    for signum in SIGNALS:
-        previous[signum] = signal.signal(signum, handle)
+    # spawn, not fork: the caller (train.py) may already run JAX threads. An executor (not a
+    # Pool) so a worker that dies raises instead of hanging.
+    executor = None if workers == 1 else ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+        initargs=(maker, os.getpid()))
+    results: Iterable = (map(maker, tasks) if executor is None
+                         else _ordered(executor, tasks, IN_FLIGHT_PER_WORKER * workers))
     try:
-        yield
+        # disable=None: no bar when stderr is not a terminal (logs, captured subprocesses).
+        with tqdm(desc="preparing", unit=" shard", disable=None if progress else True,
+                  file=sys.stderr) as bar:
+            for stats in results:
+                bar.update(1)
+                yield stats
+    except BrokenProcessPool as e:
+        raise RuntimeError(
+            "a prepare worker died (run the caller under `if __name__ == '__main__':`, "
+            "or set --num-workers 1)"
+        ) from e
     finally:
-        for signum, handler in previous.items():
-            if handler is not None:  # None: set outside Python, cannot be put back
-                signal.signal(signum, handler)
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
 
 
 _worker_maker: ShardMaker | None = None
-PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent ends
 
 
 def _init_worker(maker: ShardMaker, parent: int) -> None:
-    """A worker's start-up: it leaves SIGTERM / SIGINT to the parent, which kills it, and
-    ends with the parent however that ends (Linux: the kernel sends it SIGKILL)."""
     global _worker_maker
     _worker_maker = maker
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent ended before the request
-        os._exit(1)
+    preemption.follow_parent(parent)  # the worker ends with `parent`, however that ends
 
 
 def _make_in_worker(task: tuple[int, int, list]) -> dict:
@@ -262,20 +210,9 @@ def _ordered(executor: ProcessPoolExecutor, tasks: Iterator, in_flight: int) -> 
     for task in tasks:
         pending.append(executor.submit(_make_in_worker, task))
         if len(pending) >= in_flight:
-            yield _result(pending.popleft())
+            yield pending.popleft().result()
     while pending:
-        yield _result(pending.popleft())
-
-
-def _result(future) -> dict:
-    """The future's result, waited for in slices: a signal delivered to another thread of
-    this process does not wake a blocked wait, the end of a slice does (and its handler
-    runs)."""
-    while True:
-        try:
-            return future.result(timeout=POLL_SECONDS)
-        except FutureTimeout:
-            pass
+        yield pending.popleft().result()
 
 
 def finish(plan: Plan, stats: list[dict]) -> dict:
@@ -393,18 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.shard_index < args.num_shards:
         print("error: --shard-index must be in [0, --num-shards)", file=sys.stderr)
         return 2
-    from flax_bert.training.preemption import Interrupted
-
     try:
-        with stop_on_signals(args.output):  # also while the vocab is trained
+        with preemption.Watch(folder_lib.interrupted(args.output)):  # a signal: exit at once
             meta = prepare(opts, args.output, force=args.force, shard_index=args.shard_index,
                            num_shards=args.num_shards)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Interrupted as e:
-        print(e, file=sys.stderr)
-        return e.exit_code
     if not meta:
         print(f"{args.output}: share {args.shard_index} of {args.num_shards} written; "
               f"the last share to finish writes meta.json")

@@ -33,10 +33,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return engine.run_locked(_finetune, config, workdir)
 
 
-def _finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def _finetune(config: ml_collections.ConfigDict, workdir: str) -> engine.Job:
     t, paths = config.train, workdir_lib.Paths(workdir)
     export_dir = config.export_dir or paths.export
-    if config.export_dir and os.path.exists(os.path.join(export_dir, hf.SAFETENSORS_FILE)):
+    if (config.export_dir and os.path.exists(os.path.join(export_dir, hf.SAFETENSORS_FILE))
+            and not os.path.isdir(paths.checkpoints)):  # a started run's export is its own
         raise UserError(f"{export_dir} already holds a model.safetensors; choose another "
                         f"config.export_dir")
     columns = labelled.Columns(config.data.text_column, config.data.text_pair_column,
@@ -85,7 +86,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
                            labels=labels)
         say(f"exported transformers BertForSequenceClassification to {export_dir}")
 
-    job = engine.Job(
+    return engine.Job(
         model=model, seq_length=seq_len, tx=tx, schedule=schedule,
         train_step=ft_steps.train_step, eval_step=ft_steps.eval_step,
         train_iter=labelled.make_train_iterator(train_arrays, t.global_batch_size, config.seed,
@@ -95,7 +96,6 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
         evaluate=evaluate, summarize=ft_steps.summarize_train, plots=PLOTS,
         init_params=None if start.encoder is None else lambda: {"bert": start.encoder},
         write_files=write_files, finish=export)
-    return engine.run(job, config, workdir)
 
 
 def data_paths(config: ml_collections.ConfigDict, paths: workdir_lib.Paths) -> tuple[str, str]:

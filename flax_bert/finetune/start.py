@@ -16,7 +16,7 @@ from flax_bert.config import BertConfig
 from flax_bert.data import vocab as vocab_lib
 from flax_bert.errors import UserError
 from flax_bert.training import checks
-from flax_bert.workdir import Paths, same_file
+from flax_bert.workdir import Paths, same_file, write_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,5 +107,4 @@ def check_run_folder(workdir: str, start: Start, labels: list[str]) -> None:
 
 def write_run_file(paths: Paths, start: Start, labels: list[str]) -> None:
     """finetune.json: the class names in id order and where the model started."""
-    with open(paths.finetune_run, "w", encoding="utf-8") as f:
-        json.dump({"labels": labels, "start": start.description}, f)
+    write_text(paths.finetune_run, json.dumps({"labels": labels, "start": start.description}))
