@@ -3,7 +3,7 @@ at seeded random moments with SIGKILL or SIGTERM (drawn at random), rerun with t
 command after each stop, and compared at the end with one uninterrupted run.
 
     python benchmarks/chaos.py --stops 30 --seed 0 [--signal random|KILL|TERM] [--root DIR]
-        [--jax-cache workdir|DIR]
+        [--jax-cache workdir|DIR] [--grain-workers N]
 
 The run: 12 steps of a 1-layer model (tests/ckpt_helpers.py's TINY), data prepared in the
 workdir by 2 worker processes, a metrics row every step, an eval of the whole held-out
@@ -32,7 +32,9 @@ outlives it and its stderr is closed; no traceback. Per episode, after a rerun t
 (exit 0) and one more rerun of the finished run: the final checkpoint's params, opt_state
 and train items bitwise equal to the uninterrupted run's, its data item and the prepared
 files equal, and metrics.jsonl's rows (timing keys dropped) none missing, none doubled,
-none different; every jax compilation cache entry readable (a kill can cut one short).
+none different; the rerun of the finished run says that it is finished and changes no file
+(run.lock names its last holder); every jax compilation cache entry readable (a kill can
+cut one short).
 Every unmet expectation is printed as a failure (stage, stop, what).
 """
 
@@ -55,7 +57,7 @@ from typing import Any, Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from flax_bert.workdir import Paths  # noqa: E402
+from flax_bert.workdir import LOCK_FILE, Paths  # noqa: E402
 from tests import ckpt_helpers as h  # noqa: E402
 
 STEPS, EVAL_EVERY, SAVE_EVERY = 12, 4, 5
@@ -63,6 +65,7 @@ TIMING_KEYS = ("tokens_per_sec", "steps_per_sec", "eval_seconds", "save_seconds"
 EXIT_LIMIT_S = 10.0  # SIGTERM -> exit, every stage
 HANG_S = 60.0  # a stopped run still alive after this is killed and reported as hung
 RESUME_HINT = "rerun the same command"
+FINISHED_HINT = f"has finished its {STEPS} steps"  # a rerun of the finished run says so
 MIDDLE = ("train", "save", "eval")
 FINAL = ("final eval", "final save", "exit")
 QUICK = "quick"  # a second signal shortly after the previous stop's rerun started
@@ -71,13 +74,16 @@ QUICK = "quick"  # a second signal shortly after the previous stop's rerun start
 WINDOW = {"prepare": 2.0, "compile": 0.5, "train": 0.2, "save": 0.0, "eval": 0.1,
           "final eval": 0.1, "final save": 0.0, "exit": 0.2, QUICK: 1.5}
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}
+STAGES = ("start-up", "prepare", "compile", *MIDDLE, *FINAL, "missed")  # the tables' order
 
 
-def run_args(corpus: str) -> list[str]:
-    """train.py flags of the chaos run (no prepared_dir: prepare is a stage of it). The
-    compiled programs are TINY's (the same shapes and steps)."""
+def run_args(corpus: str, grain_workers: int = 0) -> list[str]:
+    """train.py flags of the chaos run (no prepared_dir: prepare is a stage of it), its
+    batches made in `grain_workers` worker processes (0: in the main process; the same
+    batches). The compiled programs are TINY's (the same shapes and steps)."""
     return h.TINY + [
         f"--config.data.input={corpus}", "--config.data.num_workers=2",
+        f"--config.data.worker_count={grain_workers}",
         f"--config.train.eval_every={EVAL_EVERY}", "--config.train.eval_batches=0",
         f"--config.checkpoint.every={SAVE_EVERY}"]
 
@@ -356,8 +362,9 @@ def compare(workdir: str, reference: str) -> list[str]:
     return problems
 
 
-def rerun(workdir: str, args: list[str], env: dict[str, str], what: str) -> list[str]:
-    """Runs the command to its end; what went wrong."""
+def rerun(workdir: str, args: list[str], env: dict[str, str], what: str, says: str = ""
+          ) -> list[str]:
+    """Runs the command to its end; what went wrong (`says`: a phrase its stdout must hold)."""
     run = Run(workdir, args, env)
     run.proc.wait()
     run.wait_closed(HANG_S)
@@ -366,6 +373,8 @@ def rerun(workdir: str, args: list[str], env: dict[str, str], what: str) -> list
                 f"{' | '.join(run.lines['stderr'][-3:])[:400]}"]
     if any("Traceback" in line for line in run.lines["stderr"]):
         return [f"{what}: a traceback on stderr"]
+    if says and not run.saw(says, "stdout"):
+        return [f"{what}: no line saying {says!r}"]
     return []
 
 
@@ -398,7 +407,11 @@ def episode(workdir: str, steps: list[tuple[str, str, float]], args: list[str],
         stops.append(stop(workdir, args, env, target, signame, delay, exit_limit))
         log(format_stop(stops[-1]))
     resumed = rerun(workdir, args, env, "rerun to the end") + check(workdir)
-    finished = rerun(workdir, args, env, "rerun of the finished run")
+    before = h.tree_hash(workdir)
+    finished = rerun(workdir, args, env, "rerun of the finished run", says=FINISHED_HINT)
+    after = h.tree_hash(workdir)
+    finished += [f"the rerun of the finished run changed {name}" for name in sorted(
+        set(before) | set(after)) if before.get(name) != after.get(name) and name != LOCK_FILE]
     finished += [f"after a rerun of the finished run: {p}" for p in check(workdir)
                  if p not in resumed]
     cache = env.get("JAX_COMPILATION_CACHE_DIR") or Paths(workdir).under("jax_cache")
@@ -407,17 +420,17 @@ def episode(workdir: str, steps: list[tuple[str, str, float]], args: list[str],
     return {"stops": stops, "resumed": resumed, "finished": finished}
 
 
-def chaos(root: str, corpus: str, stops: int, seed: int, env: dict[str, str],
+def chaos(root: str, args: list[str], stops: int, seed: int, env: dict[str, str],
           reference: str, signals: tuple[str, ...] = tuple(SIGNALS), log=print
           ) -> dict[str, Any]:
     """Episodes of stops (see `plan`; a signal of `signals` and a delay drawn for each)
-    in fresh workdirs under `root`, each compared with `reference` (an uninterrupted run
-    of `run_args(corpus)`)."""
+    of train.py `args` in fresh workdirs under `root`, each compared with `reference` (an
+    uninterrupted run of `args`)."""
     rng = random.Random(seed)
     records, episodes = [], []
     for e, targets in enumerate(plan(rng, stops)):
         steps = [(t, rng.choice(sorted(signals)), rng.uniform(0, WINDOW[t])) for t in targets]
-        result = episode(os.path.join(root, f"episode{e}"), steps, run_args(corpus), env,
+        result = episode(os.path.join(root, f"episode{e}"), steps, args, env,
                          lambda w: compare(w, reference), lambda line: log(f"  episode {e}{line}"))
         records += [dict(r, episode=e) for r in result["stops"]]
         episodes.append(dict(episode=e, problems=result["resumed"] + result["finished"]))
@@ -437,7 +450,7 @@ def tables(result: dict[str, Any]) -> str:
     """Stops by stage and signal; SIGTERM -> exit seconds per stage; every failure."""
     stops = result["stops"]
     stages = sorted({r["stage"] for r in stops},
-                    key=lambda s: list(WINDOW).index(s) if s in WINDOW else len(WINDOW))
+                    key=lambda s: STAGES.index(s) if s in STAGES else len(STAGES))
     out = ["stops by stage and signal (failed: stops with an unmet expectation)",
            f"  {'stage':<12}{'SIGKILL':>9}{'SIGTERM':>9}{'failed':>8}"]
     for stage in stages:
@@ -477,6 +490,9 @@ def main() -> None:
     p.add_argument("--jax-cache", default="workdir",
                    help="'workdir': each run's own cache (the config's default: a real first "
                         "compile per episode); or a folder shared by every run")
+    p.add_argument("--grain-workers", type=int, default=0,
+                   help="config.data.worker_count: grain worker processes (they must end "
+                        "with the run, however it ends)")
     a = p.parse_args()
     # The comparison restores checkpoints of 8 devices (before jax's backend starts).
     os.environ.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
@@ -488,13 +504,14 @@ def main() -> None:
     reference = os.path.join(root, "reference")
     shutil.rmtree(reference, ignore_errors=True)
     start = time.monotonic()
-    p = subprocess.run(h.command(reference, run_args(corpus)), cwd=ROOT, env=env,
+    args = run_args(corpus, a.grain_workers)
+    p = subprocess.run(h.command(reference, args), cwd=ROOT, env=env,
                        capture_output=True, text=True)
     if p.returncode:
         sys.exit(f"the uninterrupted run failed: {p.stderr[-2000:]}")
     print(f"uninterrupted run: {time.monotonic() - start:.1f} s ({root})")
     signals = tuple(SIGNALS) if a.signal == "random" else (a.signal,)
-    result = chaos(root, corpus, a.stops, a.seed, env, reference, signals)
+    result = chaos(root, args, a.stops, a.seed, env, reference, signals)
     print(tables(result))
     with open(os.path.join(root, "chaos.json"), "w") as f:
         json.dump(result, f, indent=1)

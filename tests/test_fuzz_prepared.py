@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from benchmarks import fuzz_prepared as fuzz
-from flax_bert.data import pipeline, prepare
+from flax_bert.data import inputs, pipeline, prepare
 from flax_bert.data.options import DataOptions
 from flax_bert.errors import UserError
 from tests import ckpt_helpers as h
@@ -64,6 +64,19 @@ def test_train_py_on_a_folder_without_vocab_is_one_error_line(fuzzed, tmp_path):
     case = dict(folder=copy, outcome="file missing", message=f"{copy}/vocab.txt: missing")
     env = h.env(1, jax.config.jax_compilation_cache_dir)
     assert fuzz.cli(case, opts, str(tmp_path / "w"), env) == ([], [])
+
+
+def test_a_given_folder_without_meta_is_an_error_and_never_prepared_into(fuzzed, tmp_path):
+    _, folder, opts = fuzzed
+    copy = str(tmp_path / "no_meta")
+    shutil.copytree(folder, copy)
+    os.remove(os.path.join(copy, "meta.json"))
+    before = h.tree_hash(copy)
+    with pytest.raises(UserError, match=rf"^{copy}/meta.json: not found; run python -m "
+                                        rf"flax_bert.data.prepare --output {copy}$"):
+        inputs.pretraining_data(opts.replace(prepared_dir=copy), str(tmp_path / "default"))
+    assert h.tree_hash(copy) == before
+    assert not os.path.exists(tmp_path / "default")
 
 
 def _first_reads(out: str, opts, batch: int, seed: int) -> dict[str, int]:
@@ -139,8 +152,5 @@ def test_shard_altered_mid_run_is_one_error_line_and_keeps_the_checkpoints(mid_r
         assert [json.loads(line)["split"] for line in f].count("eval") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="phase 2 (engine): an error raised in the train loop "
-                   "exits with an async save in flight (the loop does not close the "
-                   "checkpointer): orbax's save threads print tracebacks at interpreter exit")
 def test_shard_altered_mid_run_prints_no_traceback(mid_run):
     assert "Traceback" not in mid_run["failed"].stderr
