@@ -54,12 +54,14 @@ def get_config() -> ml_collections.ConfigDict:
     d.dynamic_masking = True  # Fresh masks every epoch in the pipeline (else fixed once).
     d.dupe_factor = 5  # Times the corpus is paired into examples (different pairings).
     # Packing (decided at prepare time): whole sentence pairs are put together in rows of
-    # max_seq_length tokens, at most max_pairs_per_row in a row (best-fit decreasing per
-    # shard, flax_bert/data/packing.py), so short pairs do not pay for padding: attention
-    # stays inside each pair, positions restart at each pair's [CLS], NSP reads each pair's
-    # [CLS], and each pair keeps its own masked predictions. With packing,
-    # train.global_batch_size and train.phase1_batch_size count rows, not pairs (the size
-    # files pick them for ~256 pairs a step). The default run is unpacked.
+    # max_seq_length tokens, at most max_pairs_per_row in a row (per shard: the longest pair
+    # left and the one or two that fill its row most, flax_bert/data/packing.py), so short
+    # pairs do not pay for padding (benchmarks/README.md: 50% -> 99% real tokens at 512 on
+    # encyclopedia-like text). Attention stays inside each pair, positions restart at each
+    # pair's [CLS], NSP reads each pair's [CLS], and each pair keeps its own masked
+    # predictions. With packing, train.global_batch_size and train.phase1_batch_size count
+    # rows, not pairs (the size files pick them for ~256 pairs a step). The default run is
+    # unpacked: its chapters already fill 97% of its 128-token rows (README).
     d.packing = False
     d.max_pairs_per_row = 3  # NVIDIA's and Graphcore's packed BERT use 3.
     # Fraction of documents held out for evaluation, chosen by a hash of each document
@@ -108,8 +110,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Attention where its probabilities are not needed (no attention dropout in training, no
     # `attentions` probe): "auto" runs jax.nn.dot_product_attention as cuDNN flash attention
     # on a GPU where eligible (bfloat16/float16, head size a multiple of 8 up to 128), else
-    # XLA's path; "xla" / "cudnn" force one ("cudnn": a GPU, a 16-bit dtype, right-padded
-    # masks); "explicit" always materialises the [B, N, S, S] scores. flax_bert/ops.py.
+    # XLA's path (packed rows too: jax's cuDNN path takes their block-diagonal mask only as
+    # a bias); "xla" / "cudnn" force one ("cudnn": a GPU, a 16-bit dtype, unpacked rows
+    # right-padded); "explicit" always materialises the [B, N, S, S] scores. ops.py.
     t.attention_impl = "auto"
     # The encoder's layers (params stacked [L, ...] either way): "scan" runs them as one
     # nn.scan, so one layer is compiled once whatever L (BERT-base compiles ~2x, large ~5x

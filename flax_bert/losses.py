@@ -35,7 +35,7 @@ def pretraining_metrics(mlm_logits: Array, nsp_logits: Array, batch: Mapping[str
     mlm_logits [B, P, V], nsp_logits [B, 2]; batch has masked_ids [B, P],
     masked_weights [B, P], next_sentence_label [B] and optionally example_weight [B]
     (0 for padding examples in an eval batch). Packed rows of K pairs: mlm_logits
-    [B, K*P, V], masked_* [B, K*P], nsp_logits [B, K, 2], next_sentence_label [B, K] and
+    [B, M, V], masked_* [B, M], nsp_logits [B, K, 2], next_sentence_label [B, K] and
     pair_weights [B, K] (1 for a pair, 0 for an empty slot or an eval padding row), the
     NSP weights.
     """

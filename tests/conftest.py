@@ -34,6 +34,7 @@ from tests.ckpt_helpers import reference, reference_run, setup  # noqa: E402, F4
 SHARED_WORKER = {
     "test_checkpoint": "reference", "test_cli_errors": "reference",  # the reference run
     "test_compile_cache": "reference", "test_workdir": "reference",
+    "test_packing_runs": "reference",
     "test_train_step": "data_parallel", "test_multihost": "data_parallel",  # its 8-device run
 }
 

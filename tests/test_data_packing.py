@@ -30,12 +30,14 @@ def _equal(a, b):
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def _pairs(batch, preds):
-    """Each real pair of a packed batch: (row, slot, start, end, masked slice)."""
+def _pairs(batch):
+    """Each real pair of a packed batch: (row, slot, start, end, its predictions [M] bool)."""
     for r, i in zip(*np.nonzero(batch["pair_weights"] > 0)):
         start = int(batch["cls_positions"][r, i])
         end = start + int((batch["pair_ids"][r] == i + 1).sum())
-        yield int(r), int(i), start, end, slice(int(i) * preds, (int(i) + 1) * preds)
+        pos = batch["masked_positions"][r]
+        yield int(r), int(i), start, end, (batch["masked_weights"][r] > 0) & (pos >= start) & (
+            pos < end)
 
 
 def _pair_items(batch, preds, unmasked):
@@ -43,17 +45,16 @@ def _pair_items(batch, preds, unmasked):
     positions, label) as tuples; packed (`preds`) or unpacked (preds None) batches."""
     ids = unmask(batch)
     if preds is None:
-        spans = [(r, r, 0, int(batch["attention_mask"][r].sum()), slice(None))
+        spans = [(r, r, 0, int(batch["attention_mask"][r].sum()), batch["masked_weights"][r] > 0)
                  for r in range(len(ids))]
     else:
-        spans = list(_pairs(batch, preds))
+        spans = list(_pairs(batch))
     items = []
-    for r, i, start, end, sl in spans:
-        w = batch["masked_weights"][r, sl] > 0
+    for r, i, start, end, w in spans:
         label = batch["next_sentence_label"][r] if preds is None else \
             batch["next_sentence_label"][r, i]
         masked = () if unmasked else (tuple(batch["input_ids"][r, start:end]),
-                                      tuple(batch["masked_positions"][r, sl][w] - start))
+                                      tuple(batch["masked_positions"][r][w] - start))
         items.append((tuple(ids[r, start:end]), int(label)) + masked)
     return collections.Counter(items)
 
@@ -104,6 +105,8 @@ def test_packer_keeps_short_pairs_for_the_rows_that_need_them():
 def test_packed_batches_have_the_spec_fields(tmp_path_factory):
     out, _, meta, opts = _prepared(tmp_path_factory, packing=True)
     seq, preds, k = meta["max_seq_length"], meta["max_predictions_per_seq"], 3
+    m = packing.predictions_per_row(opts.masked_lm_prob, seq, k, preds)
+    assert m == min(k * preds, int(np.ceil(0.15 * seq)) + k) < k * preds
     special = vocab_lib.special_ids(os.path.join(out, "vocab.txt"))
     evals = list(pipeline.make_eval_iterator(out, opts, global_batch_size=BATCH,
                                              process_index=0, process_count=1))
@@ -114,10 +117,8 @@ def test_packed_batches_have_the_spec_fields(tmp_path_factory):
             **{key: ((BATCH, seq), "int32") for key in (
                 "input_ids", "token_type_ids", "attention_mask", "position_ids", "pair_ids")},
             "cls_positions": ((BATCH, k), "int32"), "next_sentence_label": ((BATCH, k), "int32"),
-            "pair_weights": ((BATCH, k), "float32"), "masked_positions": ((BATCH, k * preds),
-                                                                          "int32"),
-            "masked_ids": ((BATCH, k * preds), "int32"),
-            "masked_weights": ((BATCH, k * preds), "float32")}
+            "pair_weights": ((BATCH, k), "float32"), "masked_positions": ((BATCH, m), "int32"),
+            "masked_ids": ((BATCH, m), "int32"), "masked_weights": ((BATCH, m), "float32")}
         ids = unmask(batch)
         for r in range(BATCH):
             real = batch["pair_weights"][r] > 0
@@ -125,10 +126,12 @@ def test_packed_batches_have_the_spec_fields(tmp_path_factory):
             assert np.all(real[:n]) and not real[n:].any()  # real pairs first
             for key in ("cls_positions", "next_sentence_label"):
                 assert np.all(batch[key][r, n:] == 0)
-            assert np.all(batch["masked_weights"][r, n * preds:] == 0)
+            w = batch["masked_weights"][r] > 0  # the row's predictions first, by position
+            assert np.all(w[: w.sum()]) and np.all(batch["masked_positions"][r, ~w] == 0)
+            assert np.all(np.diff(batch["masked_positions"][r, w]) > 0)
             multi += n > 1
         ends = {}
-        for r, i, start, end, sl in _pairs(batch, preds):
+        for r, i, start, end, w in _pairs(batch):
             assert start == ends.get((r, i - 1), 0)  # back to back from position 0
             ends[(r, i)] = end
             assert np.all(batch["pair_ids"][r, start:end] == i + 1)
@@ -137,11 +140,9 @@ def test_packed_batches_have_the_spec_fields(tmp_path_factory):
             assert ids[r, start] == special.cls and len(seps) == 2 and seps[1] == end - 1
             types = batch["token_type_ids"][r, start:end]
             assert np.array_equal(types, (np.arange(start, end) > seps[0]).astype(np.int32))
-            w = batch["masked_weights"][r, sl] > 0
-            pos = batch["masked_positions"][r, sl]
-            assert 1 <= w.sum() and np.all(w[: w.sum()]) and np.all(pos[~w] == 0)
-            assert np.all(np.diff(pos[w]) > 0) and np.all(batch["pair_ids"][r, pos[w]] == i + 1)
-            assert not np.isin(ids[r, pos[w]], [special.cls, special.sep, special.pad]).any()
+            pos = batch["masked_positions"][r, w]
+            assert 1 <= w.sum() and np.all(batch["pair_ids"][r, pos] == i + 1)
+            assert not np.isin(ids[r, pos], [special.cls, special.sep, special.pad]).any()
         for r in range(BATCH):
             pad = batch["pair_ids"][r] == 0
             assert np.array_equal(batch["attention_mask"][r], (~pad).astype(np.int32))
@@ -189,8 +190,8 @@ def test_each_pair_keeps_its_own_predictions_at_the_bert_rates(tmp_path_factory,
     replaced = []
     for _ in range(10):
         batch = next(it)
-        for r, i, start, end, sl in _pairs(batch, preds):
-            count = int(batch["masked_weights"][r, sl].sum())
+        for r, i, start, end, w in _pairs(batch):
+            count = int(w.sum())
             rule = min(preds, max(1, round(0.15 * (end - start - 3))))
             # Whole words stop before the first word that would overshoot (as unpacked).
             assert count == rule if not whole_word else count <= rule
@@ -243,7 +244,8 @@ def test_phase1_is_packed_too(tmp_path_factory):
     expected = [next(first) for _ in range(steps)] + [next(then) for _ in range(3)]
     got = [next(it) for it in [phased()] for _ in range(len(expected))]
     assert [(b["input_ids"].shape, b["masked_ids"].shape) for b in got] == (
-        [((2 * BATCH, 32), (2 * BATCH, 9))] * steps + [((BATCH, 128), (BATCH, 3 * 10))] * 3)
+        [((2 * BATCH, 32), (2 * BATCH, 8))] * steps + [((BATCH, 128), (BATCH, 23))] * 3)
+    # M = min(K * P, ceil(0.15 * L) + K): min(9, 5 + 3) at 32 tokens, min(30, 20 + 3) at 128
     assert all(_equal(a, b) for a, b in zip(got, expected))
     it = phased()
     for _ in range(steps):

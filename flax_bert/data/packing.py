@@ -1,7 +1,7 @@
 """Packing: several whole sentence pairs in one row of max_seq_length tokens.
 
-Shape legend: N pairs, R rows, b batch rows, K max_pairs_per_row, L max_seq_length,
-P max_predictions_per_seq.
+Shape legend: N pairs, b batch rows, K max_pairs_per_row, L max_seq_length,
+P max_predictions_per_seq (per pair), M predictions per row (`predictions_per_row`).
 
 At prepare time `pack` puts a shard's pairs into rows (the packer, below); in the
 pipeline a batch's pairs are masked as a flat batch of pairs, each with the random numbers
@@ -9,10 +9,13 @@ of its slot (`slots`: row r's pair i is slot r*K + i of b*K), and `rows` builds 
 batch from them:
   input_ids, token_type_ids, attention_mask, position_ids, pair_ids [b,L] int32,
   cls_positions, next_sentence_label [b,K] int32, pair_weights [b,K] float32,
-  masked_positions, masked_ids [b,K*P] int32, masked_weights [b,K*P] float32
+  masked_positions, masked_ids [b,M] int32, masked_weights [b,M] float32
 (a row is its pairs back to back, [CLS] A [SEP] B [SEP] each, then padding; positions
-restart at each [CLS]; pair_ids is i + 1 on pair i, 0 on padding; masked slots
-[i*P, (i+1)*P) are pair i's predictions as row positions).
+restart at each [CLS]; pair_ids is i + 1 on pair i, 0 on padding; the row's predictions
+come first, by position, then unused slots of weight 0). Every pair keeps its own
+predictions, min(P, max(1, round(masked_lm_prob * candidates))) of them, and a row's never
+exceed M = min(K*P, ceil(masked_lm_prob * L) + K), so M slots lose none: the MLM head
+computes M positions a row, not K*P (3 x 20 = 60 at 128 tokens, where M is 23).
 
 The packer (`pack`, per shard of pairs of lengths len_a + len_b + 3): the longest pair
 left opens a row; while two or more of its slots are free, the one or two pairs left
@@ -28,6 +31,8 @@ first.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -111,12 +116,21 @@ def slots(pairs_per_row: np.ndarray, max_pairs: int) -> np.ndarray:
     return row * max_pairs + np.arange(len(row)) - first[row]
 
 
+def predictions_per_row(masked_lm_prob: float, seq: int, max_pairs: int,
+                        max_predictions: int) -> int:
+    """M: the prediction slots of a packed row. Pair i predicts at most
+    masked_lm_prob * n_i + 1 of its n_i <= L - 3 candidates, so a row's pairs at most
+    masked_lm_prob * L + K in all."""
+    return min(max_pairs * max_predictions, math.ceil(masked_lm_prob * seq) + max_pairs)
+
+
 def rows(masked: dict[str, np.ndarray], len_a: np.ndarray, len_b: np.ndarray,
          next_sentence_label: np.ndarray, slot: np.ndarray, b: int, max_pairs: int,
-         pad_id: int) -> dict[str, np.ndarray]:
-    """The packed batch of b rows (module docstring) from its n pairs in their slots [n]:
-    masked input_ids [n,L], masked_positions, masked_ids, masked_weights [n,P] (positions
-    in the pair), len_a, len_b, next_sentence_label [n]."""
+         predictions: int, pad_id: int) -> dict[str, np.ndarray]:
+    """The packed batch of b rows (module docstring) with `predictions` (M) slots a row,
+    from its n pairs in their slots [n]: masked input_ids [n,L], masked_positions,
+    masked_ids, masked_weights [n,P] (positions in the pair), len_a, len_b,
+    next_sentence_label [n]."""
     k, seq = max_pairs, masked["input_ids"].shape[1]
 
     def in_slots(values: np.ndarray) -> np.ndarray:  # [n, ...] -> [b*K, ...], 0 if empty
@@ -140,8 +154,14 @@ def rows(masked: dict[str, np.ndarray], len_a: np.ndarray, len_b: np.ndarray,
     pair = np.minimum(pair, k - 1)  # [b, L] (padding: the last pair, masked out below)
     position = pos[None, :] - np.take_along_axis(start.reshape(b, k), pair, axis=1)  # [b, L]
     in_b = position >= np.take_along_axis(in_slots(len_a).reshape(b, k), pair, axis=1) + 2
-    weights = in_slots(masked["masked_weights"])  # [b*K, P]
-    positions = np.where(weights > 0, in_slots(masked["masked_positions"]) + start[:, None], 0)
+    weights = in_slots(masked["masked_weights"]).reshape(b, -1)  # [b, K*P]
+    positions = (in_slots(masked["masked_positions"]) + start[:, None]).reshape(b, -1)
+    ids = in_slots(masked["masked_ids"]).reshape(b, -1)  # [b, K*P]
+    # The row's predictions first (slots and, within a pair, positions are in row order).
+    first = np.argsort(weights <= 0, axis=1, kind="stable")[:, :predictions]  # [b, M]
+    if np.any(np.take_along_axis(weights, first, 1).sum(1) < weights.sum(1)):
+        raise AssertionError("a packed row has more predictions than its slots")
+    weights = np.take_along_axis(weights, first, 1)  # [b, M]
     return dict(
         input_ids=input_ids.reshape(b, seq),
         token_type_ids=(on_pair & in_b).astype(np.int32),
@@ -151,7 +171,8 @@ def rows(masked: dict[str, np.ndarray], len_a: np.ndarray, len_b: np.ndarray,
         cls_positions=np.where(real, start, 0).reshape(b, k).astype(np.int32),
         next_sentence_label=in_slots(next_sentence_label).reshape(b, k).astype(np.int32),
         pair_weights=real.reshape(b, k).astype(np.float32),
-        masked_positions=positions.reshape(b, -1).astype(np.int32),
-        masked_ids=in_slots(masked["masked_ids"]).reshape(b, -1).astype(np.int32),
-        masked_weights=weights.reshape(b, -1).astype(np.float32),
+        masked_positions=np.where(weights > 0, np.take_along_axis(positions, first, 1),
+                                  0).astype(np.int32),
+        masked_ids=np.take_along_axis(ids, first, 1).astype(np.int32),
+        masked_weights=weights.astype(np.float32),
     )

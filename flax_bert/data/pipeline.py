@@ -14,17 +14,18 @@ P max_predictions_per_seq, K max_pairs_per_row. Each batch is a dict of NumPy ar
 From a packed folder (meta.json "packed"; b counts rows) each row holds up to K pairs
 (packing.py lists the arrays): input_ids, token_type_ids, attention_mask, position_ids,
 pair_ids [b,L] int32; cls_positions, next_sentence_label [b,K] int32; pair_weights [b,K]
-float32 (0 for empty slots and eval padding rows); masked_positions, masked_ids [b,K*P]
-int32, masked_weights [b,K*P] float32. A row's pairs are masked as a flat batch of pairs,
-each as an unpacked pair would be (its own min(P, max(1, round(masked_lm_prob *
-candidates))) predictions), with the random numbers of its global pair slot r*K + i.
+float32 (0 for empty slots and eval padding rows); masked_positions, masked_ids [b,M]
+int32, masked_weights [b,M] float32, the row's predictions first (M =
+packing.predictions_per_row). A row's pairs are masked as a flat batch of pairs, each as an
+unpacked pair would be (its own min(P, max(1, round(masked_lm_prob * candidates)))
+predictions), with the random numbers of its global pair slot r*K + i.
 
 Train: element k of an endless `grain.MapDataset.range` is global batch k; global example
 position g = k * global_batch_size + j reads example perm_e[g % N] with e = g // N and
-perm_e a fresh permutation per epoch (`streams.epoch_indices`, seeded by (seed, e)). Process p takes rows
-[p*b, (p+1)*b) of each global batch, and dynamic masks come from (seed, k) drawn for the
-whole global batch, so the processes' batches stacked are exactly the single-process
-batch. Everything is a pure function of k, so the iterator state is grain's next index:
+perm_e a fresh permutation per epoch (`streams.epoch_indices`, seeded by (seed, e)).
+Process p takes rows [p*b, (p+1)*b) of each global batch, and dynamic masks come from
+(seed, k) drawn for the whole global batch, so the processes' batches stacked are exactly
+the single-process batch. Everything is a pure function of k, so the iterator state is grain's next index:
 `get_state()` / `set_state()` resume bit-exactly.
 
 With config.data.worker_count > 0 batches are made in grain worker processes
@@ -130,6 +131,10 @@ class _Batches:
                 f"differs from {prepared_dir}/meta.json ({self.preds}); re-run prepare"
             )
         self.meta, self.static = meta, not dynamic
+        masked_lm_prob = (options.masked_lm_prob if dynamic
+                          else meta["options"]["masked_lm_prob"])  # of the static masks
+        self.row_predictions = packing.predictions_per_row(
+            masked_lm_prob, self.seq, self.pairs_per_row, self.preds)  # M slots a row
         self.names = [shard["name"] for shard in meta["shards"][split]]
         self.counts = np.array([shard["records"] for shard in meta["shards"][split]])  # [shards]
         self.ends = np.cumsum(self.counts)  # [shards]
@@ -198,7 +203,7 @@ class _Batches:
             m = dict(a, input_ids=a["masked_input_ids"])
         if self.packed:
             batch = packing.rows(m, len_a, len_b, a["next_sentence_label"], slot, self.b,
-                                 k_slots, self.special.pad)
+                                 k_slots, self.row_predictions, self.special.pad)
         else:
             token_type_ids, attention_mask = examples.segment_arrays(len_a, len_b, self.seq)
             batch = dict(

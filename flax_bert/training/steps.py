@@ -38,7 +38,7 @@ def forward_sums(model: nn.Module, params: Any, batch: Batch, deterministic: boo
         batch["attention_mask"], deterministic=deterministic,
         masked_positions=batch["masked_positions"], **packed_inputs(batch),
         rngs=None if deterministic else {"dropout": dropout_rng}
-    )  # [B, P, V], [B, 2]; packed rows: [B, K*P, V], [B, K, 2]
+    )  # [B, P, V], [B, 2]; packed rows: [B, M, V], [B, K, 2]
     return losses.pretraining_metrics(mlm_logits, nsp_logits, batch,
                                       model.compute.fused_backward)
 
