@@ -29,7 +29,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NoReturn
 
 from flax_bert.errors import Interrupted
 
@@ -102,10 +102,10 @@ class Watch:
     def _signalled(self, signum: int) -> None:
         with self._lock:  # `defer` waits: a prompt exit is never half-way when it returns
             if self.signum is not None:
-                _exit_now(f"second {_name(signum)}: exiting without saving", 128 + signum)
+                exit_now(f"second {_name(signum)}: exiting without saving", 128 + signum)
             self.signum = signum
             if not self._deferred:
-                _exit_now(self.message.format(signal=_name(signum)), 128 + signum)
+                exit_now(self.message.format(signal=_name(signum)), 128 + signum)
 
     def defer(self) -> None:
         """From now on a signal waits for the main thread (it holds unsaved work)."""
@@ -155,10 +155,11 @@ def _name(signum: int | None) -> str:
     return signal.Signals(signum or signal.SIGTERM).name
 
 
-def _exit_now(message: str, code: int) -> None:
-    """Ends the process from any thread: stdout and stderr flushed (if they can be within
-    FLUSH_S), multiprocessing's named semaphores unlinked (as a normal exit does; else its
-    resource tracker does it, with a warning), `message` on stderr as one line, exit `code`."""
+def exit_now(message: str, code: int) -> NoReturn:
+    """Ends the process from any thread, waiting for no other thread (a background compile,
+    orbax's, grain's): stdout and stderr flushed (if they can be within FLUSH_S),
+    multiprocessing's named semaphores unlinked (as a normal exit does; else its resource
+    tracker does it, with a warning), `message` on stderr as one line, exit `code`."""
     def tidy() -> None:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -50,6 +50,17 @@ def test_exact_resume(setup, reference, stopped):
         assert rows[step] == ref_rows[step], step
 
 
+def test_rerun_of_a_finished_run_says_so_and_changes_nothing(setup, reference, tmp_path):
+    workdir = str(tmp_path / "finished")
+    shutil.copytree(reference, workdir)
+    before = h.tree_hash(workdir)
+    out, _ = h.train_here(workdir, setup["args"])
+    assert f"{workdir} has finished its {h.STEPS} steps" in out
+    after = h.tree_hash(workdir)
+    assert after.pop(workdir_lib.LOCK_FILE) and before.pop(workdir_lib.LOCK_FILE)
+    assert after == before  # no second final eval row, no file rewritten
+
+
 def test_steps_per_call_match_single_steps_and_resume(setup, reference):
     """4 steps per call, stopped at step 5 and resumed (calls of 4, 1 | 3, 4 steps: each
     is cut to end on the stop and checkpoint steps), ends in the same state, bit for bit,
@@ -160,7 +171,7 @@ def test_sigterm_saves_current_step_and_frees_the_lock(setup):
     steps = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))]
     last_logged = max(h.train_rows(workdir))
     assert steps == [last_logged] and 0 < last_logged < 400  # saved at the current step
-    assert f"interrupted at step {last_logged}; checkpoint saved" in err
+    assert f"interrupted (SIGTERM) at step {last_logged}; checkpoint saved" in err
     assert "Traceback" not in err
     with workdir_lib.WorkdirLock(workdir):  # free once the run has ended
         pass

@@ -12,7 +12,8 @@ unsaved (start-up, prepare, restore, the first compile); once a train call has r
 saves a checkpoint at the end of the call or eval batch it is in and raises Interrupted. A
 resumed run evaluates its checkpoint's step again when that is an eval step (a stop may have
 cut that eval): each eval row is written once. The final eval row is a run's last write: a
-rerun that finds it says that the run is finished and changes nothing.
+rerun that finds it (after the job's checks: another model is still an error) says that the
+run is finished and changes nothing.
 """
 
 from __future__ import annotations
@@ -76,21 +77,18 @@ def run_locked(body: Callable[[ml_collections.ConfigDict, str], Job],
     """Runs the job `body(config, workdir)` builds, after the config's choices are checked,
     jax.distributed is set up and `workdir` is checked and locked (process 0 holds the
     lock; before anything is written), under one preemption watch; returns the final eval
-    metrics. A finished run is not run again (process 0 returns its final eval metrics)."""
+    metrics."""
     checks.check_config(config)
     distributed.maybe_initialize(config.distributed)
     workdir = checks.check_workdir(workdir)
     with preemption.Watch(processes=jax.process_count()) as watch, \
             workdir_lib.locked_for_run(workdir):
-        final = finished(workdir, config.train.steps)
-        if final is not None:
-            return final
         return run(body(config, workdir), config, workdir, watch)
 
 
 def finished(workdir: str, steps: int) -> dict[str, float] | None:
-    """The final eval metrics of a run in `workdir` that has finished its `steps` (its final
-    eval row is written; {} on processes other than 0), else None."""
+    """The final eval metrics of a run in `workdir` resumed at its last step `steps`, if its
+    final eval row is written ({} on processes other than 0), else None."""
     path = workdir_lib.Paths(workdir).metrics
     row = metrics_lib.eval_row(path, steps) if distributed.is_writer() else None
     if not distributed.agree(row is not None):
@@ -110,8 +108,9 @@ def first_batch(batches: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarra
 def run(job: Job, config: ml_collections.ConfigDict, workdir: str,
         watch: preemption.Watch) -> dict[str, float]:
     """Trains `job` in `workdir` to config.train.steps, resuming from its newest
-    checkpoint; returns the final eval metrics. Whatever ends it, a save in flight is
-    committed and the data pipeline's workers are ended."""
+    checkpoint; returns the final eval metrics. A finished run (its final checkpoint
+    restored, `finished`) is not run again. Whatever ends it, a save in flight is committed and the data pipeline's workers
+    are ended."""
     t = config.train
     mesh = sharding.make_mesh(config.mesh)
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -126,6 +125,8 @@ def run(job: Job, config: ml_collections.ConfigDict, workdir: str,
                 name: jax.device_put(tree, shardings.params[name])
                 for name, tree in job.init_params().items()})
         state, dropout_rng, begin = resume(ckpt, state, dropout_rng, job.train_iter)
+        if begin == t.steps and (final := finished(workdir, t.steps)) is not None:
+            return final
         if distributed.is_writer():
             job.write_files()
         writer = metrics_lib.MetricWriter(workdir, enabled=distributed.is_writer(),
