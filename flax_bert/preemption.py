@@ -157,13 +157,16 @@ def _name(signum: int | None) -> str:
 
 def exit_now(message: str, code: int) -> NoReturn:
     """Ends the process from any thread, waiting for no other thread (a background compile,
-    orbax's, grain's): stdout and stderr flushed (if they can be within FLUSH_S),
-    multiprocessing's named semaphores unlinked (as a normal exit does; else its resource
-    tracker does it, with a warning), `message` on stderr as one line, exit `code`."""
+    orbax's, grain's): stdout and stderr flushed, worker processes killed, multiprocessing's
+    named semaphores unlinked (as a normal exit does; else its resource tracker does it,
+    with a warning after `message`), all if they can be within FLUSH_S; `message` on stderr
+    as one line; exit `code`."""
     def tidy() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         if "multiprocessing.util" in sys.modules:
+            for child in sys.modules["multiprocessing"].active_children():
+                child.kill()  # first: a pool's finalizer would wait for its workers
             sys.modules["multiprocessing.util"]._run_finalizers(0)
 
     thread = threading.Thread(target=tidy, daemon=True)
