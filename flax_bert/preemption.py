@@ -63,6 +63,7 @@ class Watch:
 
     def __enter__(self) -> Watch:
         global _active
+        _active = self
         if self.processes > 1 or threading.current_thread() is not threading.main_thread():
             return self  # jax's preemption notifier (or the main thread's watch) owns them
         read, write = self._pipe = os.pipe()
@@ -74,14 +75,13 @@ class Watch:
             self._previous[signum] = signal.signal(signum, lambda *_: None)
         self._thread = threading.Thread(target=self._watch, name="preemption-watch", daemon=True)
         self._thread.start()
-        _active = self
         return self
 
     def __exit__(self, *exc: Any) -> None:
         global _active
+        _active = None
         if self._pipe is None:
             return
-        _active = None
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         signal.set_wakeup_fd(self._wakeup_fd)
@@ -144,6 +144,11 @@ class Watch:
         """The exception ending the run after a signal, with `message` (how to resume)."""
         return Interrupted(f"interrupted ({_name(self.signum)}) {message}",
                            128 + (self.signum or signal.SIGTERM))
+
+
+def current() -> Watch:
+    """The watch of the run in progress (none: one that never sees a signal)."""
+    return _active if _active is not None else Watch()
 
 
 def saying(message: str) -> contextlib.AbstractContextManager:

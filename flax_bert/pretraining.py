@@ -39,7 +39,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _pretrain(config: ml_collections.ConfigDict, workdir: str,
-              explicit: Collection[str] | None) -> engine.Job:
+              explicit: Collection[str] | None) -> dict[str, float]:
     t, paths = config.train, workdir_lib.Paths(workdir)
     saved_in = model_folder(paths)
     stand_in = checks.read_model_config(saved_in).vocab_size if saved_in else 1
@@ -62,7 +62,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str,
     if phase1 and not os.path.isdir(paths.checkpoints):
         monitor.say(f"phase 1: steps 1-{phase1} on {t.phase1_seq_length}-token examples "
                     f"({data.phase1.prepared_dir}), then {data.seq_length}-token examples")
-    return job(config, model_config, data, paths)
+    return engine.run(job(config, model_config, data, paths), config, workdir)
 
 
 def job(config: ml_collections.ConfigDict, model_config: BertConfig,

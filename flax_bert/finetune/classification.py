@@ -33,7 +33,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return engine.run_locked(_finetune, config, workdir)
 
 
-def _finetune(config: ml_collections.ConfigDict, workdir: str) -> engine.Job:
+def _finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     t, paths = config.train, workdir_lib.Paths(workdir)
     export_dir = config.export_dir or paths.export
     if (config.export_dir and os.path.exists(os.path.join(export_dir, hf.SAFETENSORS_FILE))
@@ -86,7 +86,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str) -> engine.Job:
                            labels=labels)
         say(f"exported transformers BertForSequenceClassification to {export_dir}")
 
-    return engine.Job(
+    job = engine.Job(
         model=model, seq_length=seq_len, tx=tx, schedule=schedule,
         train_step=ft_steps.train_step, eval_step=ft_steps.eval_step,
         train_iter=labelled.make_train_iterator(train_arrays, t.global_batch_size, config.seed,
@@ -96,6 +96,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str) -> engine.Job:
         evaluate=evaluate, summarize=ft_steps.summarize_train, plots=PLOTS,
         init_params=None if start.encoder is None else lambda: {"bert": start.encoder},
         write_files=write_files, finish=export)
+    return engine.run(job, config, workdir)
 
 
 def data_paths(config: ml_collections.ConfigDict, paths: workdir_lib.Paths) -> tuple[str, str]:

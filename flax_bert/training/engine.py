@@ -4,8 +4,8 @@ optimizer, data and metrics, as a `Job`, and the engine runs it.
 
     run_locked(body, config, workdir)   checks, jax.distributed, the run folder's lock and
                                         one preemption watch over all that follows
-      body(config, workdir) -> Job      the job's own part (its data, prepared if needed)
-      run(job, config, workdir, watch)  everything below
+      body(config, workdir)             the job's own part (its data, prepared if needed)
+        run(job, config, workdir)       everything below
 
 Stops (flax_bert/preemption.py): SIGTERM / SIGINT end the run at once while nothing is
 unsaved (start-up, prepare, restore, the first compile); once a train call has run, the run
@@ -72,18 +72,16 @@ class Job:
     finish: Callable[[Any], None] | None = None  # the final params -> exports (process 0)
 
 
-def run_locked(body: Callable[[ml_collections.ConfigDict, str], Job],
+def run_locked(body: Callable[[ml_collections.ConfigDict, str], dict[str, float]],
                config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Runs the job `body(config, workdir)` builds, after the config's choices are checked,
-    jax.distributed is set up and `workdir` is checked and locked (process 0 holds the
-    lock; before anything is written), under one preemption watch; returns the final eval
-    metrics."""
+    """`body(config, workdir)` after the config's choices are checked, jax.distributed is
+    set up and `workdir` is checked and locked (process 0 holds the lock; before anything
+    is written), under one preemption watch (the body's `run`s stop on its signals)."""
     checks.check_config(config)
     distributed.maybe_initialize(config.distributed)
     workdir = checks.check_workdir(workdir)
-    with preemption.Watch(processes=jax.process_count()) as watch, \
-            workdir_lib.locked_for_run(workdir):
-        return run(body(config, workdir), config, workdir, watch)
+    with preemption.Watch(processes=jax.process_count()), workdir_lib.locked_for_run(workdir):
+        return body(config, workdir)
 
 
 def finished(workdir: str, steps: int) -> dict[str, float] | None:
@@ -105,13 +103,13 @@ def first_batch(batches: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarra
     raise UserError("the held-out split is empty; raise config.data.eval_fraction")
 
 
-def run(job: Job, config: ml_collections.ConfigDict, workdir: str,
-        watch: preemption.Watch) -> dict[str, float]:
+def run(job: Job, config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains `job` in `workdir` to config.train.steps, resuming from its newest
     checkpoint; returns the final eval metrics. A finished run (its final checkpoint
-    restored, `finished`) is not run again. Whatever ends it, a save in flight is committed and the data pipeline's workers
-    are ended."""
-    t = config.train
+    restored, `finished`) is not run again. Signals: the run_locked watch
+    (preemption.current). Whatever ends it, a save in flight is committed and the data
+    pipeline's workers are ended."""
+    t, watch = config.train, preemption.current()
     mesh = sharding.make_mesh(config.mesh)
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     with contextlib.ExitStack() as cleanup:
