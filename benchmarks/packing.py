@@ -10,9 +10,11 @@ L and max_predictions_per_seq 20 per 128 tokens (BERT's 20 at 128, 80 at 512). T
 step is the trainer's (`steps.jit_train_step` of --config's model, AdamW, steps_per_call
 steps per call, dynamic masking from the pipeline), on one device, fed real batches of
 --batch rows from each folder (put on the device before timing). Repeats alternate
-unpacked and packed calls; each repeat's real tokens (the batches' attention_mask sums) are
-divided by its seconds, and the medians are compared. Prints per L: the real-token fraction
-of the batches, pairs per row, seconds per step and real tokens/s of each, and
+unpacked and packed calls; the median seconds per step is taken of each. The step's work
+does not depend on the tokens, so the real-token fraction and pairs per row are read from a
+larger sample of the same stream (--sample-rows rows, the attention_mask and pair_weights
+sums), and real tokens/s = rows per second x L x that fraction. Prints per L: the
+real-token fraction, pairs per row, seconds per step and real tokens/s of each, and
 `ratio packed/unpacked: X.XXx`.
 """
 
@@ -49,18 +51,26 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps-per-call", type=int, default=4)
     p.add_argument("--calls", type=int, default=2, help="train calls per timed repeat")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats of each (median)")
+    p.add_argument("--sample-rows", type=int, default=4096,
+                   help="rows of each stream read for the real-token fraction")
     p.add_argument("--override", action="append", default=[],
                    help="config field=value, e.g. train.attention_impl=explicit")
     return p.parse_args()
 
 
-def prepared_batches(opts: DataOptions, out: str, rows: int, count: int
-                     ) -> list[dict[str, np.ndarray]]:
-    """`count` train batches of `rows` rows from `opts`'s corpus prepared into `out`."""
+def prepared_batches(opts: DataOptions, out: str, rows: int, count: int, sample_rows: int
+                     ) -> tuple[list[dict[str, np.ndarray]], float, float]:
+    """`count` train batches of `rows` rows from `opts`'s corpus prepared into `out`, and
+    the real-token fraction and pairs per row of the stream's first `sample_rows` rows."""
     prepare.prepare(opts, out, progress=False)
     it = pipeline.make_train_iterator(out, opts, global_batch_size=rows, seed=0,
                                       process_index=0, process_count=1)
-    return [next(it) for _ in range(count)]
+    batches = [next(it) for _ in range(max(count, math.ceil(sample_rows / rows)))]
+    sample = len(batches) * rows
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    pairs = sum(float(b["pair_weights"].sum()) if "pair_weights" in b else rows
+                for b in batches)
+    return batches[:count], real / (sample * opts.max_seq_length), pairs / sample
 
 
 def main() -> None:
@@ -84,8 +94,8 @@ def main() -> None:
             sides = {}
             for name, packed in (("unpacked", False), ("packed", True)):
                 opts = base.replace(packing=packed)
-                batches = prepared_batches(opts, os.path.join(tmp, f"{name}-{seq}"), rows,
-                                           count)
+                batches, fraction, pairs_per_row = prepared_batches(
+                    opts, os.path.join(tmp, f"{name}-{seq}"), rows, count, args.sample_rows)
                 parts = build_parts(config, seq)
                 step = steps.jit_train_step(parts.mesh, parts.shardings, model=parts.model,
                                             tx=parts.tx, schedule=parts.schedule)
@@ -93,12 +103,8 @@ def main() -> None:
                 calls = [jax.device_put(feed.stack_batches(
                     batches[c * args.steps_per_call:(c + 1) * args.steps_per_call]), spec)
                     for c in range(args.calls)]
-                real = sum(int(b["attention_mask"].sum()) for b in batches)
-                pairs = sum(float(b["pair_weights"].sum()) if packed else len(b["input_ids"])
-                            for b in batches)
-                sides[name] = dict(step=step, state=parts.state, calls=calls, real=real,
-                                   fraction=real / (count * rows * seq),
-                                   pairs_per_row=pairs / (count * rows), times=[])
+                sides[name] = dict(step=step, state=parts.state, calls=calls,
+                                   fraction=fraction, pairs_per_row=pairs_per_row, times=[])
                 run_calls(sides[name], jax.random.PRNGKey(1))  # compile and warm up
             for _ in range(args.repeats):  # alternating: both see the same machine
                 for side in sides.values():
@@ -110,10 +116,10 @@ def main() -> None:
                   f"{jax.__version__} on {jax.devices()[0].platform}")
             rates = {}
             for name, side in sides.items():
-                seconds = statistics.median(side["times"])
-                rates[name] = side["real"] / seconds
+                seconds = statistics.median(side["times"]) / count  # a step
+                rates[name] = rows * seq * side["fraction"] / seconds
                 print(f"  {name:8s}: real tokens {side['fraction']:.1%}, "
-                      f"{side['pairs_per_row']:.2f} pairs a row, {seconds / count:.3f} s/step, "
+                      f"{side['pairs_per_row']:.2f} pairs a row, {seconds:.3f} s/step, "
                       f"{rates[name]:,.0f} real tokens/s")
             print(f"  ratio packed/unpacked: {rates['packed'] / rates['unpacked']:.2f}x")
             sys.stdout.flush()

@@ -14,9 +14,22 @@ import ml_collections
 from configs import default as pretraining
 
 
+def held_out_chapters() -> ml_collections.ConfigDict:
+    """The fields of a bundled task (the book task, the cloze task) that name the
+    pretraining run's corpus and held-out split: they must equal its config.data fields
+    (configs/default.py's), so that the task's chapters are exactly those it never trained
+    on."""
+    data = pretraining.get_config().data
+    return ml_collections.ConfigDict({name: data[name] for name in (
+        "input", "input_format", "text_column", "eval_fraction", "prepare_seed")})
+
+
 def get_config() -> ml_collections.ConfigDict:
     pre = pretraining.get_config()
     config = ml_collections.ConfigDict()
+    # The job finetune.py runs: classification (this file) | glue (configs/glue.py) |
+    # squad (configs/squad.py).
+    config.job = "classification"
     config.seed = 0  # Seeds the classifier's (or from scratch: every) init, dropout, order.
 
     # ---- Where the model starts. -----------------------------------------------------------
@@ -48,14 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.max_seq_length = 128  # Tokens per example with [CLS]/[SEP]; longer texts are cut.
 
     # ---- The book task (data.train ""): passages from pretraining's held-out chapters. ---
-    b = config.books = ml_collections.ConfigDict()
-    # The pretraining run's corpus and held-out split: must equal its config.data fields,
-    # so that the task's chapters are exactly those it never trained on.
-    b.input = pre.data.input
-    b.input_format = pre.data.input_format
-    b.text_column = pre.data.text_column
-    b.eval_fraction = pre.data.eval_fraction
-    b.prepare_seed = pre.data.prepare_seed
+    b = config.books = held_out_chapters()
     b.test_fraction = 0.3  # Of each book's held-out chapters, this fraction go to test.
     b.max_sentences = 3  # Passages are 1..max_sentences consecutive sentences.
     b.seed = 0  # Seeds the passage lengths.

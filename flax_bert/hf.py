@@ -42,6 +42,10 @@ from flax_bert.hf_layout import (ALL_GROUPS, DEFAULT_NUM_LABELS, HEADS, IGNORED_
                                  set_path, stacked)
 from flax_bert.workdir import CONFIG_FILE, VOCAB_FILE, Paths, WorkdirLock
 
+# transformers' BertForSequenceClassification losses that save_pretrained may name.
+PROBLEM_TYPES = ("regression", "single_label_classification")
+
+
 def read_config(hf_dir: str) -> BertConfig:
     """The BertConfig of an HF directory's config.json (UserError if absent or not BERT)."""
     path = os.path.join(hf_dir, CONFIG_FILE)
@@ -208,13 +212,15 @@ def to_state_dict(config: BertConfig, params: Params,
 
 def save_pretrained(config: BertConfig, params: Params, path: str,
                     vocab: str | None = None, head: str = "pretraining",
-                    labels: list[str] | None = None) -> None:
+                    labels: list[str] | None = None, problem_type: str | None = None) -> None:
     """Writes an HF directory (config.json, model.safetensors[, vocab.txt]) at `path`.
 
     transformers' class of `head` (`BertForPreTraining`, ...) `.from_pretrained(path)` loads
     it with no missing or unexpected keys; `vocab` is the path of a vocab.txt to copy
     alongside; `labels` (labelled heads) name the classes in id order, written as
-    id2label / label2id (default LABEL_0, LABEL_1, ...).
+    id2label / label2id (default LABEL_0, LABEL_1, ...); `problem_type` (sequence
+    classification) is transformers' loss choice: "regression" (one output, MSE; e.g.
+    STS-B) or "single_label_classification".
     """
     from safetensors.numpy import save_file
 
@@ -232,6 +238,11 @@ def save_pretrained(config: BertConfig, params: Params, path: str,
                             f"outputs; pass one name per class")
         hf_config["id2label"] = {str(i): name for i, name in enumerate(labels)}
         hf_config["label2id"] = {name: i for i, name in enumerate(labels)}
+    if problem_type is not None:
+        if problem_type not in PROBLEM_TYPES or head != "sequence_classification":
+            raise UserError(f"problem_type {problem_type!r}: sequence classification takes "
+                            f"{' or '.join(PROBLEM_TYPES)}")
+        hf_config["problem_type"] = problem_type
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, CONFIG_FILE), "w", encoding="utf-8") as f:
         json.dump(hf_config, f, indent=2, sort_keys=True)

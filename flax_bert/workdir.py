@@ -19,6 +19,17 @@ lock), and clear stops when its disk fills.
     finetune.json         the class names in id order and where the model started
     books/                the book task, when built
     hf/                   the transformers export
+  SQuAD (also a fine-tuning run folder):
+    cloze/                the cloze task, when built (train.json, dev.json)
+    predictions.json      the final eval's answers (question id -> text, "" = none)
+    nbest_predictions.json  each question's best spans (text, score, probability)
+    null_odds.json        v2.0: each question's null score - best span score
+  GLUE (a folder of fine-tuning run folders):
+    <TASK>/lr_<LR>/       one run per task and learning rate (e.g. MNLI/lr_2e-05), with
+      results.json        its dev results, once finished (a rerun reads them back)
+      submission/         its test predictions as GLUE's submission files
+    glue_results.json     every task's dev results at its chosen learning rate, the averages
+    submission/           the chosen runs' submission files, for GLUE's server
 
 The lock is an exclusive `fcntl.flock` on `WORKDIR/run.lock`, held by the writing process
 (process 0) for the whole run; the file names the holder (host, PID, start time). The
@@ -73,6 +84,17 @@ class Paths:
     finetune_run = property(lambda self: self._join("finetune.json"))
     books = property(lambda self: self._join("books"))
     export = property(lambda self: self._join("hf"))
+    cloze = property(lambda self: self._join("cloze"))
+    predictions = property(lambda self: self._join("predictions.json"))
+    nbest_predictions = property(lambda self: self._join("nbest_predictions.json"))
+    null_odds = property(lambda self: self._join("null_odds.json"))
+    results = property(lambda self: self._join("results.json"))
+    submission = property(lambda self: self._join("submission"))
+    glue_results = property(lambda self: self._join("glue_results.json"))
+
+    def glue_run(self, task: str, learning_rate: float) -> str:
+        """The run folder of a GLUE task (its name, e.g. `STS-B`) at a learning rate."""
+        return self._join(task, f"lr_{learning_rate:g}")
 
     def plot(self, name: str) -> str:
         """A curve's PNG (`loss`, `accuracy`)."""

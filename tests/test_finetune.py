@@ -13,7 +13,7 @@ import pytest
 
 from flax_bert import checkpoint, hf
 from flax_bert.data import split, vocab as vocab_lib
-from flax_bert.finetune import books, classification, labelled, start as start_lib
+from flax_bert.finetune import batches, books, classification, labelled, start as start_lib
 from flax_bert.finetune import steps as ft_steps
 from flax_bert.errors import Interrupted
 from tests import ckpt_helpers as h, finetune_fixtures as fx
@@ -64,14 +64,14 @@ def test_formats_read_alike_and_tokenize_as_bert(tmp_path):
 
 def test_train_batches_are_epochs_of_permutations():
     arrays = {"label": np.arange(10), "input_ids": np.arange(10)[:, None]}
-    it = labelled.make_train_iterator(arrays, 5, seed=3)
+    it = batches.make_train_iterator(arrays, 5, seed=3)
     first = [next(it)["label"] for _ in range(4)]
     assert sorted(np.concatenate(first[:2])) == list(range(10))  # epoch 0
     assert sorted(np.concatenate(first[2:])) == list(range(10))  # epoch 1
     assert not np.array_equal(first[0], first[2])
     state = it.get_state()
     after = next(it)["label"]
-    it2 = labelled.make_train_iterator(arrays, 5, seed=3)
+    it2 = batches.make_train_iterator(arrays, 5, seed=3)
     it2.set_state(state)
     np.testing.assert_array_equal(next(it2)["label"], after)
 

@@ -15,7 +15,8 @@ import unicodedata
 from collections.abc import Callable, Iterable
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import (Tokenizer, decoders, models, normalizers, pre_tokenizers, processors,
+                        trainers)
 
 from flax_bert.errors import UserError
 
@@ -148,6 +149,22 @@ def load_tokenizer(vocab_path: str, lowercase: bool) -> Tokenizer:
         max_input_chars_per_word=MAX_CHARS_PER_WORD,
     )
     return _bert_tokenizer(model, lowercase)
+
+
+def input_tokenizer(vocab_path: str, lowercase: bool, max_seq_length: int, strategy: str,
+                    stride: int = 0) -> Tokenizer:
+    """The tokenizer of a model's inputs, as transformers' BertTokenizerFast makes them:
+    `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`, the special tokens written in a text read
+    as themselves (a `[MASK]` in a cloze question), truncated by `strategy`
+    (longest_first, only_second; overflowing windows share `stride` tokens) and padded to
+    max_seq_length."""
+    tok = load_tokenizer(vocab_path, lowercase)
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    ids = special_ids(vocab_path)
+    tok.post_processor = processors.BertProcessing((SEP, ids.sep), (CLS, ids.cls))
+    tok.enable_truncation(max_length=max_seq_length, stride=stride, strategy=strategy)
+    tok.enable_padding(length=max_seq_length, pad_id=ids.pad, pad_token=PAD)
+    return tok
 
 
 def special_ids(vocab_path: str) -> SpecialIds:

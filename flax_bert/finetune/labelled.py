@@ -1,4 +1,4 @@
-"""Labelled text for fine-tuning: read, tokenize, batch.
+"""Labelled text for fine-tuning: read and tokenize (batched by flax_bert.finetune.batches).
 
 Input: a JSONL file (one object a line), a CSV file (a header row), or a `datasets`
 directory written by `save_to_disk`, with a text column, an optional second-text column
@@ -15,16 +15,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import os
-import sys
 from typing import Any
 
-import grain
 import numpy as np
-from tokenizers import processors
 
-from flax_bert.data import corpus, streams, vocab as vocab_lib
+from flax_bert.data import corpus, vocab as vocab_lib
 from flax_bert.errors import UserError
 
 
@@ -127,14 +123,9 @@ def label_ids(examples: Examples, labels: list[str]) -> np.ndarray:
 
 
 def make_tokenizer(vocab_path: str, lowercase: bool, max_seq_length: int) -> Any:
-    """The BERT tokenizer of a vocab.txt that adds [CLS]/[SEP], truncates and pads."""
-    tok = vocab_lib.load_tokenizer(vocab_path, lowercase)
-    ids = vocab_lib.special_ids(vocab_path)
-    tok.post_processor = processors.BertProcessing((vocab_lib.SEP, ids.sep),
-                                                   (vocab_lib.CLS, ids.cls))
-    tok.enable_truncation(max_length=max_seq_length, strategy="longest_first")
-    tok.enable_padding(length=max_seq_length, pad_id=ids.pad, pad_token=vocab_lib.PAD)
-    return tok
+    """The BERT tokenizer of a vocab.txt that adds [CLS]/[SEP], truncates longest-first
+    and pads (flax_bert.data.vocab.input_tokenizer)."""
+    return vocab_lib.input_tokenizer(vocab_path, lowercase, max_seq_length, "longest_first")
 
 
 def encode(examples: Examples, tokenizer: Any, labels: list[str]) -> dict[str, np.ndarray]:
@@ -149,48 +140,3 @@ def encode(examples: Examples, tokenizer: Any, labels: list[str]) -> dict[str, n
         "attention_mask": np.array([e.attention_mask for e in encodings], np.int32),
         "label": label_ids(examples, labels),
     }
-
-
-class TrainBatches:
-    """Train batch k: rows k*B ... k*B + B - 1 of an endless stream of epochs, each a
-    fresh permutation seeded by (seed, epoch); this process's share of them."""
-
-    def __init__(self, arrays: dict[str, np.ndarray], global_batch_size: int, seed: int,
-                 process_index: int, process_count: int):
-        self.arrays, self.seed, self.global_batch = arrays, seed, global_batch_size
-        self.n = len(arrays["label"])
-        self.b = global_batch_size // process_count
-        self.offset = process_index * self.b
-
-    def __call__(self, k: int, _: Any = None) -> dict[str, np.ndarray]:
-        g = k * self.global_batch + self.offset + np.arange(self.b)  # [b] stream positions
-        idx = streams.epoch_indices(g, self.n, lambda epoch: streams.permutation(
-            self.seed, streams.FINETUNE_ORDER, epoch, self.n))
-        return {k: v[idx] for k, v in self.arrays.items()}
-
-
-def make_train_iterator(arrays: dict[str, np.ndarray], global_batch_size: int, seed: int,
-                        process_index: int = 0, process_count: int = 1
-                        ) -> grain.DatasetIterator:
-    """Endless shuffled batches; a grain iterator (get_state / set_state for checkpoints)."""
-    if global_batch_size % process_count:
-        raise UserError(f"config.train.global_batch_size ({global_batch_size}) must divide "
-                        f"by the {process_count} processes")
-    batches = TrainBatches(arrays, global_batch_size, seed, process_index, process_count)
-    ds = grain.MapDataset.range(sys.maxsize).map_with_index(batches)
-    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
-
-
-def eval_batches(arrays: dict[str, np.ndarray], global_batch_size: int,
-                 process_index: int = 0, process_count: int = 1) -> list[dict[str, np.ndarray]]:
-    """All examples in order, this process's share of each batch; the last batch is padded
-    with rows of example_weight 0."""
-    n, b = len(arrays["label"]), global_batch_size // process_count
-    out = []
-    for k in range(math.ceil(n / global_batch_size)):
-        g = k * global_batch_size + process_index * b + np.arange(b)  # [b]
-        valid = g < n
-        batch = {key: value[np.where(valid, g, 0)] for key, value in arrays.items()}
-        batch["example_weight"] = valid.astype(np.float32)
-        out.append(batch)
-    return out

@@ -16,7 +16,7 @@ from flax_bert.config import BertConfig
 from flax_bert.data import vocab as vocab_lib
 from flax_bert.errors import UserError
 from flax_bert.training import checks
-from flax_bert.workdir import Paths, same_file, write_text
+from flax_bert.workdir import Paths, install_vocab, same_file, write_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +82,10 @@ def resolve_start(config: ml_collections.ConfigDict, head: str) -> Start:
         except FileNotFoundError as e:
             raise UserError(f"config.init.checkpoint {path}: no checkpoint found ({e}); pass a "
                             f"workdir that has trained") from e
-    return Start(model_config, vocab, params["bert"], f"the weights of {path}")
+    encoder = dict(params["bert"])
+    if not hf_layout.HEADS[head].pooler:  # the token and span heads have none
+        encoder.pop("pooler", None)
+    return Start(model_config, vocab, encoder, f"the weights of {path}")
 
 
 def check_run_folder(workdir: str, start: Start, labels: list[str]) -> None:
@@ -105,6 +108,33 @@ def check_run_folder(workdir: str, start: Start, labels: list[str]) -> None:
     checks.check_same_model(workdir, start.config)
 
 
-def write_run_file(paths: Paths, start: Start, labels: list[str]) -> None:
-    """finetune.json: the class names in id order and where the model started."""
+def fine_tuned_config(start: Start, config: ml_collections.ConfigDict) -> BertConfig:
+    """The start's architecture with config.train.dropout as its hidden and attention
+    dropout; config.data.max_seq_length must fit its position embeddings."""
+    model_config = dataclasses.replace(start.config, hidden_dropout_prob=config.train.dropout,
+                                       attention_probs_dropout_prob=config.train.dropout)
+    seq_len = config.data.max_seq_length
+    if seq_len > model_config.max_position_embeddings:
+        raise UserError(f"config.data.max_seq_length ({seq_len}) exceeds the model's "
+                        f"max_position_embeddings ({model_config.max_position_embeddings})")
+    return model_config
+
+
+def export_dir(config: ml_collections.ConfigDict, paths: Paths) -> str:
+    """Where the transformers export goes: config.export_dir, or WORKDIR/hf when ''. A
+    given folder that holds a model already is refused (the run would overwrite it)."""
+    if (config.export_dir and os.path.exists(os.path.join(config.export_dir,
+                                                          hf.SAFETENSORS_FILE))
+            and not os.path.isdir(paths.checkpoints)):  # a started run's export is its own
+        raise UserError(f"{config.export_dir} already holds a model.safetensors; choose "
+                        f"another config.export_dir")
+    return config.export_dir or paths.export
+
+
+def write_run_files(paths: Paths, start: Start, model_config: BertConfig,
+                    labels: list[str]) -> None:
+    """The model (config.json), its vocab.txt, and finetune.json: the class names in id
+    order and where the model started."""
+    model_config.to_json_file(paths.config)
     write_text(paths.finetune_run, json.dumps({"labels": labels, "start": start.description}))
+    install_vocab(start.vocab, paths)
