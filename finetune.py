@@ -50,4 +50,5 @@ def main(argv: list[str], flag_values: train.flags.FlagValues = train.FLAGS) -> 
 
 
 if __name__ == "__main__":
+    train.exit_on_signals()
     app.run(main, flags_parser=parse_flags)

@@ -38,8 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
     d.input = "corpus/*.txt.gz"  # Files/globs (comma separated) or a `datasets` dir.
     d.text_column = "text"  # Column holding the text in a `datasets` dataset on disk.
     d.input_format = "auto"  # auto | sentences (one per line) | paragraphs (raw prose).
-    # Prepared shards; "" means WORKDIR/prepared (prepared on first run). A given folder
-    # that holds a meta.json is used as it is (e.g. made by `python -m flax_bert.data.prepare`).
+    # Prepared shards; "" means WORKDIR/prepared (prepared on first run). A given folder is
+    # used as it is, never prepared into (made by `python -m flax_bert.data.prepare`).
     d.prepared_dir = ""
     d.vocab = ""  # An existing BERT vocab.txt; "" trains a WordPiece vocab on the corpus.
     d.vocab_size = 8192  # Size of the trained WordPiece vocab (when d.vocab is "").

@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import sys
 import time
+import traceback
 from typing import Any, Iterator
 
 import grain
@@ -131,6 +133,8 @@ class TrainCheckpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_handlers=_handlers())
         self._saving: int | None = None  # the step of the save in flight
+        self._closed = False
+        _drop_closed_loop_callbacks()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -222,11 +226,27 @@ class TrainCheckpointer:
         if not due:
             return False
         items = self._split(state, rng)
+        self._check_space(step, items)
         self._saving = step
         with self._stop_if_failed():
             return self.manager.save(step, force=True, args=ocp.args.Composite(
                 **{k: ocp.args.StandardSave(v) for k, v in items.items()},
                 **{DATA_ITEM: grain.checkpoint.CheckpointSave(data_iter)}))
+
+    def _check_space(self, step: int, items: dict[str, Any]) -> None:
+        """SaveFailed now, at the step of the save, when the disk has less room than the
+        checkpoint takes (the newest one's size, or the arrays' bytes): a save that fails
+        in the background is seen a step or more later, and the metric rows written
+        meanwhile can take the last bytes first. One local process only (hosts sharing a
+        folder must fail together)."""
+        if jax.process_count() > 1 or "://" in self.directory:
+            return
+        newest = self.manager.latest_step()
+        need = (_folder_bytes(os.path.join(self.directory, str(newest))) if newest is not None
+                else sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(items)))
+        if shutil.disk_usage(self.directory).free < need:
+            raise self._failed(step, "the disk is full", f", the checkpoint needs "
+                                                        f"{need / 2**20:.1f} MiB")
 
     @contextlib.contextmanager
     def _stop_if_failed(self) -> Iterator[None]:
@@ -237,19 +257,23 @@ class TrainCheckpointer:
         try:
             yield
         except Exception as e:
-            step, self._saving = self._saving, None
             full = workdir_lib.is_disk_full(e)
             if not (full or isinstance(e, OSError)):
                 raise  # not the storage: a bug, keep its traceback
-            cause = "the disk is full" if full else f"{type(e).__name__}: {e}"
-            self.manager.reload()  # forget the failed step
-            last = self.manager.latest_step()
-            kept = (f"the last good checkpoint is {self.directory}/{last}" if last is not None
-                    else "no checkpoint was saved yet")
-            raise SaveFailed(
-                f"saving checkpoint step {step} in {self.directory} failed: {cause} "
-                f"({workdir_lib.free_space(self.directory)}); {kept}; free space, then rerun "
-                f"the same command to resume") from e
+            raise self._failed(self._saving, "the disk is full" if full
+                               else f"{type(e).__name__}: {e}") from e
+
+    def _failed(self, step: int | None, cause: str, needs: str = "") -> SaveFailed:
+        """The one-line error of a failed save of `step`, naming the checkpoint kept."""
+        self._saving = None
+        self.manager.reload()  # forget the failed step
+        last = self.manager.latest_step()
+        kept = (f"the last good checkpoint is {self.directory}/{last}" if last is not None
+                else "no checkpoint was saved yet")
+        return SaveFailed(
+            f"saving checkpoint step {step} in {self.directory} failed: {cause} "
+            f"({workdir_lib.free_space(self.directory)}{needs}); {kept}; free space, then "
+            f"rerun the same command to resume")
 
     def wait(self) -> None:
         """Blocks until the in-flight save (if any) is committed; SaveFailed if it failed."""
@@ -258,5 +282,36 @@ class TrainCheckpointer:
         self._saving = None
 
     def close(self) -> None:
-        self.wait()
-        self.manager.close()
+        """Waits for the save in flight to commit, then closes (again: a no-op)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+
+def _folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _drop_closed_loop_callbacks() -> None:
+    """Hides the tracebacks of a failed save's stragglers: orbax closes a save's event
+    loop as soon as one of its writes fails (e.g. the disk is full), and tensorstore's
+    completions of the writes still in flight then land on the closed loop, each printing
+    'RuntimeError: Event loop is closed' through sys.unraisablehook. The save's own error
+    is reported (SaveFailed); other unraisable errors go to the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_callbacks", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        frames = traceback.extract_tb(unraisable.exc_traceback)
+        if not (unraisable.exc_type is RuntimeError
+                and str(unraisable.exc_value) == "Event loop is closed"
+                and any(f.name == "call_soon_threadsafe" for f in frames)):
+            previous(unraisable)
+
+    hook.drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook

@@ -6,6 +6,8 @@ import dataclasses
 import json
 from typing import Any, Mapping
 
+from flax_bert.workdir import write_text
+
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 
 
@@ -73,6 +75,5 @@ class BertConfig:
         return {"model_type": "bert", **dataclasses.asdict(self)}
 
     def to_json_file(self, path: str) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+        """Writes the config to `path`, replacing the file whole (never half-written)."""
+        write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

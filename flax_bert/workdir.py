@@ -111,11 +111,32 @@ def same_file(a: str, b: str) -> bool:
         return fa.read() == fb.read()
 
 
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[str]:
+    """A temporary path beside `path` to write; it replaces `path` when the block ends
+    without an error, so that no reader (a rerun after a kill included) sees a half-written
+    file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes `text` to `path`, replacing it whole (`replacing`)."""
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def install_vocab(vocab: str, paths: Paths) -> None:
     """Copies `vocab` to the run folder's vocab.txt; one already there must be the same
     (a model trained on other token ids is a UserError, not a silent mix)."""
     if not os.path.isfile(paths.vocab):
-        shutil.copyfile(vocab, paths.vocab)
+        with replacing(paths.vocab) as tmp:
+            shutil.copyfile(vocab, tmp)
     elif not same_file(vocab, paths.vocab):
         raise UserError(f"{paths.vocab} differs from {vocab}: the run folder holds a model of "
                         f"another vocab; use its vocab or a new --workdir")

@@ -168,6 +168,41 @@ def tree_hash(path: str) -> dict[str, str]:
     return out
 
 
+def folder_bytes(path: str) -> int:
+    """The size of the files under `path`."""
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state first); None once gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """{pid: start time} of every live process below `pid`."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (fields := _stat(int(name))):
+            children.setdefault(int(fields[1]), []).append(int(name))
+    out, todo = {}, list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        if fields := _stat(child):
+            out[child] = fields[19]
+            todo += children.get(child, [])
+    return out
+
+
+def alive(processes: dict[int, str]) -> list[int]:
+    """Those of `processes` still running (same PID and start time; zombies count as gone)."""
+    return [pid for pid, start in processes.items()
+            if (fields := _stat(pid)) and fields[19] == start and fields[0] != "Z"]
+
+
 @pytest.fixture(scope="session")
 def setup(tmp_path_factory) -> dict:
     """Corpus, prepared data (tokenizer trained once), compile cache, base args. The

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from flax_bert import checkpoint, workdir as workdir_lib
-from flax_bert.training import preemption
+from flax_bert.errors import Interrupted
 from tests import ckpt_helpers as h
 
 K = 5  # stop_after step of the interrupted runs (between saves at 4 and 8)
@@ -26,7 +26,7 @@ def stopped(setup) -> str:
     (Run in this process, as the resumes that check the state alone; the stop and resume
     of a train.py process are checked in the kill -9, SIGTERM and device-count tests.)"""
     workdir = str(setup["root"] / "stopped")
-    with pytest.raises(preemption.Interrupted, match=f"stopped after step {K}"):
+    with pytest.raises(Interrupted, match=f"stopped after step {K}"):
         h.train_here(workdir, setup["args"] + [f"--config.train.stop_after={K}"])
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", str(K)]
     return workdir
@@ -50,13 +50,24 @@ def test_exact_resume(setup, reference, stopped):
         assert rows[step] == ref_rows[step], step
 
 
+def test_rerun_of_a_finished_run_says_so_and_changes_nothing(setup, reference, tmp_path):
+    workdir = str(tmp_path / "finished")
+    shutil.copytree(reference, workdir)
+    before = h.tree_hash(workdir)
+    out, _ = h.train_here(workdir, setup["args"])
+    assert f"{workdir} has finished its {h.STEPS} steps" in out
+    after = h.tree_hash(workdir)
+    assert after.pop(workdir_lib.LOCK_FILE) and before.pop(workdir_lib.LOCK_FILE)
+    assert after == before  # no second final eval row, no file rewritten
+
+
 def test_steps_per_call_match_single_steps_and_resume(setup, reference):
     """4 steps per call, stopped at step 5 and resumed (calls of 4, 1 | 3, 4 steps: each
     is cut to end on the stop and checkpoint steps), ends in the same state, bit for bit,
     as the reference's one step per call."""
     workdir = str(setup["root"] / "per_call")
     args = setup["args"] + ["--config.train.steps_per_call=4", "--config.train.log_every=4"]
-    with pytest.raises(preemption.Interrupted, match=f"stopped after step {K}"):
+    with pytest.raises(Interrupted, match=f"stopped after step {K}"):
         h.train_here(workdir, args + [f"--config.train.stop_after={K}"])
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", str(K)]
     out, _ = h.train_here(workdir, args)
@@ -160,7 +171,7 @@ def test_sigterm_saves_current_step_and_frees_the_lock(setup):
     steps = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))]
     last_logged = max(h.train_rows(workdir))
     assert steps == [last_logged] and 0 < last_logged < 400  # saved at the current step
-    assert f"interrupted at step {last_logged}; checkpoint saved" in err
+    assert f"interrupted (SIGTERM) at step {last_logged}; checkpoint saved" in err
     assert "Traceback" not in err
     with workdir_lib.WorkdirLock(workdir):  # free once the run has ended
         pass

@@ -15,7 +15,7 @@ from flax_bert import checkpoint, hf
 from flax_bert.data import split, vocab as vocab_lib
 from flax_bert.finetune import batches, books, classification, labelled, start as start_lib
 from flax_bert.finetune import steps as ft_steps
-from flax_bert.training import preemption
+from flax_bert.errors import Interrupted
 from tests import ckpt_helpers as h, finetune_fixtures as fx
 
 COLUMNS = labelled.Columns("text", "text_pair", "label")
@@ -142,7 +142,7 @@ def test_finetune_resumes_exactly_and_exports_to_transformers(task, tmp_path):
     transformers = pytest.importorskip("transformers")
     args = (str(task / "pre"), str(task / "train.jsonl"), str(task / "test.jsonl"))
     final = classification.train_and_evaluate(_config(*args), str(tmp_path / "once"))
-    with pytest.raises(preemption.Interrupted, match="stopped after step 4"):
+    with pytest.raises(Interrupted, match="stopped after step 4"):
         classification.train_and_evaluate(_config(*args, train__stop_after=4), str(tmp_path / "twice"))
     assert classification.train_and_evaluate(_config(*args), str(tmp_path / "twice")) == final
     assert _rows(tmp_path / "once") == _rows(tmp_path / "twice")

@@ -16,8 +16,8 @@ import pytest
 
 from configs import glue as glue_config
 from flax_bert import checkpoint, hf_layout
+from flax_bert.errors import Interrupted
 from flax_bert.finetune import glue, glue_metrics, glue_runner, glue_task, labelled
-from flax_bert.training import preemption
 from flax_bert.workdir import Paths
 from tests import ckpt_helpers as h, downstream_fixtures as dx, finetune_fixtures as fx
 
@@ -126,7 +126,7 @@ def test_rerun_reads_finished_tasks_back_and_resumes(glue_root, all_tasks, tmp_p
     cola = Paths(Paths(workdir).glue_run("CoLA", 1e-3))
     before = {name: open(os.path.join(cola.root, name), "rb").read()
               for name in ("metrics.jsonl", "results.json")}
-    with pytest.raises(preemption.Interrupted, match="stopped after step 2"):
+    with pytest.raises(Interrupted, match="stopped after step 2"):
         run_glue(root, workdir, "--config.glue.tasks=CoLA,STS-B", "--config.train.stop_after=2")
     results, printed = run_glue(root, workdir, "--config.glue.tasks=CoLA,STS-B")
     assert "CoLA at learning rate 0.001: finished; results read from" in printed

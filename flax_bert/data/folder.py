@@ -50,6 +50,13 @@ def fix_hint(folder) -> str:
     return f"re-run prepare with --force (or delete {folder})"
 
 
+def interrupted(folder) -> str:
+    """What a prepare into `folder` stopped by a signal says (preemption.Watch's message)."""
+    return (f"prepare of {folder} interrupted ({{signal}}); rerun the same command to resume: "
+            f"its shards are overwritten and meta.json is written last, so a half-prepared "
+            f"folder is never used")
+
+
 def _meta_crc(meta: dict) -> int:
     body = {k: v for k, v in meta.items() if k != SELF_CRC}
     return zlib.crc32(json.dumps(body, sort_keys=True).encode())
@@ -80,7 +87,7 @@ def read_meta(folder: epath.Path) -> dict | None:
     except (ValueError, UnicodeDecodeError):
         ok = False
     if not ok:
-        if isinstance(meta, dict) and "format_version" not in meta:
+        if isinstance(meta, dict) and "format_version" not in meta and SELF_CRC not in meta:
             raise UserError(f"{p}: prepared by an older version (.npy files); "
                             f"delete {folder} and re-run prepare")
         raise UserError(f"{p}: truncated or altered (its checksum does not match); "
@@ -89,11 +96,6 @@ def read_meta(folder: epath.Path) -> dict | None:
         raise UserError(f"{p}: format {meta['format_version']}, this version reads "
                         f"{FORMAT_VERSION}; delete {folder} and re-run prepare")
     return meta
-
-
-def exists(prepared_dir: str) -> bool:
-    """Whether a folder holds a meta.json (it may still fail `load_meta`'s checks)."""
-    return (storage.path(prepared_dir) / META).exists()
 
 
 def load_meta(prepared_dir: str) -> dict:
@@ -107,13 +109,24 @@ def load_meta(prepared_dir: str) -> dict:
     for name, info in meta["files"].items():
         p = folder / name
         if not p.exists():
+            _check_same_prepare(folder, meta)
             raise UserError(f"{p}: missing; {fix_hint(folder)}")
         size = p.stat().length
         if size != info["bytes"]:
+            _check_same_prepare(folder, meta)
             raise UserError(f"{p}: {size} bytes, meta.json says {info['bytes']} (truncated "
                             f"or altered); {fix_hint(folder)}")
     verify_file(folder, VOCAB, meta)
     return meta
+
+
+def _check_same_prepare(folder: epath.Path, meta: dict) -> None:
+    """A UserError naming meta.json when the folder holds shards but none that it lists:
+    it is another prepare's (copied over), not the files it finds wrong."""
+    here = sorted(p.name for p in folder.iterdir() if is_shard(p.name))
+    if here and not set(here) & set(meta["files"]):
+        raise UserError(f"{folder / META}: another prepare's (fingerprint {meta['fingerprint']}"
+                        f"), not of the shards here ({here[0]}, ...); {fix_hint(folder)}")
 
 
 def verify_file(folder: epath.Path, name: str, meta: dict) -> None:

@@ -14,7 +14,7 @@ import os
 
 import grain
 
-from flax_bert import distributed
+from flax_bert import distributed, preemption
 from flax_bert.data import folder as folder_lib, pipeline, prepare
 from flax_bert.data.options import DataOptions
 
@@ -53,7 +53,7 @@ class PretrainingData:
 def pretraining_data(options: DataOptions, default_folder: str, *, phase1_steps: int = 0,
                      phase1_seq_length: int = 0, phase1_batch_size: int = 0
                      ) -> PretrainingData:
-    """The run's data: `options.prepared_dir` (used as it is when it holds a meta.json) or
+    """The run's data: `options.prepared_dir` (used as it is; it must hold a meta.json) or
     `default_folder`, prepared by process 0 when missing or stale; with `phase1_steps`,
     also phase 1's folder of `phase1_seq_length`-token examples for its first steps."""
     folder = options.prepared_dir or default_folder
@@ -63,10 +63,14 @@ def pretraining_data(options: DataOptions, default_folder: str, *, phase1_steps:
             folder.rstrip(os.sep) + PHASE1_SUFFIX,
             options.for_phase1(phase1_seq_length, os.path.join(folder, folder_lib.VOCAB)),
             phase1_batch_size, phase1_steps)
+    if options.prepared_dir:  # used as it is, never prepared into: no meta.json is an error
+        folder_lib.load_meta(folder)
     if distributed.is_writer():
-        if not (options.prepared_dir and folder_lib.exists(folder)):
-            prepare.prepare(options, folder)
+        if not options.prepared_dir:
+            with preemption.saying(folder_lib.interrupted(folder)):
+                prepare.prepare(options, folder)
         if phase1:
-            prepare.prepare(phase1.options, phase1.prepared_dir)
+            with preemption.saying(folder_lib.interrupted(phase1.prepared_dir)):
+                prepare.prepare(phase1.options, phase1.prepared_dir)
     distributed.barrier("data prepared")
     return PretrainingData(folder, pipeline.load_meta(folder), options, phase1)

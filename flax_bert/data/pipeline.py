@@ -44,6 +44,7 @@ are 0.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -52,6 +53,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from flax_bert import preemption
 from flax_bert.data import examples, folder as folder_lib, packing, records, storage, streams
 from flax_bert.data import vocab as vocab_lib
 from flax_bert.data.folder import load_meta
@@ -270,7 +272,9 @@ def make_train_iterator(
         grain.ReadOptions(num_threads=1 if prefetch > 0 else 0, prefetch_buffer_size=prefetch)
     )
     if options.worker_count > 0:
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=options.worker_count))
+        it_ds = it_ds.mp_prefetch(  # workers that end with this process, however it ends
+            grain.MultiprocessingOptions(num_workers=options.worker_count),
+            worker_init_fn=functools.partial(preemption.follow_parent, os.getpid()))
     return iter(it_ds)
 
 

@@ -35,6 +35,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from tqdm import tqdm
 
+from flax_bert import preemption
 from flax_bert.data import corpus, folder as folder_lib, records, storage
 from flax_bert.data import vocab as vocab_lib
 from flax_bert.data.options import DataOptions, add_flags, from_flags
@@ -165,16 +166,13 @@ def _run_local(maker: ShardMaker, groups: list[tuple[int, list[str]]], opts: Dat
     tasks = ((g, part, docs) for g, paths in groups
              for part, docs in enumerate(group_shards(paths, opts)))
     workers = opts.num_workers or os.cpu_count() or 1
-    executor = None
-    if workers == 1:
-        results: Iterable = map(maker, tasks)
-    else:
-        # spawn, not fork: the caller (train.py) may already run JAX threads. An executor
-        # (not a Pool) so a worker that dies raises instead of hanging.
-        executor = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(maker,))
-        results = _ordered(executor, tasks, IN_FLIGHT_PER_WORKER * workers)
+    # spawn, not fork: the caller (train.py) may already run JAX threads. An executor (not a
+    # Pool) so a worker that dies raises instead of hanging.
+    executor = None if workers == 1 else ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+        initargs=(maker, os.getpid()))
+    results: Iterable = (map(maker, tasks) if executor is None
+                         else _ordered(executor, tasks, IN_FLIGHT_PER_WORKER * workers))
     try:
         # disable=None: no bar when stderr is not a terminal (logs, captured subprocesses).
         with tqdm(desc="preparing", unit=" shard", disable=None if progress else True,
@@ -195,9 +193,10 @@ def _run_local(maker: ShardMaker, groups: list[tuple[int, list[str]]], opts: Dat
 _worker_maker: ShardMaker | None = None
 
 
-def _init_worker(maker: ShardMaker) -> None:
+def _init_worker(maker: ShardMaker, parent: int) -> None:
     global _worker_maker
     _worker_maker = maker
+    preemption.follow_parent(parent)  # the worker ends with `parent`, however that ends
 
 
 def _make_in_worker(task: tuple[int, int, list]) -> dict:
@@ -332,8 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --shard-index must be in [0, --num-shards)", file=sys.stderr)
         return 2
     try:
-        meta = prepare(opts, args.output, force=args.force, shard_index=args.shard_index,
-                       num_shards=args.num_shards)
+        with preemption.Watch(folder_lib.interrupted(args.output)):  # a signal: exit at once
+            meta = prepare(opts, args.output, force=args.force, shard_index=args.shard_index,
+                           num_shards=args.num_shards)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from flax_bert.config import BertConfig
 from flax_bert.data import vocab as vocab_lib
 from flax_bert.errors import UserError
 from flax_bert.training import checks
-from flax_bert.workdir import Paths, install_vocab, same_file
+from flax_bert.workdir import Paths, install_vocab, same_file, write_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,8 +123,9 @@ def fine_tuned_config(start: Start, config: ml_collections.ConfigDict) -> BertCo
 def export_dir(config: ml_collections.ConfigDict, paths: Paths) -> str:
     """Where the transformers export goes: config.export_dir, or WORKDIR/hf when ''. A
     given folder that holds a model already is refused (the run would overwrite it)."""
-    if config.export_dir and os.path.exists(os.path.join(config.export_dir,
-                                                         hf.SAFETENSORS_FILE)):
+    if (config.export_dir and os.path.exists(os.path.join(config.export_dir,
+                                                          hf.SAFETENSORS_FILE))
+            and not os.path.isdir(paths.checkpoints)):  # a started run's export is its own
         raise UserError(f"{config.export_dir} already holds a model.safetensors; choose "
                         f"another config.export_dir")
     return config.export_dir or paths.export
@@ -135,6 +136,5 @@ def write_run_files(paths: Paths, start: Start, model_config: BertConfig,
     """The model (config.json), its vocab.txt, and finetune.json: the class names in id
     order and where the model started."""
     model_config.to_json_file(paths.config)
-    with open(paths.finetune_run, "w", encoding="utf-8") as f:
-        json.dump({"labels": labels, "start": start.description}, f)
+    write_text(paths.finetune_run, json.dumps({"labels": labels, "start": start.description}))
     install_vocab(start.vocab, paths)

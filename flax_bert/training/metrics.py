@@ -62,18 +62,21 @@ class MetricWriter:
             f"command to resume")
 
     def truncate_after(self, step: int) -> None:
-        """Drops rows past `step` (a resumed run rewrites the steps after its checkpoint),
-        and a partial last row (a write cut short). Rows are in step order: the file is cut
-        at the first row to drop, in place (no space needed, nothing rewritten)."""
+        """Drops rows past `step` and the eval row of `step` (a resumed run rewrites the
+        steps after its checkpoint, and evaluates its checkpoint's step again: a stop may
+        have cut that eval), and a partial last row (a write cut short). Rows are in step
+        order: the file is cut at the first row to drop, in place (no space needed,
+        nothing rewritten)."""
         if not self.enabled or not os.path.exists(self.path):
             return
         with open(self.path, "r+b") as f:
             keep = 0
             for line in f:
                 try:
-                    if not line.endswith(b"\n") or json.loads(line)["step"] > step:
-                        break
+                    row = json.loads(line) if line.endswith(b"\n") else None
                 except ValueError:
+                    row = None
+                if row is None or (row["step"], row["split"] == "eval") > (step, False):
                     break
                 keep += len(line)
             f.truncate(keep)
@@ -88,15 +91,35 @@ def read_metrics(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_curves(workdir: str, plots: tuple = PRETRAINING_PLOTS) -> list[str]:
+def eval_row(path: str, step: int) -> dict | None:
+    """The eval row of `step` in the metrics file `path` (None: none, or no file)."""
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as f:
+        lines = f.read().splitlines()
+    for line in reversed(lines):  # rows are in step order: read from the end
+        try:
+            row = json.loads(line)
+        except ValueError:  # a row cut short
+            continue
+        if row["step"] < step:
+            return None
+        if row["step"] == step and row["split"] == "eval":
+            return row
+    return None
+
+
+def plot_curves(workdir: str, plots: tuple = PRETRAINING_PLOTS,
+                more_rows: tuple[dict, ...] = ()) -> list[str]:
     """Writes one PNG per (name, metric keys) of `plots` (default loss.png and
-    accuracy.png) from metrics.jsonl; returns their paths."""
+    accuracy.png) from metrics.jsonl and `more_rows` (rows not written yet); returns their
+    paths. Each file is replaced whole."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     run = workdir_lib.Paths(workdir)
-    rows = read_metrics(run.metrics)
+    rows = read_metrics(run.metrics) + list(more_rows)
     paths = []
     for name, keys in plots:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -112,7 +135,8 @@ def plot_curves(workdir: str, plots: tuple = PRETRAINING_PLOTS) -> list[str]:
         ax.legend()
         fig.tight_layout()
         path = run.plot(name)
-        fig.savefig(path, dpi=100)
+        with workdir_lib.replacing(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
         paths.append(path)
     return paths

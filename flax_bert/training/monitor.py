@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from flax_bert import checkpoint, distributed
+from flax_bert import checkpoint, distributed, preemption
 from flax_bert.errors import UserError
 from flax_bert.training import metrics as metrics_lib
 from flax_bert.training.feed import global_batch
@@ -44,6 +44,7 @@ def _sum_steps(totals: dict[str, jax.Array], metrics: dict[str, jax.Array]
 # step (passes over parameters and updates that also split the AdamW update into more
 # fusions).
 global_norm = jax.jit(optax.tree.norm)
+STOP_POLL_S = 0.1  # how often an eval waiting for its compile looks for a stop request
 
 
 class TrainMeter:
@@ -124,12 +125,15 @@ class Evaluations:
     first train call is running (the first eval does not wait for a compile), and each
     eval's row is written and printed.
 
-    `metrics(params, final)` evaluates: periodic evals (final=False) may read a subset."""
+    `metrics(params, final, batches)` evaluates over `batches` (the job's held-out batches;
+    periodic evals, final=False, may read a subset). A stop request (`watch`) cuts an eval
+    between batches, and its wait for the compile."""
 
     def __init__(self, eval_step: Any, params: Any, example: dict[str, np.ndarray],
-                 mesh: Mesh, metrics: Callable[[Any, bool], dict[str, float]],
-                 writer: metrics_lib.MetricWriter) -> None:
-        self.metrics, self.writer = metrics, writer
+                 mesh: Mesh, metrics: Callable[[Any, bool, Iterable], dict[str, float]],
+                 batches: Callable[[], Iterable], writer: metrics_lib.MetricWriter,
+                 watch: preemption.Watch) -> None:
+        self.metrics, self.batches, self.writer, self.watch = metrics, batches, writer, watch
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params)
         batch = global_batch(example, mesh)
@@ -142,10 +146,18 @@ class Evaluations:
             self._compiled = self._pool.submit(self._compile)
             self._pool.shutdown(wait=False)  # the thread ends with its compile
 
-    def compute(self, params: Any, final: bool) -> dict[str, float]:
+    def compute(self, params: Any, final: bool) -> dict[str, float] | None:
+        """The eval's metrics; None if a stop request cut it."""
         self.compile_in_background()
-        self._compiled.result()  # jit reuses the compiled executable
-        return self.metrics(params, final)
+        try:
+            while not self._compiled.done():
+                if self.watch.requested:
+                    raise preemption.StopRequested
+                concurrent.futures.wait([self._compiled], timeout=STOP_POLL_S)
+            self._compiled.result()  # jit reuses the compiled executable
+            return self.metrics(params, final, self.watch.stoppable(self.batches()))
+        except preemption.StopRequested:
+            return None
 
     def write(self, step: int, row: dict[str, float]) -> None:
         self.writer.write(step, row, split="eval")
