@@ -163,9 +163,10 @@ def _name(signum: int | None) -> str:
 def exit_now(message: str, code: int) -> NoReturn:
     """Ends the process from any thread, waiting for no other thread (a background compile,
     orbax's, grain's): stdout and stderr flushed, worker processes killed, multiprocessing's
-    named semaphores unlinked (as a normal exit does; else its resource tracker does it,
-    with a warning after `message`), all if they can be within FLUSH_S; `message` on stderr
-    as one line; exit `code`."""
+    named semaphores unlinked (as a normal exit does), its resource tracker stopped (it
+    frees the shared memory the killed workers held and warns about it: before `message`,
+    not after), all if they can be within FLUSH_S; `message` on stderr as one line; exit
+    `code`."""
     def tidy() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -173,6 +174,8 @@ def exit_now(message: str, code: int) -> NoReturn:
             for child in sys.modules["multiprocessing"].active_children():
                 child.kill()  # first: a pool's finalizer would wait for its workers
             sys.modules["multiprocessing.util"]._run_finalizers(0)
+        if "multiprocessing.resource_tracker" in sys.modules:
+            sys.modules["multiprocessing.resource_tracker"]._resource_tracker._stop()
 
     thread = threading.Thread(target=tidy, daemon=True)
     thread.start()
