@@ -17,13 +17,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 
-# A program compiled again in this process (the same train step in another run of a test,
-# e.g. a resumed fine-tune) is loaded from disk instead: the same executable, the same
-# numbers, only the compile time saved. Set before the first compile (jax reads it then).
-# Subprocesses do not inherit it; the checkpoint tests' train.py runs are pointed at it
-# (tests/ckpt_helpers.py), so that they and the runs in this process share programs.
-_JAX_CACHE = tempfile.mkdtemp(prefix="flax_bert_tests_jax_cache_")
-atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+# A program compiled again in this session (the same train step in another test, on
+# another xdist worker, or a resumed fine-tune) is loaded from disk instead: the same
+# executable, the same numbers, only the compile time saved. Set before the first compile
+# (jax reads it then). The process that starts the session makes the folder and removes it
+# at its exit; the xdist workers it starts inherit it through the environment (an entry
+# read while another worker writes it is only a cache miss: jax warns and compiles). The
+# checkpoint tests' train.py runs are pointed at it too (tests/ckpt_helpers.py).
+_CACHE_ENV = "FLAX_BERT_TESTS_JAX_CACHE"
+if _CACHE_ENV not in os.environ:
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="flax_bert_tests_jax_cache_")
+    atexit.register(shutil.rmtree, os.environ[_CACHE_ENV], ignore_errors=True)
+_JAX_CACHE = os.environ[_CACHE_ENV]
 jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
