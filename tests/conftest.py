@@ -10,9 +10,12 @@ import tempfile
 
 import pytest
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+# Once, also in the xdist workers (they inherit it): XLA_FLAGS is part of jax's cache key,
+# so the tests' programs and those of the train.py processes they start (tests/ckpt_helpers
+# .env: the same flags) are one cache entry each.
+_DEVICES_FLAG = "--xla_force_host_platform_device_count=8"
+if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", "").split():
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES_FLAG}".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
@@ -41,6 +44,7 @@ SHARED_WORKER = {
     "test_compile_cache": "reference", "test_workdir": "reference",
     "test_packing_runs": "reference",
     "test_train_step": "data_parallel", "test_multihost": "data_parallel",  # its 8-device run
+    "test_train_feed": "data_parallel",  # and its program
 }
 
 

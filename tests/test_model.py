@@ -35,7 +35,7 @@ def _batch(rng: np.random.Generator, batch: int = 3, seq: int = 12):
 @pytest.fixture(scope="module")
 def params():
     ids, types, mask = _batch(np.random.default_rng(0))
-    variables = BertForPreTraining(SMALL).init(jax.random.key(0), ids, types, mask)
+    variables = jax.jit(BertForPreTraining(SMALL).init)(jax.random.key(0), ids, types, mask)
     return nn.unbox(variables["params"])
 
 
@@ -60,11 +60,11 @@ def test_init_follows_bert(params):
 
 def test_padding_invariance(params):
     ids, types, mask = _batch(np.random.default_rng(1))
-    model = BertModel(SMALL)
-    seq, pooled = model.apply({"params": params["bert"]}, ids, types, mask)
+    apply = jax.jit(BertModel(SMALL).apply)
+    seq, pooled = apply({"params": params["bert"]}, ids, types, mask)
     pad = 5
     padded = [np.pad(a, ((0, 0), (0, pad))) for a in (ids, types, mask)]
-    seq_p, pooled_p = model.apply({"params": params["bert"]}, *padded)
+    seq_p, pooled_p = apply({"params": params["bert"]}, *padded)
     real = mask.astype(bool)
     assert float(jnp.max(jnp.abs(seq_p[:, :ids.shape[1]][real] - seq[real]))) <= 1e-5
     assert float(jnp.max(jnp.abs(pooled_p - pooled))) <= 1e-5
@@ -72,11 +72,11 @@ def test_padding_invariance(params):
 
 def test_decoder_is_tied_to_word_embeddings(params):
     ids, types, mask = _batch(np.random.default_rng(2))
-    model = BertForPreTraining(SMALL)
+    apply = jax.jit(BertForPreTraining(SMALL).apply)
     vocab_hidden = [x for x in jax.tree.leaves(params)
                     if x.shape == (SMALL.vocab_size, SMALL.hidden_size)]
     assert len(vocab_hidden) == 1  # no second vocab x hidden matrix
-    logits, _ = model.apply({"params": params}, ids, types, mask)
+    logits, _ = apply({"params": params}, ids, types, mask)
 
     def changed(p):
         p = jax.tree.map(lambda x: x, p)
@@ -85,14 +85,14 @@ def test_decoder_is_tied_to_word_embeddings(params):
         p["bert"]["embeddings"]["word_embeddings"]["embedding"] = emb.at[7].add(delta)
         return p
 
-    logits2, _ = model.apply({"params": changed(params)}, ids, types, mask)
+    logits2, _ = apply({"params": changed(params)}, ids, types, mask)
     # Token 7's logit moves everywhere (the decoder row changed) ...
     assert float(jnp.min(jnp.abs(logits2[..., 7] - logits[..., 7]))) > 1e-4
     # ... and with token 7 absent from the input, its embedding row still gets a gradient
     # from the logits: it can only arrive through the tied decoder.
     ids = np.where(ids == 7, 8, ids)
-    grad = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, ids, types, mask)[0][..., 7]))(
-        params)
+    grad = jax.jit(jax.grad(
+        lambda p: jnp.sum(apply({"params": p}, ids, types, mask)[0][..., 7])))(params)
     row = grad["bert"]["embeddings"]["word_embeddings"]["embedding"][7]
     assert float(jnp.max(jnp.abs(row))) > 1e-4
 
@@ -117,10 +117,10 @@ def test_layer_norm_matches_numpy_and_flax_names():
 
 def test_masked_positions_equal_gathered_logits(params):
     ids, types, mask = _batch(np.random.default_rng(3))
-    model = BertForPreTraining(SMALL)
-    full, nsp = model.apply({"params": params}, ids, types, mask)
+    apply = jax.jit(BertForPreTraining(SMALL).apply)
+    full, nsp = apply({"params": params}, ids, types, mask)
     positions = np.array([[1, 4, 0], [2, 3, 5], [7, 7, 11]], np.int32)
-    masked, nsp_m = model.apply({"params": params}, ids, types, mask, masked_positions=positions)
+    masked, nsp_m = apply({"params": params}, ids, types, mask, masked_positions=positions)
     assert masked.shape == (3, 3, SMALL.vocab_size)
     expected = np.take_along_axis(np.asarray(full), positions[..., None], axis=1)
     np.testing.assert_allclose(masked, expected, atol=1e-5)
@@ -129,14 +129,14 @@ def test_masked_positions_equal_gathered_logits(params):
 
 def test_dropout(params):
     ids, types, mask = _batch(np.random.default_rng(4))
-    model = BertForPreTraining(SMALL)
-    a = model.apply({"params": params}, ids, types, mask, deterministic=True)
-    b = model.apply({"params": params}, ids, types, mask, deterministic=True)
+    apply = jax.jit(BertForPreTraining(SMALL).apply, static_argnames="deterministic")
+    a = apply({"params": params}, ids, types, mask, deterministic=True)
+    b = apply({"params": params}, ids, types, mask, deterministic=True)
     np.testing.assert_array_equal(a[0], b[0])
 
     def run(seed):
-        return model.apply({"params": params}, ids, types, mask, deterministic=False,
-                           rngs={"dropout": jax.random.key(seed)})[0]
+        return apply({"params": params}, ids, types, mask, deterministic=False,
+                     rngs={"dropout": jax.random.key(seed)})[0]
 
     np.testing.assert_array_equal(run(1), run(1))
     assert float(jnp.max(jnp.abs(run(1) - run(2)))) > 1e-3
@@ -205,9 +205,9 @@ def test_scanned_encoder_equals_unrolled_layers(remat_policy, deterministic, sca
 
 def test_bfloat16_compute_keeps_float32_params_and_logits(params):
     ids, types, mask = _batch(np.random.default_rng(6))
-    logits, nsp = BertForPreTraining(SMALL, Compute(dtype="bfloat16")).apply(
+    logits, nsp = jax.jit(BertForPreTraining(SMALL, Compute(dtype="bfloat16")).apply)(
         {"params": params}, ids, types, mask)
-    ref, _ = BertForPreTraining(SMALL).apply({"params": params}, ids, types, mask)
+    ref, _ = jax.jit(BertForPreTraining(SMALL).apply)({"params": params}, ids, types, mask)
     assert logits.dtype == jnp.float32 and nsp.dtype == jnp.float32
     assert float(jnp.max(jnp.abs(logits - ref))) < 0.1
 

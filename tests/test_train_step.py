@@ -1,7 +1,8 @@
-"""The sharded train step: mesh layouts agree with one device, FSDP shards, gradient
-accumulation, overfitting, schedule and weight-decay mask."""
+"""The sharded train step: mesh layouts agree with one device, a second call does not
+compile, FSDP shards, gradient accumulation, overfitting, schedule and weight-decay mask."""
 
 import functools
+import logging
 from typing import Any
 
 import jax
@@ -111,6 +112,28 @@ def test_mesh_layouts_match_one_device(batches, single_device, mesh_shape):
     assert max(jax.tree.leaves(diff)) <= 1e-5
 
 
+def test_second_train_step_does_not_recompile(caplog):
+    """The data-parallel run's step (its program, from the compilation cache), called again:
+    no compile (what the benchmarks' timings rely on)."""
+    mesh = sharding.make_mesh(ml_collections.ConfigDict(DATA_PARALLEL))
+    model = BertForPreTraining(CFG)
+    tx, schedule = optimizer.make_optimizer(opt_config(), 100)
+    state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(0), SEQ)
+    step = steps.jit_train_step(mesh, shardings, model=model, tx=tx, schedule=schedule)
+    rng = np.random.default_rng(0)
+    key = jax.random.PRNGKey(1)
+    state, _ = step(state, place([make_batch(rng, 16)], mesh), key)  # compiles
+    caplog.set_level(logging.WARNING)
+    with jax.log_compiles(True):
+        caplog.clear()
+        for _ in range(2):
+            state, metrics = step(state, place([make_batch(rng, 16)], mesh), key)
+        jax.block_until_ready(state)
+    compiles = [r.getMessage() for r in caplog.records if "ompil" in r.getMessage()]
+    assert compiles == [], compiles
+    assert int(state.step) == 3
+
+
 def test_steps_per_call_equal_single_steps(batches, single_device):
     """Three steps in one call (a lax.scan, dropout on) = three calls of one step."""
     ref_state, ref_losses = single_device
@@ -167,8 +190,8 @@ def test_schedule_warmup_then_linear_decay():
 
 
 def test_weight_decay_skips_layernorm_and_biases():
-    params = BertForPreTraining(CFG).init(jax.random.PRNGKey(0),
-                                          *state_lib.example_inputs(SEQ))["params"]
+    params = jax.jit(BertForPreTraining(CFG).init)(jax.random.PRNGKey(0),
+                                                   *state_lib.example_inputs(SEQ))["params"]
     import flax.linen as nn
     mask = optimizer.decay_mask(nn.unbox(params))
     flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_leaves_with_path(mask)}
@@ -181,7 +204,7 @@ def test_weight_decay_skips_layernorm_and_biases():
                                                 weight_decay=0.1), 10)
     p = nn.unbox(params)
     zeros = jax.tree.map(np.zeros_like, p)
-    updates, _ = tx.update(zeros, tx.init(p), p)
+    updates, _ = jax.jit(tx.update)(zeros, tx.init(p), p)
     for path, u in jax.tree_util.tree_leaves_with_path(updates):
         moved = bool(np.any(np.asarray(u) != 0))
         assert moved == flat[jax.tree_util.keystr(path)], jax.tree_util.keystr(path)
