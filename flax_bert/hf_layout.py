@@ -158,8 +158,8 @@ def _init(config: BertConfig, head: str, num_labels: int, seed: int) -> Any:
     import jax.numpy as jnp
 
     ids = jnp.zeros((1, 1), jnp.int32)
-    return make_model(config, head, num_labels).init(jax.random.PRNGKey(seed), ids, ids,
-                                                     ids)["params"]
+    init = jax.jit(make_model(config, head, num_labels).init)  # one compile, not one an op
+    return init(jax.random.PRNGKey(seed), ids, ids, ids)["params"]
 
 
 def param_shapes(config: BertConfig, head: str = "pretraining",

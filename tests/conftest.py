@@ -17,6 +17,11 @@ _DEVICES_FLAG = "--xla_force_host_platform_device_count=8"
 if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", "").split():
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES_FLAG}".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Keys that do not depend on the cache's folder: by default jax points XLA's GPU autotuning
+# cache into it, and that path is part of every key, so the reference run's programs (its own
+# cache, copied into the session's) would never be hits. Moot on the CPU; inherited by every
+# process the tests start.
+os.environ["JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES"] = "none"
 
 import jax  # noqa: E402
 

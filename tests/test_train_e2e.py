@@ -7,8 +7,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +15,6 @@ from tests import ckpt_helpers as h
 
 from tests.data_fixtures import marker_corpus
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.hidden_size=32", "--config.model.num_hidden_layers=2",
         "--config.model.num_attention_heads=4", "--config.model.intermediate_size=64",
         "--config.data.max_seq_length=32", "--config.data.max_predictions_per_seq=5",
@@ -31,12 +28,15 @@ TINY = ["--config.model.hidden_size=32", "--config.model.num_hidden_layers=2",
 # default steps_per_call (4): every call has 4 steps, one compile per phase.
 
 
-def train(workdir, *extra):
-    result = subprocess.run(
-        [sys.executable, "train.py", f"--workdir={workdir}", *TINY, *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+def train(workdir, *extra) -> str:
+    """train.py's parse_flags + main in this process; returns what it printed."""
+    import train as train_cli
+
+    out = io.StringIO()
+    code, stderr = h.cli_here(train_cli, ["train.py", f"--workdir={workdir}", *TINY, *extra],
+                              out)
+    assert code == 0, stderr[-3000:]
+    return out.getvalue() + stderr
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,7 @@ def corpus(tmp_path_factory):
 
 def test_train_writes_metrics_events_and_plots(corpus, tmp_path):
     workdir = tmp_path / "run"
-    result = train(workdir, f"--config.data.input={corpus}", "--config.train.steps=20")
-    log = result.stdout + result.stderr
+    log = train(workdir, f"--config.data.input={corpus}", "--config.train.steps=20")
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     train_rows = [r for r in rows if r["split"] == "train"]
     eval_rows = [r for r in rows if r["split"] == "eval"]
@@ -115,7 +114,7 @@ def test_continued_pretraining_of_an_hf_model_of_another_size(corpus, tmp_path):
     workdir = tmp_path / "run"
     with pytest.warns(UserWarning, match="freshly initialised"):  # no MLM/NSP heads in it
         assert hf.main(["import", str(hf_dir), f"--workdir={workdir}"]) == 0
-    import train as train_cli  # its parse_flags + main, in this process
+    import train as train_cli
     out = io.StringIO()
     code, stderr = h.cli_here(train_cli, ["train.py", f"--workdir={workdir}",
                                           f"--config.data.input={corpus}", *CONTINUE], out)
