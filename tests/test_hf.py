@@ -76,7 +76,8 @@ def _maxdiff(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> fl
 def _our_params(config: BertConfig, seed: int = 1) -> dict:
     """Random init with perturbed LayerNorms and biases (everything non-trivial)."""
     ids = np.zeros((1, 1), np.int32)
-    params = nn.unbox(BertForPreTraining(config).init(jax.random.PRNGKey(seed), ids, ids, ids)["params"])
+    init = jax.jit(BertForPreTraining(config).init)
+    params = nn.unbox(init(jax.random.PRNGKey(seed), ids, ids, ids)["params"])
     rng = np.random.default_rng(seed)
     return jax.tree_util.tree_map_with_path(
         lambda path, x: np.asarray(x, np.float32) + (

@@ -57,7 +57,7 @@ def test_remat_records_the_same_with_dropout():
     layers; recording does not change the outputs; the last hidden state is the output."""
     batch = make_batch(np.random.default_rng(0), 4)
     inputs = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
-    params = nn.unbox(BertModel(CFG).init(jax.random.key(0), *inputs)["params"])
+    params = nn.unbox(jax.jit(BertModel(CFG).init)(jax.random.key(0), *inputs)["params"])
     rngs = {"dropout": jax.random.key(1)}
     runs = {}
     for policy in REMAT:

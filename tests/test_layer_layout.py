@@ -19,7 +19,8 @@ from tests.test_model import SMALL
 @pytest.fixture(scope="module")
 def params():
     cfg = dataclasses.replace(SMALL, num_hidden_layers=3)
-    variables = BertForPreTraining(cfg).init(jax.random.key(0), *state_lib.example_inputs(8))
+    variables = jax.jit(BertForPreTraining(cfg).init)(jax.random.key(0),
+                                                     *state_lib.example_inputs(8))
     return jax.tree.map(np.asarray, nn.unbox(variables["params"]))
 
 

@@ -2,7 +2,6 @@
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from flax_bert import BertConfig, BertForPreTraining, losses
@@ -85,7 +84,7 @@ def test_jit_grad_is_finite_and_nonzero_for_every_parameter():
     batch = _batch(rng, batch=4, preds=3, vocab=31)
     positions = rng.integers(1, 10, (4, 3)).astype(np.int32)
     model = BertForPreTraining(cfg)
-    params = nn.unbox(model.init(jax.random.key(0), ids, types, mask)["params"])
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), ids, types, mask)["params"])
 
     @jax.jit
     def grad_fn(p):
@@ -97,5 +96,5 @@ def test_jit_grad_is_finite_and_nonzero_for_every_parameter():
 
     grads = grad_fn(params)
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
-        assert bool(jnp.all(jnp.isfinite(g))), path
-        assert float(jnp.max(jnp.abs(g))) > 0.0, path
+        g = np.asarray(g)
+        assert np.all(np.isfinite(g)) and np.max(np.abs(g)) > 0.0, path

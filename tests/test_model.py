@@ -180,7 +180,8 @@ def test_scanned_encoder_equals_unrolled_layers(remat_policy, deterministic, sca
     mask = np.ones((3, 12), np.int32)
     mask[1, 9:] = 0
     encoder = BertEncoder(cfg, Compute(remat_policy=remat_policy, scan_layers=scan_layers))
-    params = nn.unbox(encoder.init(jax.random.key(0), x, mask, True)["params"])
+    params = nn.unbox(jax.jit(encoder.init, static_argnums=3)(jax.random.key(0), x, mask, True)[
+        "params"])
     kernels = params["layers"]["intermediate"]["dense"]["kernel"]  # [L, H, I]
     assert kernels.shape == (3, cfg.hidden_size, cfg.intermediate_size)
     assert not np.allclose(kernels[0], kernels[1])
