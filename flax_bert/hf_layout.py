@@ -180,7 +180,7 @@ def init_params(config: BertConfig, seed: int, head: str = "pretraining",
     import flax.linen as nn
     import jax
 
-    params = per_layer(nn.unbox(_init(config, head, num_labels, seed)))
+    params = per_layer(jax.device_get(nn.unbox(_init(config, head, num_labels, seed))))
     return jax.tree.map(lambda x: np.asarray(x, np.float32), params)
 
 

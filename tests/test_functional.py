@@ -34,6 +34,20 @@ def batch():
     return make_batch(np.random.default_rng(0), 4)
 
 
+@jax.jit
+def tree_dot(a, b):
+    """<a, b> over all leaves."""
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _wave(tree, fn, scale: float = 1.0, freq: float = 1.0):
+    """A tree like `tree` of scale * fn(freq * arange + leaf index) values (float32)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef.unflatten([
+        (scale * fn(freq * np.arange(x.size) + i)).reshape(x.shape).astype(np.float32)
+        for i, x in enumerate(leaves)])
+
+
 def _tree_close(a, b, atol):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=atol), a, b)
 
@@ -45,13 +59,14 @@ def test_vmap_grad_equals_per_example_loop(params, batch):
         example = jax.tree.map(lambda x: x[None], example)
         return functional.pretraining_loss(p, example, KEY, config=CFG)[0]
 
-    per_example = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(params, batch)
+    per_example = jax.device_get(jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(
+        params, batch))  # NumPy: rows sliced on the host
     for i in range(4):
         _, grads = loss_and_grad(params, jax.tree.map(lambda x: x[i:i + 1], batch), KEY)
         _tree_close(jax.tree.map(lambda g: g[i], per_example), grads, atol=1e-6)
     # The rows really differ (no broadcast of one example's gradient).
     kernel = per_example["cls"]["predictions"]["transform"]["dense"]["kernel"]  # [4, H, H]
-    assert float(jnp.max(jnp.abs(kernel[0] - kernel[1]))) > 1e-4
+    assert np.max(np.abs(kernel[0] - kernel[1])) > 1e-4
 
 
 def test_loss_equals_train_step(params, batch):
@@ -59,8 +74,8 @@ def test_loss_equals_train_step(params, batch):
     pretraining_loss(params, batch, steps.dropout_key(rng, t)): loss and gradient norm."""
     tx, schedule = optimizer.make_optimizer(opt_config(), 100)
     step = 5
-    state = TrainState(step=jnp.int32(step), params=params, opt_state=tx.init(params),
-                       nonfinite_run=jnp.int32(0))
+    state = TrainState(step=jnp.int32(step), params=params,
+                       opt_state=jax.jit(tx.init)(params), nonfinite_run=jnp.int32(0))
     _, metrics = jax.jit(lambda s, b, r: steps.train_step(
         s, b, r, model=BertForPreTraining(CFG), tx=tx, schedule=schedule))(state, batch, KEY)
     value, grads = loss_and_grad(params, batch, steps.dropout_key(KEY, step))
@@ -73,9 +88,7 @@ def test_loss_equals_train_step(params, batch):
 def test_jvp_and_checkpoint_compose(params, batch):
     """jvp of the encoder agrees with its vjp (<u, J t> = <J^T u, t>); grad through
     jax.checkpoint equals plain grad."""
-    leaves, tree = jax.tree.flatten(params)
-    tangent = tree.unflatten([1e-2 * jnp.sin(jnp.arange(x.size) + i).reshape(x.shape)
-                              for i, x in enumerate(leaves)])
+    tangent = _wave(params, np.sin, scale=1e-2)
 
     def pooled(p):
         return functional.encode(p, batch, config=CFG, rng=KEY)[1]  # [B, H]
@@ -87,8 +100,7 @@ def test_jvp_and_checkpoint_compose(params, batch):
         return jnp.vdot(u, directional), jax.vjp(pooled, p)[1](u)[0]
 
     u_directional, cotangent = jvp_and_vjp(params, tangent)
-    expected = sum(jnp.vdot(c, t) for c, t in zip(jax.tree.leaves(cotangent),
-                                                   jax.tree.leaves(tangent)))
+    expected = tree_dot(cotangent, tangent)
     assert abs(float(expected)) > 1e-3
     np.testing.assert_allclose(u_directional, expected, rtol=1e-4)
 
@@ -100,14 +112,15 @@ def test_jvp_and_checkpoint_compose(params, batch):
 def test_loss_jvp_with_plain_backward(params, batch):
     """With Compute(fused_backward=False) the loss has forward mode: its jvp along t equals
     <grad, t> of the default (hand-written VJP) loss, dropout on."""
-    tangent = jax.tree.map(lambda x: jnp.cos(jnp.arange(x.size)).reshape(x.shape), params)
+    tangent = jax.tree.map(lambda x: np.cos(np.arange(x.size, dtype=np.float32)).reshape(
+        x.shape), params)
     _, directional = jax.jit(lambda p, t: jax.jvp(
         lambda q: functional.pretraining_loss(q, batch, KEY, config=CFG,
                                               compute=Compute(fused_backward=False))[0],
         (p,), (t,)))(
         params, tangent)
     grad = loss_and_grad(params, batch, KEY)[1]
-    expected = sum(jnp.vdot(g, t) for g, t in zip(jax.tree.leaves(grad), jax.tree.leaves(tangent)))
+    expected = tree_dot(grad, tangent)
     assert abs(float(expected)) > 1e-2
     np.testing.assert_allclose(directional, expected, rtol=1e-4)
 
@@ -115,24 +128,18 @@ def test_loss_jvp_with_plain_backward(params, batch):
 def test_hessian_vector_product(params, batch):
     """Reverse-over-reverse with the default loss (its hand-written VJPs have no forward
     mode): <u, H v> equals a central difference of <u, grad> along v."""
-    leaves, tree = jax.tree.flatten(params)
-    u = tree.unflatten([jnp.sin(jnp.arange(x.size) + i).reshape(x.shape)
-                        for i, x in enumerate(leaves)])
-    v = tree.unflatten([1e-2 * jnp.cos(3 * jnp.arange(x.size) + i).reshape(x.shape)
-                        for i, x in enumerate(leaves)])
-
-    def dot(a, b):
-        return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    u = _wave(params, np.sin)
+    v = _wave(params, np.cos, scale=1e-2, freq=3.0)
 
     def u_grad(p):
-        return dot(u, loss_and_grad(p, batch, KEY)[1])
+        return tree_dot(u, loss_and_grad(p, batch, KEY)[1])
 
     u_hv = jax.jit(jax.grad(u_grad))(params)  # H u, then <H u, v> = <u, H v>
     eps = 1e-2
-    shifted = [jax.tree.map(lambda x, t: x + sign * eps * t, params, v) for sign in (1, -1)]
-    difference = (u_grad(shifted[0]) - u_grad(shifted[1])) / (2 * eps)
+    shift = jax.jit(lambda p, sign: jax.tree.map(lambda x, t: x + sign * eps * t, p, v))
+    difference = (u_grad(shift(params, 1.0)) - u_grad(shift(params, -1.0))) / (2 * eps)
     assert abs(float(difference)) > 1e-2
-    np.testing.assert_allclose(dot(u_hv, v), difference, rtol=1e-2)
+    np.testing.assert_allclose(tree_dot(u_hv, v), difference, rtol=1e-2)
 
 
 def test_encode_config_is_static_and_vmaps(params, batch):
