@@ -7,9 +7,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from flax_bert import BertForPreTraining
-from flax_bert.training import feed as feed_lib, optimizer, sharding, state as state_lib, steps
-from tests.test_train_step import CFG, SEQ, make_batch, opt_config
+from flax_bert.training import feed as feed_lib, sharding
+from tests.test_train_step import DATA_PARALLEL, make_batch, make_step
 
 
 class ListIterator:
@@ -49,11 +48,7 @@ def test_feed_hands_out_calls_in_order_and_saves_the_trained_position():
 def test_prefetch_trains_the_same_params_bitwise():
     """The same run with and without prefetch (one compiled step for both: the
     data-parallel run's of test_train_step, a step a call)."""
-    m = mesh()
-    model = BertForPreTraining(CFG)
-    tx, schedule = optimizer.make_optimizer(opt_config(), 100)
-    state, shardings = state_lib.create_train_state(model, tx, m, jax.random.PRNGKey(0), SEQ)
-    step = steps.jit_train_step(m, shardings, model=model, tx=tx, schedule=schedule)
+    m, state, shardings, step = make_step(DATA_PARALLEL)
     initial = jax.device_get(state)
     rng = np.random.default_rng(0)
     batches = [make_batch(rng, 16) for _ in range(6)]

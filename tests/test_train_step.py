@@ -51,10 +51,9 @@ def place(batches: list[dict[str, np.ndarray]], mesh) -> dict[str, jax.Array]:
             for k, v in feed.stack_batches(batches).items()}
 
 
-def run_steps(mesh_shape, batches, *, accum=1, cfg=CFG, opt=None, n_devices=None,
-              per_call=1, meter=None):
-    """Train steps on `batches`, `per_call` a call, from a fresh state: (state, losses).
-    `meter` (a monitor.TrainMeter) gets each call's metrics."""
+def make_step(mesh_shape, *, accum=1, cfg=CFG, opt=None, n_devices=None):
+    """A fresh state on the mesh and its jitted train step (100-step schedule):
+    (mesh, state, state shardings, step)."""
     devices = jax.devices()[:n_devices] if n_devices else jax.devices()
     mesh = sharding.make_mesh(ml_collections.ConfigDict(mesh_shape), devices)
     model = BertForPreTraining(cfg)
@@ -62,6 +61,15 @@ def run_steps(mesh_shape, batches, *, accum=1, cfg=CFG, opt=None, n_devices=None
     state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(0), SEQ)
     step = steps.jit_train_step(mesh, shardings, model=model, tx=tx, schedule=schedule,
                                 grad_accum_steps=accum)
+    return mesh, state, shardings, step
+
+
+def run_steps(mesh_shape, batches, *, accum=1, cfg=CFG, opt=None, n_devices=None,
+              per_call=1, meter=None):
+    """Train steps on `batches`, `per_call` a call, from a fresh state: (state, losses).
+    `meter` (a monitor.TrainMeter) gets each call's metrics."""
+    mesh, state, shardings, step = make_step(mesh_shape, accum=accum, cfg=cfg, opt=opt,
+                                             n_devices=n_devices)
     losses = []
     for i in range(0, len(batches), per_call):
         placed = place(batches[i:i + per_call], mesh)
@@ -115,11 +123,7 @@ def test_mesh_layouts_match_one_device(batches, single_device, mesh_shape):
 def test_second_train_step_does_not_recompile(caplog):
     """The data-parallel run's step (its program, from the compilation cache), called again:
     no compile (what the benchmarks' timings rely on)."""
-    mesh = sharding.make_mesh(ml_collections.ConfigDict(DATA_PARALLEL))
-    model = BertForPreTraining(CFG)
-    tx, schedule = optimizer.make_optimizer(opt_config(), 100)
-    state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(0), SEQ)
-    step = steps.jit_train_step(mesh, shardings, model=model, tx=tx, schedule=schedule)
+    mesh, state, _, step = make_step(DATA_PARALLEL)
     rng = np.random.default_rng(0)
     key = jax.random.PRNGKey(1)
     state, _ = step(state, place([make_batch(rng, 16)], mesh), key)  # compiles
