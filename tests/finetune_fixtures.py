@@ -42,7 +42,7 @@ def write_pretrained(folder: str, seed: int = 0) -> tuple[BertConfig, dict]:
     vocab = write_vocab(os.path.join(folder, "vocab.txt"))
     config = BertConfig(vocab_size=len(vocab_lib.read_vocab(vocab)), **TINY_MODEL)
     ids = np.zeros((1, 4), np.int32)
-    params = jax.device_get(nn.unbox(BertForPreTraining(config).init(
+    params = jax.device_get(nn.unbox(jax.jit(BertForPreTraining(config).init)(
         jax.random.PRNGKey(seed), ids, ids, ids)["params"]))
     checkpoint.save_params(folder, config, params)
     return config, params

@@ -13,12 +13,9 @@ from flax_bert import BertForPreTraining, functional
 from flax_bert.compute import Compute
 from flax_bert.training import optimizer, steps
 from flax_bert.training.state import TrainState
-from tests.test_train_step import CFG as CFG2, make_batch, opt_config
+from tests.test_train_step import CFG, make_batch, opt_config
 
-# One layer (XLA:CPU compiles ~6 s per unrolled layer of a gradient); dropout 0.1, so the
-# key matters.
-CFG = dataclasses.replace(CFG2, num_hidden_layers=1)
-KEY = jax.random.key(7)
+KEY = jax.random.key(7)  # CFG has dropout 0.1: the key matters
 # One compiled loss-and-gradient, shared by the tests (dropout key an argument).
 loss_and_grad = jax.jit(jax.value_and_grad(
     lambda p, b, key: functional.pretraining_loss(p, b, key, config=CFG)[0]))

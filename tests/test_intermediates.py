@@ -1,6 +1,8 @@
 """`sow` intermediates: HF's hidden_states / attentions on imported weights, the same
 layout and numbers with remat, and an unchanged train step when nobody asks."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -9,7 +11,10 @@ import pytest
 from flax_bert import BertForPreTraining, BertModel
 from flax_bert.compute import Compute
 from flax_bert.training import optimizer, state as state_lib, steps
-from tests.test_train_step import CFG, make_batch, opt_config
+from tests import test_train_step
+
+CFG = dataclasses.replace(test_train_step.CFG, num_hidden_layers=2)  # a layer after a layer
+make_batch, opt_config = test_train_step.make_batch, test_train_step.opt_config
 
 REMAT = ("none", "nothing_saveable")
 

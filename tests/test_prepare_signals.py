@@ -20,8 +20,8 @@ from tests import ckpt_helpers as h
 STOP_LIMIT_S = 20.0  # the requirement is 10 s; measured ~0.3 s (see the test's print)
 
 
-def _corpus(path: str, docs: int = 600) -> None:
-    """~2 MB of random sentences (40 a document): a prepare of several seconds."""
+def _corpus(path: str, docs: int = 300) -> None:
+    """~1 MB of random sentences (40 a document): a prepare of several seconds."""
     rng = random.Random(0)
     letters = "abcdefghijklmnopqrstuvwxyz"
     words = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 9))) for _ in range(3000)]

@@ -15,7 +15,7 @@ from tests import ckpt_helpers as h
 
 from tests.data_fixtures import marker_corpus
 
-TINY = ["--config.model.hidden_size=32", "--config.model.num_hidden_layers=2",
+TINY = ["--config.model.hidden_size=32", "--config.model.num_hidden_layers=1",
         "--config.model.num_attention_heads=4", "--config.model.intermediate_size=64",
         "--config.data.max_seq_length=32", "--config.data.max_predictions_per_seq=5",
         "--config.data.vocab_size=300", "--config.data.eval_fraction=0.2",
