@@ -104,7 +104,7 @@ def test_continued_pretraining_of_an_hf_model_of_another_size(corpus, tmp_path):
     meta = prepare_lib.prepare(opts, str(tmp_path / "prep"), progress=False)
     hf_dir = tmp_path / "hf"
     torch.manual_seed(0)
-    size = dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
+    size = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
                 intermediate_size=96, max_position_embeddings=64)
     original = transformers.BertModel(transformers.BertConfig(
         vocab_size=meta["vocab_size"], **size)).eval()
