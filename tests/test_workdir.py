@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -162,6 +163,9 @@ def test_truncate_after_drops_later_and_partial_rows(tmp_path):
 
 # ----------------------------------------------------------------------------- full disk
 
+TMPFS_BYTES = 16 * 2**20
+
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """A 16 MiB tmpfs (a disk that really fills); unmounted at the end."""
@@ -169,10 +173,13 @@ def tmpfs(tmp_path):
     os.makedirs(mount)
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", mount],
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", mount],
                        capture_output=True, text=True)
     if p.returncode:
         pytest.skip(f"mount -t tmpfs is not permitted here: {p.stderr.strip()}")
+    if not os.path.ismount(mount) or shutil.disk_usage(mount).total > TMPFS_BYTES:
+        pytest.skip(f"mount -t tmpfs exited 0 but {mount} is not a 16 MiB filesystem here "
+                    f"(filling it would fill the real disk)")
     yield mount
     subprocess.run(["umount", "--lazy", mount], check=True)
 
@@ -220,9 +227,12 @@ def test_disk_full_at_checkpoint_save_then_bitwise_resume(setup, reference, tmpf
     assert rows == ref_rows
 
 
-def test_disk_full_while_writing_metrics(tmpfs):
+def test_disk_full_while_writing_metrics(tmpfs, monkeypatch):
     """Rows are appended until the disk is full: the failing write is one line naming the
-    step and the file, and it leaves no partial row (the next run can read the file)."""
+    step and the file, and it leaves no partial row (the next run can read the file). The
+    TensorBoard events are written in the calling thread: no other thread fails."""
+    thread_errors = []
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)
     writer = metrics_lib.MetricWriter(tmpfs)
     writer.write(1, {"loss": 1.0})
     _fill(tmpfs, 0)
@@ -239,6 +249,8 @@ def test_disk_full_while_writing_metrics(tmpfs):
     assert rows[-1]["step"] >= step - 1  # at most the failing row is missing
     with open(workdir_lib.Paths(tmpfs).metrics) as f:
         assert all(json.loads(line) for line in f)
+    writer.close()  # nothing is left to write
+    assert thread_errors == []
 
 
 def test_async_save_failing_midway_is_one_error_and_no_straggler_traceback(tmpfs, monkeypatch):

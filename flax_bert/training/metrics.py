@@ -3,12 +3,15 @@
 Only the writing process (process 0) creates files; other processes get a writer whose
 calls do nothing, so the loop needs no `if process_index == 0` of its own. tensorboardX is
 imported only when TensorBoard is on (it imports torch where torch is installed: seconds).
+Its events are written in the calling thread (not SummaryWriter's background thread), so
+a full disk is one error naming the step, not a traceback from another thread.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Mapping
 
 from flax_bert import workdir as workdir_lib
@@ -29,8 +32,9 @@ class MetricWriter:
         self.path = self.paths.metrics
         self._tb = None
         if enabled and tensorboard:
-            from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(self.paths.tensorboard)
+            from tensorboardX.event_file_writer import EventsWriter
+            os.makedirs(self.paths.tensorboard, exist_ok=True)
+            self._tb = EventsWriter(os.path.join(self.paths.tensorboard, "events"))
 
     def write(self, step: int, scalars: Mapping[str, float], split: str = "train") -> None:
         if not self.enabled:
@@ -47,12 +51,15 @@ class MetricWriter:
                 raise self._failed(step, self.path, e) from e
         if self._tb is None:
             return
+        from tensorboardX import summary
+        from tensorboardX.proto.event_pb2 import Event
         try:
             for name, value in scalars.items():
-                self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+                self._tb.write_event(Event(wall_time=time.time(), step=int(step),
+                                           summary=summary.scalar(f"{split}/{name}", value)))
             self._tb.flush()
         except OSError as e:
-            raise self._failed(step, self._tb.logdir, e) from e
+            raise self._failed(step, self.paths.tensorboard, e) from e
 
     def _failed(self, step: int, path: str, error: OSError) -> UserError:
         cause = "the disk is full" if workdir_lib.is_disk_full(error) else error.strerror
@@ -83,7 +90,10 @@ class MetricWriter:
 
     def close(self) -> None:
         if self._tb is not None:
-            self._tb.close()
+            try:
+                self._tb.close()
+            except OSError:  # events left by a failed write, which raised the error already
+                pass
 
 
 def read_metrics(path: str) -> list[dict]:
