@@ -85,11 +85,10 @@ def run_args(corpus: str, grain_workers: int = 0) -> list[str]:
 
 
 def run_env(jax_cache: str | None) -> dict[str, str]:
-    """8 CPU devices; jax's compilation cache in `jax_cache` (None: the run's own,
-    config.train.compilation_cache_dir in its workdir)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    """8 CPU devices (and this process's other XLA flags); jax's compilation cache in
+    `jax_cache` (None: the run's own, config.train.compilation_cache_dir in its workdir)."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(XLA_FLAGS=h.xla_flags(8), JAX_PLATFORMS="cpu")
     if jax_cache:
         env.update(JAX_COMPILATION_CACHE_DIR=jax_cache,
                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -282,7 +281,7 @@ def main() -> None:
                         "with the run, however it ends)")
     a = p.parse_args()
     # The comparison restores checkpoints of 8 devices (before jax's backend starts).
-    os.environ.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    os.environ.update(XLA_FLAGS=h.xla_flags(8), JAX_PLATFORMS="cpu")
     root = a.root or tempfile.mkdtemp(prefix="chaos_")
     os.makedirs(root, exist_ok=True)
     corpus = os.path.join(root, "corpus.txt")

@@ -35,6 +35,7 @@ TINY = [
     "--config.train.tensorboard=False",  # no tensorboardX (and the torch it imports): ~4 s
 ]
 TIMING_KEYS = ("tokens_per_sec", "steps_per_sec")
+DEVICES_FLAG = "--xla_force_host_platform_device_count"
 CACHE_LOG_MODULES = "jax._src.compiler,jax._src.compilation_cache"  # cache hit/write lines
 
 
@@ -49,14 +50,21 @@ def write_corpus(path: str) -> None:
         f.write("\n\n".join(docs) + "\n")
 
 
+def xla_flags(devices: int) -> str:
+    """This process's XLA_FLAGS (in the tests, tests/conftest.py's) with `devices` host CPU
+    devices: a process started with them compiles as the tests do (the same cache keys)."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith(DEVICES_FLAG + "=")]
+    return " ".join([*flags, f"{DEVICES_FLAG}={devices}"])
+
+
 def env(devices: int, cache_dir: str | None) -> dict[str, str]:
     """Subprocess env: `devices` CPU devices; a shared compilation cache (same programs,
     same numbers; it only saves compile time). With cache_dir None, jax's cache is left to
     the run's config.train.compilation_cache_dir and jax logs its cache hits and writes."""
     e = {k: v for k, v in os.environ.items()
          if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
-    e.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
+    e.update(XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu")
     if cache_dir is None:
         e.update(JAX_DEBUG_LOG_MODULES=CACHE_LOG_MODULES)
     else:

@@ -11,11 +11,15 @@ import tempfile
 import pytest
 
 # Once, also in the xdist workers (they inherit it): XLA_FLAGS is part of jax's cache key,
-# so the tests' programs and those of the train.py processes they start (tests/ckpt_helpers
-# .env: the same flags) are one cache entry each.
-_DEVICES_FLAG = "--xla_force_host_platform_device_count=8"
-if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", "").split():
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES_FLAG}".strip()
+# so the tests' programs and those of the processes they start (tests/ckpt_helpers
+# .xla_flags: the same flags, another device count where a test asks) are one cache entry
+# each. XLA:CPU's cheapest code generation (LLVM at -O0, no expensive passes): the same
+# programs, compiled ~40% cheaper, and compiles are most of the suite's time; speed is
+# measured in benchmarks/, not here.
+_FLAGS = ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0",
+          "--xla_llvm_disable_expensive_passes=true")
+_current = os.environ.get("XLA_FLAGS", "").split()
+os.environ["XLA_FLAGS"] = " ".join(_current + [f for f in _FLAGS if f not in _current])
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Keys that do not depend on the cache's folder: by default jax points XLA's GPU autotuning
 # cache into it, and that path is part of every key, so the reference run's programs (its own

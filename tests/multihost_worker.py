@@ -9,9 +9,11 @@ import json
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.ckpt_helpers import xla_flags  # noqa: E402
+
+os.environ["XLA_FLAGS"] = xla_flags(4)  # read when jax's backend starts
+os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
 import ml_collections  # noqa: E402

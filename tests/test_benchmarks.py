@@ -6,11 +6,13 @@ import re
 import subprocess
 import sys
 
+from tests import ckpt_helpers as h
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(script: str, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, no 8-way
+    env = dict(os.environ, XLA_FLAGS=h.xla_flags(1))  # one device, no 8-way
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

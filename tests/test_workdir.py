@@ -88,8 +88,7 @@ except workdir.WorkdirInUse as e:
 def test_multihost_all_processes_stop_when_process_0_finds_the_lock_held(tmp_path):
     """Only process 0 locks; the others learn from it (none is left waiting)."""
     workdir = str(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
+    env = dict(os.environ, XLA_FLAGS=h.xla_flags(1), JAX_PLATFORMS="cpu")
 
     def run_both() -> list[str]:
         with socket.socket() as s:
