@@ -31,9 +31,9 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confi
                               "finetune.py")
 DEFAULT_WORKDIR = ""  # the job's own, below
 # config.job -> (its module, its default --workdir)
-JOBS = {"classification": ("flax_bert.finetune.classification", "runs/finetune"),
-        "glue": ("flax_bert.finetune.glue_runner", "runs/glue"),
-        "squad": ("flax_bert.finetune.squad_runner", "runs/squad")}
+JOBS = {"classification": ("flax_bert.tasks.classification", "runs/finetune"),
+        "glue": ("flax_bert.tasks.glue.sweep", "runs/glue"),
+        "squad": ("flax_bert.tasks.squad.task", "runs/squad")}
 
 
 parse_flags = functools.partial(train.parse_flags, default_config=DEFAULT_CONFIG,

@@ -93,9 +93,10 @@ def run(argv: list[str], train_and_evaluate: Callable,
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}; flags look like --config.train.steps=10")
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
-    from flax_bert import preemption, workdir
+    from flax_bert import preemption
+    from flax_bert.trainer import run_folder as workdir
     from flax_bert.errors import Interrupted, UserError
-    from flax_bert.training import compile_cache
+    from flax_bert.trainer import compile_cache
 
     logging.get_absl_handler().addFilter(workdir.HideDiskFullTracebacks())
     config, workdir_path = flag_values.config, flag_values.workdir
@@ -126,7 +127,7 @@ def model_flags(flag_values: flags.FlagValues = FLAGS) -> set[str]:
 
 
 def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> None:
-    from flax_bert import pretraining
+    from flax_bert.tasks import pretraining
 
     run(argv, functools.partial(pretraining.train_and_evaluate,
                                 explicit_model_fields=model_flags(flag_values)), flag_values)

@@ -55,7 +55,7 @@ from typing import Any, Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from flax_bert.workdir import LOCK_FILE, Paths  # noqa: E402
+from flax_bert.trainer.run_folder import LOCK_FILE, Paths  # noqa: E402
 from tests import ckpt_helpers as h  # noqa: E402
 from benchmarks.chaos_stop import (  # noqa: E402
     EVAL_EVERY, EXIT_LIMIT_S, HANG_S, QUICK, RESUME_HINT, SIGNALS, STEPS, Run, checkpoints,

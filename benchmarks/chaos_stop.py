@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from flax_bert.workdir import Paths
+from flax_bert.trainer.run_folder import Paths
 from tests import ckpt_helpers as h
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

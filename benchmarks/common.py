@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 
 from flax_bert import BertConfig, BertForPreTraining
 from flax_bert.compute import Compute
-from flax_bert.training import feed, optimizer, sharding, state as state_lib, steps
+from flax_bert.trainer import feed, optimizer, sharding, state as state_lib, step as steps
 
 
 BERT_VOCAB_SIZE = 30522  # Without prepared data, the size files' vocab is BERT's own.

@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import build_parts, load_config, make_batch  # noqa: E402
-from flax_bert.training import feed, steps  # noqa: E402
+from flax_bert.trainer import feed, step as steps  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -41,14 +41,14 @@ import psutil
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from flax_bert.data import corpus, vocab as vocab_lib  # noqa: E402
-from flax_bert.data.options import DataOptions  # noqa: E402
+from flax_bert.data.config import DataOptions  # noqa: E402
 
 MB = 1 << 20
 # Timed in a child process that imports flax_bert from the code tree under test.
 PIPELINE_TIMER = """
 import json, sys, time
 from flax_bert.data import pipeline
-from flax_bert.data.options import DataOptions
+from flax_bert.data.config import DataOptions
 out, batch, batches, wwm = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 meta = pipeline.load_meta(out)
 packed = dict(packing=True, max_pairs_per_row=meta["max_pairs_per_row"]) if meta.get(

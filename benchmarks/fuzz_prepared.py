@@ -62,7 +62,7 @@ ERROR_KINDS = (("its checksum does not match", "meta checksum"),
 
 def options(folder_corpus: str, **overrides):
     """Prepare options of the fuzzed folders (several shards of a marker corpus)."""
-    from flax_bert.data.options import DataOptions
+    from flax_bert.data.config import DataOptions
 
     base = dict(input=(folder_corpus,), vocab_size=4000, max_seq_length=64,
                 max_predictions_per_seq=10, eval_fraction=0.2, num_workers=1, dupe_factor=2,

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from flax_bert.data import corpus  # noqa: E402
-from flax_bert.data.options import DataOptions  # noqa: E402
+from flax_bert.data.config import DataOptions  # noqa: E402
 
 MB = 1 << 20
 SHORT_DOC_SIGMA = 1.0  # log-space spread of short documents' sizes (in sentences)

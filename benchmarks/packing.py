@@ -35,8 +35,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks.common import build_parts, load_config  # noqa: E402
 from flax_bert.data import corpus, pipeline, prepare, vocab as vocab_lib  # noqa: E402
-from flax_bert.data.options import DataOptions  # noqa: E402
-from flax_bert.training import feed, sharding, steps  # noqa: E402
+from flax_bert.data.config import DataOptions  # noqa: E402
+from flax_bert.trainer import feed, sharding, step as steps  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -125,7 +125,7 @@ from benchmarks.common import (build_parts, build_step, load_config, make_batch,
 from benchmarks.hf_step import hf_runner  # noqa: E402
 from benchmarks import xla_trace  # noqa: E402
 from flax_bert import BertConfig  # noqa: E402
-from flax_bert.training import sharding, steps  # noqa: E402
+from flax_bert.trainer import sharding, step as steps  # noqa: E402
 
 
 def time_repeats(run_steps: Callable[[int], int], steps_per_repeat: int,

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from typing import Any, Mapping
 
-from flax_bert.workdir import write_text
+from flax_bert.trainer.run_folder import write_text
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 

@@ -35,8 +35,8 @@ from flax_bert import losses
 from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
 from flax_bert.model import BertForPreTraining, BertModel
-from flax_bert.training import steps
-from flax_bert.training.state import example_inputs
+from flax_bert.trainer import step as steps
+from flax_bert.trainer.state import example_inputs
 
 Array = jax.Array
 Batch = Mapping[str, Array]

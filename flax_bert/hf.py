@@ -32,15 +32,12 @@ import warnings
 
 import numpy as np
 
-from flax_bert import checkpoint, layers
+from flax_bert.trainer import checkpoint
+from flax_bert import layers
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
-from flax_bert.hf_layout import (ALL_GROUPS, DEFAULT_NUM_LABELS, HEADS, IGNORED_SUFFIXES,
-                                 SAFETENSORS_FILE, TIED_DECODER_BIAS, TIED_DECODER_WEIGHT,
-                                 Params, get_path, group_of, init_params,
-                                 name_map, param_shapes, per_layer, read_weights,
-                                 set_path, stacked)
-from flax_bert.workdir import CONFIG_FILE, VOCAB_FILE, Paths, WorkdirLock
+from flax_bert.hf_names import (ALL_GROUPS, DEFAULT_NUM_LABELS, HEADS, IGNORED_SUFFIXES, SAFETENSORS_FILE, TIED_DECODER_BIAS, TIED_DECODER_WEIGHT, Params, get_path, group_of, init_params, name_map, param_shapes, per_layer, read_weights, set_path, stacked)
+from flax_bert.trainer.run_folder import CONFIG_FILE, VOCAB_FILE, Paths, WorkdirLock
 
 # transformers' BertForSequenceClassification losses that save_pretrained may name.
 PROBLEM_TYPES = ("regression", "single_label_classification")
@@ -280,7 +277,7 @@ def own_vocab(path: str) -> str | None:
 
 
 def export_from_workdir(workdir: str, out_dir: str, vocab: str | None = None) -> None:
-    """Writes the model of `workdir` (via flax_bert.checkpoint) as an HF directory."""
+    """Writes the model of `workdir` (via flax_bert.trainer.checkpoint) as an HF directory."""
     if os.path.exists(os.path.join(out_dir, SAFETENSORS_FILE)):
         raise UserError(f"{os.path.join(out_dir, SAFETENSORS_FILE)} already exists; "
                         f"choose an empty OUT_DIR")

@@ -19,7 +19,7 @@ Parameter names follow Hugging Face's PyTorch BERT (`embeddings/word_embeddings`
 `flax_bert.hf` maps state dicts 1:1; the encoder's layers are one stacked tree,
 `encoder/layers/attention/self/query/kernel` [L, H, H] (row i: HF's layer i), which one
 `nn.scan` runs. Every parameter carries logical axis names (`layers`, `vocab`, `embed`,
-`heads`, `mlp`); `flax_bert.training.sharding` maps them onto the device mesh.
+`heads`, `mlp`); `flax_bert.trainer.sharding` maps them onto the device mesh.
 """
 
 from __future__ import annotations
@@ -31,10 +31,7 @@ import jax.numpy as jnp
 from flax_bert import ops
 from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
-from flax_bert.layers import (BATCH_LENGTH_EMBED, BATCH_LENGTH_HEADS_KV, BATCH_LENGTH_VOCAB,
-                              LAYERS, BertIntermediate, BertOutput, DenseParams, Dropout,
-                              activation_fn, at_positions, dense, init, layer_norm,
-                              unstack_layers)
+from flax_bert.layers import (BATCH_LENGTH_EMBED, BATCH_LENGTH_HEADS_KV, BATCH_LENGTH_VOCAB, LAYERS, BertIntermediate, BertOutput, DenseParams, Dropout, activation_fn, at_positions, dense, init, layer_norm, unstack_layers)
 
 Array = jax.Array
 

@@ -104,7 +104,7 @@ def train_here(workdir: str, args: list[str]) -> tuple[str, str]:
     programs from the session's compilation cache: no start-up per run); returns what it
     printed (stdout, stderr)."""
     from configs import default
-    from flax_bert import pretraining
+    from flax_bert.tasks import pretraining
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -218,7 +218,7 @@ def setup(tmp_path_factory) -> dict:
     in this process share their programs."""
     from configs import default
     from flax_bert.data import pipeline, prepare
-    from flax_bert.data.options import DataOptions
+    from flax_bert.data.config import DataOptions
 
     root = tmp_path_factory.mktemp("ckpt")
     corpus = str(root / "corpus.txt")

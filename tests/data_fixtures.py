@@ -8,7 +8,7 @@ import string
 import numpy as np
 
 from flax_bert.data import pipeline, prepare as prepare_lib
-from flax_bert.data.options import DataOptions
+from flax_bert.data.config import DataOptions
 
 WORD_LEN = 7
 WORDS_PER_DOC = 20

@@ -1,5 +1,5 @@
 """Generated downstream data for the GLUE and SQuAD runner tests: a GLUE_DIR of all 9 tasks
-and AX in the download's layouts (flax_bert.finetune.glue's table), SQuAD v1.1 / v2.0
+and AX in the download's layouts (flax_bert.tasks.glue.data's table), SQuAD v1.1 / v2.0
 files, and the flags of tiny runs."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from flax_bert.finetune import glue
+from flax_bert.tasks.glue import data as glue
 from tests import finetune_fixtures as fx
 
 TOPICS = [words.split() for words in fx.TOPICS.values()]

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from flax_bert import checkpoint
+from flax_bert.trainer import checkpoint
 from flax_bert.config import BertConfig
 from flax_bert.data import vocab as vocab_lib
 from flax_bert.model import BertForPreTraining

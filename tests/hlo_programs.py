@@ -14,10 +14,10 @@ import numpy as np
 
 from flax_bert import BertModel, functional
 from flax_bert.compute import Compute
-from flax_bert.finetune import steps as ft_steps
+from flax_bert.tasks import finetune_steps as ft_steps
 from flax_bert.heads import BertForSequenceClassification
 from flax_bert.model import BertForPreTraining
-from flax_bert.training import optimizer, sharding, state as state_lib, steps
+from flax_bert.trainer import optimizer, sharding, state as state_lib, step as steps
 from tests.test_train_step import CFG, SEQ, make_batch, opt_config, place
 
 

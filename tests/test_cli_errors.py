@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from flax_bert.workdir import LOCK_FILE
+from flax_bert.trainer.run_folder import LOCK_FILE
 from tests import ckpt_helpers as h
 
 # name -> (extra args, expected fragment of the error line); each runs on a copy of the

@@ -9,7 +9,8 @@ import pytest
 
 from flax_bert.data import split
 from configs import squad as squad_config
-from flax_bert.finetune import books, cloze, squad
+from flax_bert.tasks import books
+from flax_bert.tasks.squad import cloze, data as squad
 
 TASK = squad_config.get_config().cloze
 WORDS = re.compile(r"[^\W\d_]+")

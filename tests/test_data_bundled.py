@@ -7,7 +7,7 @@ import numpy as np
 from configs.default import get_config
 from tests.data_fixtures import read_split
 from flax_bert.data import pipeline, prepare as prepare_lib
-from flax_bert.data.options import DataOptions
+from flax_bert.data.config import DataOptions
 
 BUNDLED_DOCUMENTS = 404  # corpus/README.md: 7 books, one document per chapter
 BUNDLED_EVAL_DOCUMENTS = 55  # the hash split at eval_fraction 0.15 (configs/default.py)

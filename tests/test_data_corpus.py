@@ -11,7 +11,7 @@ import pytest
 
 from tests.data_fixtures import marker_corpus, read_split
 from flax_bert.data import corpus, prepare as prepare_lib, split
-from flax_bert.data.options import DataOptions
+from flax_bert.data.config import DataOptions
 from flax_bert.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

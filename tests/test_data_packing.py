@@ -9,8 +9,8 @@ import pytest
 
 from tests.data_fixtures import SHORT_DOCS, prepared, read_split, unmask
 from flax_bert.data import packing, pipeline, prepare as prepare_lib
-from flax_bert.data import options, vocab as vocab_lib
-from flax_bert.data.options import DataOptions
+from flax_bert.data import config as options, vocab as vocab_lib
+from flax_bert.data.config import DataOptions
 from flax_bert.errors import UserError
 
 BATCH = 8
@@ -299,7 +299,7 @@ def test_size_files_pretrain_packed_in_bert_s_two_phases(size):
     import importlib
 
     from configs import default
-    from flax_bert import pretraining
+    from flax_bert.tasks import pretraining
 
     config = importlib.import_module(f"configs.{size}").get_config()
     d, t = config.data, config.train

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tests.data_fixtures import marker_corpus, prepared, read_split, unmask
-from flax_bert.data import options, pipeline, prepare as prepare_lib, shards
-from flax_bert.data.options import DataOptions
+from flax_bert.data import config as options, pipeline, prepare as prepare_lib, shards
+from flax_bert.data.config import DataOptions
 from flax_bert.errors import UserError
 
 BATCH = 16

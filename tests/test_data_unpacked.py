@@ -16,7 +16,7 @@ from etils import epath
 from tests.data_fixtures import marker_corpus
 from flax_bert.data import folder as folder_lib, pipeline, prepare as prepare_lib
 from flax_bert.data import vocab as vocab_lib
-from flax_bert.data.options import DataOptions
+from flax_bert.data.config import DataOptions
 
 # sha256 of the train shards, the eval shards, 4 train batches and every eval batch, per
 # option set; recorded from the unpacked code.

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 import finetune
-from flax_bert.workdir import LOCK_FILE
+from flax_bert.trainer.run_folder import LOCK_FILE
 from tests import ckpt_helpers as h, downstream_fixtures as dx, finetune_fixtures as fx
 
 GLUE = ["--config=configs/glue.py", "--config.glue.data_dir={root}/GLUE"]

@@ -11,8 +11,8 @@ import pytest
 
 from flax_bert import BertForPreTraining, functional
 from flax_bert.compute import Compute
-from flax_bert.training import optimizer, steps
-from flax_bert.training.state import TrainState
+from flax_bert.trainer import optimizer, step as steps
+from flax_bert.trainer.state import TrainState
 from tests.test_train_step import CFG, make_batch, opt_config
 
 KEY = jax.random.key(7)  # CFG has dropout 0.1: the key matters

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from benchmarks import fuzz_prepared as fuzz
-from flax_bert.data import inputs, pipeline, prepare
-from flax_bert.data.options import DataOptions
+from flax_bert.data import pretraining_data as inputs, pipeline, prepare
+from flax_bert.data.config import DataOptions
 from flax_bert.errors import UserError
 from tests import ckpt_helpers as h
 from tests.data_fixtures import marker_corpus

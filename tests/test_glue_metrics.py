@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as sk
 
-from flax_bert.finetune import glue, glue_metrics as gm
+from flax_bert.tasks.glue import data as glue, metrics as gm
 
 # BERT-base on the GLUE test sets (Devlin et al. 2019, Table 1; the leaderboard's row adds
 # MRPC/QQP accuracy, STS-B Pearson and WNLI).

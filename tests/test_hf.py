@@ -15,7 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from flax_bert import checkpoint, hf, hf_layout  # noqa: E402
+from flax_bert.trainer import checkpoint
+from flax_bert import hf, hf_names as hf_layout  # noqa: E402
 from flax_bert.config import BertConfig  # noqa: E402
 from flax_bert.errors import UserError  # noqa: E402
 from flax_bert.model import BertForPreTraining, BertModel  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from flax_bert import hf, hf_layout  # noqa: E402
+from flax_bert import hf, hf_names as hf_layout  # noqa: E402
 from flax_bert.config import BertConfig  # noqa: E402
 from tests.test_hf import SMALL, TOL, _batch, _maxdiff, _our_params, _torch_run  # noqa: E402
 

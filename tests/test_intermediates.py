@@ -10,7 +10,7 @@ import pytest
 
 from flax_bert import BertForPreTraining, BertModel
 from flax_bert.compute import Compute
-from flax_bert.training import optimizer, state as state_lib, steps
+from flax_bert.trainer import optimizer, state as state_lib, step as steps
 from tests import test_train_step
 
 CFG = dataclasses.replace(test_train_step.CFG, num_hidden_layers=2)  # a layer after a layer

@@ -10,9 +10,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from flax_bert import BertForPreTraining, checkpoint, model
+from flax_bert import BertForPreTraining, model
+from flax_bert.trainer import checkpoint
 from flax_bert.errors import UserError
-from flax_bert.training import state as state_lib
+from flax_bert.trainer import state as state_lib
 from tests.test_model import SMALL
 
 

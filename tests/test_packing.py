@@ -16,7 +16,7 @@ import pytest
 
 from flax_bert import BertForPreTraining, BertModel, functional, heads
 from flax_bert.compute import Compute
-from flax_bert.training import monitor, steps
+from flax_bert.trainer import monitor, step as steps
 from tests import packing
 from tests.test_train_step import CFG as DROPOUT_CFG, run_steps
 

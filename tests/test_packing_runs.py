@@ -13,11 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_bert import checkpoint, losses
+from flax_bert.trainer import checkpoint
+from flax_bert import losses
 from flax_bert.data import pipeline, prepare
-from flax_bert.data.options import DataOptions
+from flax_bert.data.config import DataOptions
 from flax_bert.model import BertForPreTraining
-from flax_bert.training import steps
+from flax_bert.trainer import step as steps
 from tests import ckpt_helpers as h
 from tests.test_checkpoint import _assert_same_final_state, _wait
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flax_bert.errors import UserError
-from flax_bert.finetune import squad
+from flax_bert.tasks.squad import data as squad
 from tests.finetune_fixtures import write_vocab
 
 WORDS = [f"w{i}" for i in range(40)]

@@ -96,7 +96,7 @@ def test_continued_pretraining_of_an_hf_model_of_another_size(corpus, tmp_path):
     torch = pytest.importorskip("torch")
     from flax_bert import hf
     from flax_bert.data import prepare as prepare_lib
-    from flax_bert.data.options import DataOptions
+    from flax_bert.data.config import DataOptions
 
     # An HF model whose vocab is a WordPiece vocab trained on the corpus.
     opts = DataOptions.defaults().replace(input=(corpus,), vocab_size=300, max_seq_length=32,

@@ -7,7 +7,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from flax_bert.training import feed as feed_lib, sharding
+from flax_bert.trainer import feed as feed_lib, sharding
 from tests.test_train_step import DATA_PARALLEL, make_batch, make_step
 
 

@@ -23,13 +23,13 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from configs import default  # noqa: E402
-from flax_bert import hf, hf_layout  # noqa: E402
+from flax_bert import hf, hf_names as hf_layout  # noqa: E402
 from flax_bert.compute import Compute  # noqa: E402
 from flax_bert.data import pipeline, prepare  # noqa: E402
-from flax_bert.data.options import DataOptions  # noqa: E402
+from flax_bert.data.config import DataOptions  # noqa: E402
 from flax_bert.model import BertForPreTraining  # noqa: E402
-from flax_bert.training import checks, feed, optimizer, sharding, state as state_lib  # noqa: E402
-from flax_bert.training import steps  # noqa: E402
+from flax_bert.trainer import checks, feed, optimizer, sharding, state as state_lib  # noqa: E402
+from flax_bert.trainer import step as steps  # noqa: E402
 
 STEPS = 50
 STEPS_PER_CALL = 5  # Our side runs as the trainer does: K steps per jitted call (a scan).

@@ -13,7 +13,7 @@ import pytest
 
 from configs import default
 from flax_bert import BertConfig, BertForPreTraining
-from flax_bert.training import feed, optimizer, sharding, state as state_lib, steps
+from flax_bert.trainer import feed, optimizer, sharding, state as state_lib, step as steps
 
 # One layer: the stacked-layer code is the same for any L (tests/test_model.py checks L=3),
 # and XLA:CPU compiles each unrolled layer again.

@@ -16,13 +16,13 @@ import threading
 
 import pytest
 
-from flax_bert import workdir as workdir_lib
+from flax_bert.trainer import run_folder as workdir_lib
 from flax_bert.errors import UserError
-from flax_bert.training import metrics as metrics_lib
+from flax_bert.trainer import metric_log as metrics_lib
 from tests import ckpt_helpers as h
 from tests.test_checkpoint import _assert_same_final_state
 
-HOLD = ("import sys, time; from flax_bert.workdir import WorkdirLock; "
+HOLD = ("import sys, time; from flax_bert.trainer.run_folder import WorkdirLock; "
         "lock = WorkdirLock(sys.argv[1]); lock.acquire(); print('locked', flush=True); time.sleep(600)")
 FREE_AT_SAVE = 64 * 1024  # bytes left on the tmpfs: metrics rows fit, a checkpoint does not
 ATTEMPTS = 5  # failing saves tried until one has a write in flight when it fails
@@ -264,7 +264,7 @@ def test_async_save_failing_midway_is_one_error_and_no_straggler_traceback(tmpfs
     import ml_collections
     from flax import struct
 
-    from flax_bert import checkpoint
+    from flax_bert.trainer import checkpoint
 
     @struct.dataclass
     class State:

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import sys
 
-from flax_bert.data import folder as folder_lib, options, prepare as prepare_lib
+from flax_bert.data import folder as folder_lib, config as options, prepare as prepare_lib
 from flax_bert.data import shards as shards_lib
 from flax_bert.data import storage
-from flax_bert.data.options import DataOptions
+from flax_bert.data.config import DataOptions
 from flax_bert.errors import UserError
 
 ERRORS = "beam-errors.txt"  # the first UserError of a failed run (read and removed by run)

@@ -57,7 +57,7 @@ from flax_bert import preemption
 from flax_bert.data import examples, folder as folder_lib, packing, records, storage, streams
 from flax_bert.data import vocab as vocab_lib
 from flax_bert.data.folder import load_meta
-from flax_bert.data.options import DataOptions
+from flax_bert.data.config import DataOptions
 from flax_bert.errors import UserError
 
 PERM_CACHE = 2  # epochs whose permutation is kept (a batch spans at most 2 epochs)

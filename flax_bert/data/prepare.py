@@ -38,7 +38,7 @@ from tqdm import tqdm
 from flax_bert import preemption
 from flax_bert.data import corpus, folder as folder_lib, records, storage
 from flax_bert.data import vocab as vocab_lib
-from flax_bert.data.options import DataOptions, add_flags, from_flags
+from flax_bert.data.config import DataOptions, add_flags, from_flags
 from flax_bert.data.shards import MB, ShardMaker, doc_chars, group_shards, plan_groups
 from flax_bert.errors import UserError
 

@@ -21,7 +21,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from flax_bert.data import corpus, examples, folder as folder_lib, packing, records, split
 from flax_bert.data import storage, streams
 from flax_bert.data import vocab as vocab_lib
-from flax_bert.data.options import DataOptions
+from flax_bert.data.config import DataOptions
 
 NUM_SPECIAL = examples.NUM_SPECIAL_IN_PAIR
 SENTENCES_PER_TASK = 20_000  # Sentences tokenized at a time (bounds a worker's memory).

@@ -1,6 +1,6 @@
 """One GLUE task at one learning rate, as one fine-tuning run on the engine: the task's
-splits (flax_bert.finetune.glue), a sequence classifier (STS-B: one output and MSE),
-the dev metrics of GLUE (flax_bert.finetune.glue_metrics) as the eval rows, and at the end
+splits (flax_bert.tasks.glue.data), a sequence classifier (STS-B: one output and MSE),
+the dev metrics of GLUE (flax_bert.tasks.glue.metrics) as the eval rows, and at the end
 the test predictions as submission files and a transformers export.
 
 A finished run's folder holds results.json (read back by a rerun instead of training):
@@ -17,13 +17,15 @@ from typing import Any, Iterable
 import ml_collections
 import numpy as np
 
-from flax_bert import distributed, hf, hf_layout, workdir as workdir_lib
+from flax_bert import distributed, hf, hf_names as hf_layout
+from flax_bert.trainer import run_folder as workdir_lib
 from flax_bert.compute import Compute
 from flax_bert.data import corpus
-from flax_bert.finetune import batches, glue, glue_metrics, labelled, recipe
-from flax_bert.finetune import job as ft_job, start as start_lib, steps as ft_steps
-from flax_bert.training import engine
-from flax_bert.training.monitor import say
+from flax_bert.tasks import example_batches as batches, labelled_text as labelled, recipe
+from flax_bert.tasks.glue import data as glue, metrics as glue_metrics
+from flax_bert.tasks import (finetune_job as ft_job, model_start as start_lib, finetune_steps as ft_steps)
+from flax_bert.trainer import loop as engine
+from flax_bert.trainer.monitor import say
 
 HEAD = "sequence_classification"
 PLOTS = (("loss", ("loss",)),)  # one dev point a run (train.eval_every 0): no curve

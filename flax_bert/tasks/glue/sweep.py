@@ -1,5 +1,5 @@
 """GLUE from one pretrained model: each chosen task at each chosen learning rate is its own
-fine-tuning run (flax_bert.finetune.glue_task) in WORKDIR/<TASK>/lr_<LR>/; each task keeps
+fine-tuning run (flax_bert.tasks.glue.task) in WORKDIR/<TASK>/lr_<LR>/; each task keeps
 the learning rate of its best dev score; then the results (glue_results.json), GLUE's
 submission files (WORKDIR/submission/) and the table with the GLUE score.
 
@@ -22,10 +22,11 @@ import ml_collections
 
 from flax_bert import distributed
 from flax_bert.errors import UserError
-from flax_bert.finetune import glue, glue_metrics, glue_task, start as start_lib
-from flax_bert.training import engine
-from flax_bert.training.monitor import say
-from flax_bert.workdir import Paths
+from flax_bert.tasks.glue import data as glue, metrics as glue_metrics, task as glue_task
+from flax_bert.tasks import model_start as start_lib
+from flax_bert.trainer import loop as engine
+from flax_bert.trainer.monitor import say
+from flax_bert.trainer.run_folder import Paths
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

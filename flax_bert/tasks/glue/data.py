@@ -63,7 +63,7 @@ class Task:
     hf_columns: tuple[str, ...]  # text (and pair) columns of the HF dataset
     labels: tuple[str, ...]  # class names in id order (HF ClassLabel); () = regression
     tsv_labels: tuple[str, ...]  # the TSV's label strings in the same order
-    metrics: tuple[str, ...]  # averaged into the task score (flax_bert.finetune.glue_metrics)
+    metrics: tuple[str, ...]  # averaged into the task score (flax_bert.tasks.glue.metrics)
     evals: dict[str, str]  # dev split -> the name of its results ("MNLI-m")
     tests: dict[str, str]  # test split -> submission file ("MNLI-m.tsv")
     labelled: Layout | None  # train and dev files (None: a test-only task)
@@ -296,7 +296,7 @@ def _read_dataset(path: str, task: Task, split: str) -> GlueExamples:
 
 def encode(examples: GlueExamples, tokenizer: Any) -> dict[str, np.ndarray]:
     """input_ids, token_type_ids, attention_mask [n, S] (and label [n] when labelled), with a
-    tokenizer of flax_bert.finetune.labelled.make_tokenizer."""
+    tokenizer of flax_bert.tasks.labelled_text.make_tokenizer."""
     inputs = (list(zip(examples.texts, examples.pairs)) if examples.pairs is not None
               else examples.texts)
     encodings = tokenizer.encode_batch(inputs)

@@ -16,7 +16,7 @@ import grain
 
 from flax_bert import distributed, preemption
 from flax_bert.data import folder as folder_lib, pipeline, prepare
-from flax_bert.data.options import DataOptions
+from flax_bert.data.config import DataOptions
 
 PHASE1_SUFFIX = "_phase1"  # phase 1's folder is the main one's name + this, beside it
 

@@ -12,8 +12,8 @@ import optax
 from jax.sharding import Mesh
 
 from flax_bert import losses
-from flax_bert.training import sharding
-from flax_bert.training.state import TrainState
+from flax_bert.trainer import sharding
+from flax_bert.trainer.state import TrainState
 
 Array = jax.Array
 Batch = Mapping[str, Array]

@@ -11,12 +11,13 @@ from typing import Any
 
 import ml_collections
 
-from flax_bert import checkpoint, hf, hf_layout
+from flax_bert.trainer import checkpoint
+from flax_bert import hf, hf_names as hf_layout
 from flax_bert.config import BertConfig
 from flax_bert.data import vocab as vocab_lib
 from flax_bert.errors import UserError
-from flax_bert.training import checks
-from flax_bert.workdir import Paths, install_vocab, same_file, write_text
+from flax_bert.trainer import checks
+from flax_bert.trainer.run_folder import Paths, install_vocab, same_file, write_text
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,12 +30,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from flax_bert import checkpoint, distributed, preemption, workdir as workdir_lib
+from flax_bert.trainer import checkpoint, run_folder as workdir_lib
+from flax_bert import distributed, preemption
 from flax_bert.errors import Interrupted, UserError
-from flax_bert.training import checks, metrics as metrics_lib, monitor
-from flax_bert.training import sharding, state as state_lib, steps
-from flax_bert.training.feed import DeviceFeed, call_sizes, global_batch
-from flax_bert.training.monitor import say
+from flax_bert.trainer import checks, metric_log as metrics_lib, monitor
+from flax_bert.trainer import sharding, state as state_lib, step as steps
+from flax_bert.trainer.feed import DeviceFeed, call_sizes, global_batch
+from flax_bert.trainer.monitor import say
 
 # Train calls the host may dispatch ahead of the devices: enough to keep them busy while the
 # host builds the next input; more would only queue input batches in device memory.

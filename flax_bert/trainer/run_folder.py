@@ -4,7 +4,7 @@ lock), and clear stops when its disk fills.
 `Paths` is the one place that names the files and folders of a run folder:
     config.json           the model's BertConfig (HF field names)
     vocab.txt             the WordPiece vocab the model's inputs are tokenized with
-    checkpoints/          orbax train checkpoints (flax_bert.checkpoint)
+    checkpoints/          orbax train checkpoints (flax_bert.trainer.checkpoint)
     checkpoints_broken/   checkpoints that failed to restore, moved aside (never deleted)
     pretrained/           optional: imported initial weights (python -m flax_bert.hf import)
     metrics.jsonl         one JSON row per logged step and per eval

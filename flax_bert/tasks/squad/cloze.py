@@ -1,8 +1,8 @@
 """The cloze task: find, in a passage of a novel, the word blanked out of the next sentence.
 
 A span-extraction task in SQuAD v1.1's format (train.json, dev.json), so that the SQuAD
-runner trains and scores it (flax_bert.finetune.squad), built like the book task
-(flax_bert.finetune.books) from the chapters that pretraining holds out
+runner trains and scores it (flax_bert.tasks.squad.data), built like the book task
+(flax_bert.tasks.books) from the chapters that pretraining holds out
 (flax_bert.data.split.is_held_out with the pretraining run's data.eval_fraction and
 data.prepare_seed): a pretrained encoder has seen none of its text. Per book, the
 `dev_fraction` of those chapters with the smallest hash are the dev set, the rest train.
@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from flax_bert.data import split
-from flax_bert.finetune import books, squad
+from flax_bert.tasks import books
+from flax_bert.tasks.squad import data as squad
 
 TRAIN_FILE, DEV_FILE = "train.json", "dev.json"
 WORD = re.compile(r"[^\W\d_]+")  # a run of letters

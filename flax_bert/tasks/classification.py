@@ -3,7 +3,7 @@ macro-F1 -> a transformers BertForSequenceClassification folder.
 
     python finetune.py [--config configs/finetune.py] --workdir DIR
 
-A fine-tune run folder holds what a pretraining one does (flax_bert.workdir) plus
+A fine-tune run folder holds what a pretraining one does (flax_bert.trainer.run_folder) plus
 finetune.json, books/ (the book task, when built) and hf/ (the export).
 """
 
@@ -14,12 +14,13 @@ from typing import Any, Iterable
 import ml_collections
 import numpy as np
 
-from flax_bert import hf, hf_layout, workdir as workdir_lib
+from flax_bert import hf, hf_names as hf_layout
+from flax_bert.trainer import run_folder as workdir_lib
 from flax_bert.compute import Compute
-from flax_bert.finetune import batches, books, bundled, labelled, start as start_lib
-from flax_bert.finetune import job as ft_job, steps as ft_steps
-from flax_bert.training import engine
-from flax_bert.training.monitor import say
+from flax_bert.tasks import (example_batches as batches, books, bundled_data as bundled, labelled_text as labelled, model_start as start_lib)
+from flax_bert.tasks import finetune_job as ft_job, finetune_steps as ft_steps
+from flax_bert.trainer import loop as engine
+from flax_bert.trainer.monitor import say
 
 HEAD = "sequence_classification"
 PLOTS = (("loss", ("loss",)), ("accuracy", ("accuracy", "macro_f1")))

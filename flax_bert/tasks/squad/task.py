@@ -1,11 +1,11 @@
-"""The SQuAD job: SQuAD-format questions -> doc-stride windows (flax_bert.finetune.squad)
+"""The SQuAD job: SQuAD-format questions -> doc-stride windows (flax_bert.tasks.squad.data)
 -> BertForQuestionAnswering on the engine -> n-best answers and the official EM / F1 as
 the eval rows -> a transformers BertForQuestionAnswering folder.
 
     python finetune.py --config configs/squad.py --workdir DIR \
         [--config.data.train=train-v1.1.json --config.data.eval=dev-v1.1.json]
 
-With no data, the cloze task (flax_bert.finetune.cloze) is built into WORKDIR/cloze. The
+With no data, the cloze task (flax_bert.tasks.squad.cloze) is built into WORKDIR/cloze. The
 final eval's answers go to predictions.json, nbest_predictions.json and (v2.0)
 null_odds.json, as the reference scripts write them.
 """
@@ -17,13 +17,15 @@ from typing import Any, Iterable
 
 import ml_collections
 
-from flax_bert import distributed, hf, hf_layout, workdir as workdir_lib
+from flax_bert import distributed, hf, hf_names as hf_layout
+from flax_bert.trainer import run_folder as workdir_lib
 from flax_bert.compute import Compute
 from flax_bert.errors import UserError
-from flax_bert.finetune import batches, bundled, cloze, recipe, squad, start as start_lib
-from flax_bert.finetune import job as ft_job, steps as ft_steps
-from flax_bert.training import engine
-from flax_bert.training.monitor import say
+from flax_bert.tasks import (example_batches as batches, bundled_data as bundled, recipe, model_start as start_lib)
+from flax_bert.tasks.squad import cloze, data as squad
+from flax_bert.tasks import finetune_job as ft_job, finetune_steps as ft_steps
+from flax_bert.trainer import loop as engine
+from flax_bert.trainer.monitor import say
 
 HEAD = "question_answering"
 PLOTS = (("loss", ("loss",)), ("f1", ("exact_match", "exact", "f1")))

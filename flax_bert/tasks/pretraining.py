@@ -16,14 +16,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from flax_bert import checkpoint, losses, workdir as workdir_lib
+from flax_bert.trainer import checkpoint, run_folder as workdir_lib
+from flax_bert import losses
 from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
-from flax_bert.data import examples, inputs
-from flax_bert.data.options import DataOptions
+from flax_bert.data import examples, pretraining_data as inputs
+from flax_bert.data.config import DataOptions
 from flax_bert.errors import UserError
 from flax_bert.model import BertForPreTraining
-from flax_bert.training import checks, engine, metrics as metrics_lib, monitor, optimizer, steps
+from flax_bert.trainer import (checks, loop as engine, metric_log as metrics_lib, monitor, optimizer, step as steps)
 
 SUM_KEYS = ("mlm_loss_sum", "mlm_correct", "mlm_count",
             "nsp_loss_sum", "nsp_correct", "nsp_count")

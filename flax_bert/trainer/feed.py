@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from flax_bert.training import sharding
+from flax_bert.trainer import sharding
 
 
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh,

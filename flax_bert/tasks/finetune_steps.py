@@ -17,8 +17,8 @@ import numpy as np
 import optax
 
 from flax_bert import losses
-from flax_bert.training import steps as pretrain_steps
-from flax_bert.training.state import TrainState
+from flax_bert.trainer import step as pretrain_steps
+from flax_bert.trainer.state import TrainState
 
 Array = jax.Array
 Batch = Mapping[str, Array]

@@ -1,4 +1,4 @@
-"""Labelled text for fine-tuning: read and tokenize (batched by flax_bert.finetune.batches).
+"""Labelled text for fine-tuning: read and tokenize (batched by flax_bert.tasks.example_batches).
 
 Input: a JSONL file (one object a line), a CSV file (a header row), or a `datasets`
 directory written by `save_to_disk`, with a text column, an optional second-text column

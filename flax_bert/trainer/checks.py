@@ -9,12 +9,12 @@ from typing import Collection
 
 import ml_collections
 
-from flax_bert import checkpoint
+from flax_bert.trainer import checkpoint
 from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
-from flax_bert.training import optimizer
-from flax_bert.workdir import Paths
+from flax_bert.trainer import optimizer
+from flax_bert.trainer.run_folder import Paths
 
 # BertConfig fields that shape training but not the parameters: a run may change them.
 TRAINING_ONLY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob",

@@ -1,6 +1,6 @@
 """Checkpoints: training checkpoints in a run folder, and params-only exports.
 
-A run folder's `checkpoints/<step>/` (flax_bert.workdir names the run folder's paths) holds
+A run folder's `checkpoints/<step>/` (flax_bert.trainer.run_folder names the run folder's paths) holds
 one orbax folder per item:
     params/              the parameter pytree (float32): all `load_params` reads
     opt_state/           the optimizer state
@@ -35,10 +35,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from flax_bert import distributed, layers
-from flax_bert import workdir as workdir_lib
+from flax_bert.trainer import run_folder as workdir_lib
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
-from flax_bert.workdir import CONFIG_FILE
+from flax_bert.trainer.run_folder import CONFIG_FILE
 
 PARAMS_DIR = "params"
 ARRAY_ITEMS = ("params", "opt_state", "train")  # orbax Standard items of a train checkpoint

@@ -13,10 +13,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from flax_bert import checkpoint, distributed, preemption
+from flax_bert.trainer import checkpoint
+from flax_bert import distributed, preemption
 from flax_bert.errors import UserError
-from flax_bert.training import metrics as metrics_lib
-from flax_bert.training.feed import global_batch
+from flax_bert.trainer import metric_log as metrics_lib
+from flax_bert.trainer.feed import global_batch
 
 
 def say(message: str) -> None:

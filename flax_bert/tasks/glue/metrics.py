@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from flax_bert.finetune.glue import GLUE_TASKS, TASKS, Task
+from flax_bert.tasks.glue.data import GLUE_TASKS, TASKS, Task
 
 # Evaluation name -> the metric that the BERT paper's Table 1 reports for it.
 BERT_PAPER_ENTRIES = {"MNLI-m": "accuracy", "MNLI-mm": "accuracy", "QQP": "f1",

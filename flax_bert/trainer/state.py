@@ -12,7 +12,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from flax_bert.training import sharding
+from flax_bert.trainer import sharding
 
 Array = jax.Array
 

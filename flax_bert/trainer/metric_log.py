@@ -14,7 +14,7 @@ import os
 import time
 from typing import Mapping
 
-from flax_bert import workdir as workdir_lib
+from flax_bert.trainer import run_folder as workdir_lib
 from flax_bert.errors import UserError
 
 # (name, metric keys) of each plot of a pretraining run: WORKDIR/<name>.png, y label <name>.

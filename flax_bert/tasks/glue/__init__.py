@@ -1,0 +1,1 @@
+"""GLUE: the tasks' data, metrics, one run and the sweep."""

@@ -1,0 +1,1 @@
+"""The trainer: one loop, one train step, the run folder, checkpoints, metrics."""
