@@ -36,7 +36,10 @@ from flax_bert.trainer import checkpoint
 from flax_bert import layers
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
-from flax_bert.hf_names import (ALL_GROUPS, DEFAULT_NUM_LABELS, HEADS, IGNORED_SUFFIXES, SAFETENSORS_FILE, TIED_DECODER_BIAS, TIED_DECODER_WEIGHT, Params, get_path, group_of, init_params, name_map, param_shapes, per_layer, read_weights, set_path, stacked)
+from flax_bert.hf_names import (ALL_GROUPS, DEFAULT_NUM_LABELS, HEADS, IGNORED_SUFFIXES,
+                                SAFETENSORS_FILE, TIED_DECODER_BIAS, TIED_DECODER_WEIGHT,
+                                Params, get_path, group_of, init_params, name_map,
+                                param_shapes, per_layer, read_weights, set_path, stacked)
 from flax_bert.trainer.run_folder import CONFIG_FILE, VOCAB_FILE, Paths, WorkdirLock
 
 # transformers' BertForSequenceClassification losses that save_pretrained may name.

@@ -15,7 +15,8 @@ from flax_bert import layers
 from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
-from flax_bert.heads import (BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification)
+from flax_bert.heads import (BertForQuestionAnswering, BertForSequenceClassification,
+                             BertForTokenClassification)
 from flax_bert.model import BertForPreTraining
 
 SAFETENSORS_FILE = "model.safetensors"

@@ -31,7 +31,10 @@ import jax.numpy as jnp
 from flax_bert import ops
 from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
-from flax_bert.layers import (BATCH_LENGTH_EMBED, BATCH_LENGTH_HEADS_KV, BATCH_LENGTH_VOCAB, LAYERS, BertIntermediate, BertOutput, DenseParams, Dropout, activation_fn, at_positions, dense, init, layer_norm, unstack_layers)
+from flax_bert.layers import (BATCH_LENGTH_EMBED, BATCH_LENGTH_HEADS_KV, BATCH_LENGTH_VOCAB,
+                              LAYERS, BertIntermediate, BertOutput, DenseParams, Dropout,
+                              activation_fn, at_positions, dense, init, layer_norm,
+                              unstack_layers)
 
 Array = jax.Array
 

@@ -14,7 +14,8 @@ import pytest
 from flax_bert.trainer import checkpoint
 from flax_bert import hf
 from flax_bert.data import split, vocab as vocab_lib
-from flax_bert.tasks import (example_batches as batches, books, classification, labelled_text as labelled, model_start as start_lib)
+from flax_bert.tasks import (example_batches as batches, books, classification,
+                             labelled_text as labelled, model_start as start_lib)
 from flax_bert.tasks import finetune_steps as ft_steps
 from flax_bert.errors import Interrupted
 from tests import ckpt_helpers as h, finetune_fixtures as fx

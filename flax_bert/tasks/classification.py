@@ -17,7 +17,8 @@ import numpy as np
 from flax_bert import hf, hf_names as hf_layout
 from flax_bert.trainer import run_folder as workdir_lib
 from flax_bert.compute import Compute
-from flax_bert.tasks import (example_batches as batches, books, bundled_data as bundled, labelled_text as labelled, model_start as start_lib)
+from flax_bert.tasks import (example_batches as batches, books, bundled_data as bundled,
+                             labelled_text as labelled, model_start as start_lib)
 from flax_bert.tasks import finetune_job as ft_job, finetune_steps as ft_steps
 from flax_bert.trainer import loop as engine
 from flax_bert.trainer.monitor import say

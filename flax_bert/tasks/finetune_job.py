@@ -13,7 +13,8 @@ import ml_collections
 import numpy as np
 
 from flax_bert.config import BertConfig
-from flax_bert.tasks import (example_batches as batches, model_start as start_lib, finetune_steps as ft_steps)
+from flax_bert.tasks import (example_batches as batches, model_start as start_lib,
+                             finetune_steps as ft_steps)
 from flax_bert.trainer import loop as engine, optimizer
 from flax_bert.trainer.run_folder import Paths
 

@@ -24,7 +24,8 @@ from flax_bert.data import examples, pretraining_data as inputs
 from flax_bert.data.config import DataOptions
 from flax_bert.errors import UserError
 from flax_bert.model import BertForPreTraining
-from flax_bert.trainer import (checks, loop as engine, metric_log as metrics_lib, monitor, optimizer, step as steps)
+from flax_bert.trainer import (checks, loop as engine, metric_log as metrics_lib, monitor,
+                               optimizer, step as steps)
 
 SUM_KEYS = ("mlm_loss_sum", "mlm_correct", "mlm_count",
             "nsp_loss_sum", "nsp_correct", "nsp_count")

@@ -23,7 +23,8 @@ from flax_bert.compute import Compute
 from flax_bert.data import corpus
 from flax_bert.tasks import example_batches as batches, labelled_text as labelled, recipe
 from flax_bert.tasks.glue import data as glue, metrics as glue_metrics
-from flax_bert.tasks import (finetune_job as ft_job, model_start as start_lib, finetune_steps as ft_steps)
+from flax_bert.tasks import (finetune_job as ft_job, model_start as start_lib,
+                             finetune_steps as ft_steps)
 from flax_bert.trainer import loop as engine
 from flax_bert.trainer.monitor import say
 

@@ -21,7 +21,8 @@ from flax_bert import distributed, hf, hf_names as hf_layout
 from flax_bert.trainer import run_folder as workdir_lib
 from flax_bert.compute import Compute
 from flax_bert.errors import UserError
-from flax_bert.tasks import (example_batches as batches, bundled_data as bundled, recipe, model_start as start_lib)
+from flax_bert.tasks import (example_batches as batches, bundled_data as bundled, recipe,
+                             model_start as start_lib)
 from flax_bert.tasks.squad import cloze, data as squad
 from flax_bert.tasks import finetune_job as ft_job, finetune_steps as ft_steps
 from flax_bert.trainer import loop as engine
