@@ -14,6 +14,7 @@ from jax.sharding import Mesh
 from flax_bert import BertConfig, BertForPreTraining
 from flax_bert.compute import Compute
 from flax_bert.trainer import feed, optimizer, sharding, state as state_lib, step as steps
+from flax_bert.tasks.pretraining import PretrainingObjective
 
 
 BERT_VOCAB_SIZE = 30522  # Without prepared data, the size files' vocab is BERT's own.
@@ -93,7 +94,8 @@ def build_step(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarray
     """(jit'd train call, fresh TrainState, device batches), see `build_parts`. A call
     runs config.train.steps_per_call steps, all on `batch_np` (stacked that many times)."""
     parts = build_parts(config, seq)
-    step = steps.jit_train_step(parts.mesh, parts.shardings, model=parts.model, tx=parts.tx,
+    step = steps.jit_train_step(parts.mesh, parts.shardings,
+                                objective=PretrainingObjective(parts.model), tx=parts.tx,
                                 schedule=parts.schedule)
     stacked = feed.stack_batches([batch_np] * config.train.steps_per_call)
     return step, parts.state, jax.device_put(

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.common import build_parts, load_config, make_batch  # noqa: E402
 from flax_bert.trainer import feed, step as steps  # noqa: E402
+from flax_bert.tasks.pretraining import PretrainingObjective
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,7 +61,8 @@ def main(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     state = jax.eval_shape(build)
     parts = built["parts"]
-    step = steps.jit_train_step(parts.mesh, parts.shardings, model=parts.model, tx=parts.tx,
+    step = steps.jit_train_step(parts.mesh, parts.shardings,
+                                objective=PretrainingObjective(parts.model), tx=parts.tx,
                                 schedule=parts.schedule)
     batch = make_batch(parts.model.config, args.batch, args.seq, preds,
                        np.random.default_rng(0))

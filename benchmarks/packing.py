@@ -37,6 +37,7 @@ from benchmarks.common import build_parts, load_config  # noqa: E402
 from flax_bert.data import corpus, pipeline, prepare, vocab as vocab_lib  # noqa: E402
 from flax_bert.data.config import DataOptions  # noqa: E402
 from flax_bert.trainer import feed, sharding, step as steps  # noqa: E402
+from flax_bert.tasks.pretraining import PretrainingObjective
 
 
 def parse_args() -> argparse.Namespace:
@@ -97,7 +98,8 @@ def main() -> None:
                 batches, fraction, pairs_per_row = prepared_batches(
                     opts, os.path.join(tmp, f"{name}-{seq}"), rows, count, args.sample_rows)
                 parts = build_parts(config, seq)
-                step = steps.jit_train_step(parts.mesh, parts.shardings, model=parts.model,
+                step = steps.jit_train_step(parts.mesh, parts.shardings,
+                                            objective=PretrainingObjective(parts.model),
                                             tx=parts.tx, schedule=parts.schedule)
                 spec = sharding.batch_sharding(parts.mesh, stacked=True)
                 calls = [jax.device_put(feed.stack_batches(

@@ -126,6 +126,7 @@ from benchmarks.hf_step import hf_runner  # noqa: E402
 from benchmarks import xla_trace  # noqa: E402
 from flax_bert import BertConfig  # noqa: E402
 from flax_bert.trainer import sharding, step as steps  # noqa: E402
+from flax_bert import losses
 
 
 def time_repeats(run_steps: Callable[[int], int], steps_per_repeat: int,
@@ -194,7 +195,8 @@ def part_runners(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarr
     params, opt_state, key = parts.state.params, parts.state.opt_state, jax.random.PRNGKey(1)
 
     def loss_fn(p):
-        sums = steps.forward_sums(parts.model, p, batch, deterministic=False, dropout_rng=key)
+        sums = losses.pretraining_sums(parts.model, p, batch, deterministic=False,
+                                       dropout_rng=key)
         return sums["mlm_loss_sum"] + sums["nsp_loss_sum"]
 
     def update(grads, opt_state, params):

@@ -71,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
     t.steps = 600  # Optimizer steps.
     t.global_batch_size = 32  # Examples per step, over all hosts and devices.
     t.steps_per_call = 4  # Optimizer steps per jit'd call (see configs/default.py).
+    t.grad_accum_steps = 1  # Micro-batches per optimizer step (see configs/default.py).
     t.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
     t.dropout = 0.1  # Hidden and attention dropout while fine-tuning (BERT's).
     t.dropout_impl = "hash"  # hash | jax (see configs/default.py).

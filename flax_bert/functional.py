@@ -20,8 +20,8 @@ same numbers).
 dropout and attention kernels, the layer loop, the fused backward passes), with the
 defaults of configs/default.py; `Compute.from_config(config.train)` gives a run's, and its
 numbers. Dropout is on when a key is given and off when `rng` is None. The train step
-at step t draws its dropout from `steps.dropout_key(rng, t)`, so its loss is
-`pretraining_loss(state.params, batch, steps.dropout_key(rng, state.step), config=...)`.
+at step t draws its dropout from `trainer.step.dropout_key(rng, t)`, so its loss is
+`pretraining_loss(state.params, batch, dropout_key(rng, state.step), config=...)`.
 """
 
 from __future__ import annotations
@@ -34,9 +34,7 @@ import jax
 from flax_bert import losses
 from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
-from flax_bert.model import BertForPreTraining, BertModel
-from flax_bert.trainer import step as steps
-from flax_bert.trainer.state import example_inputs
+from flax_bert.model import BertForPreTraining, BertModel, example_inputs, packed_inputs
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -57,7 +55,7 @@ def encode(params: Params, batch: Batch, *, config: BertConfig, rng: Array | Non
     model = BertModel(config, compute)
     return model.apply({"params": params["bert"]}, batch["input_ids"], batch["token_type_ids"],
                        batch["attention_mask"], deterministic=rng is None,
-                       **steps.packed_inputs(batch),
+                       **packed_inputs(batch),
                        rngs=None if rng is None else {"dropout": rng})
 
 
@@ -66,5 +64,6 @@ def pretraining_loss(params: Params, batch: Batch, rng: Array | None, *, config:
     """(mean MLM loss + mean NSP loss, the sums of `losses.pretraining_metrics`) on a
     pretraining batch (`train.py`'s keys: masked_positions, masked_ids, ...)."""
     model = BertForPreTraining(config, compute)
-    sums = steps.forward_sums(model, params, batch, deterministic=rng is None, dropout_rng=rng)
+    sums = losses.pretraining_sums(model, params, batch, deterministic=rng is None,
+                                   dropout_rng=rng)
     return losses.total_loss(sums), sums

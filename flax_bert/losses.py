@@ -6,13 +6,15 @@ devices and eval batches; `summarize` turns them into means.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from flax_bert import ops
+from flax_bert.model import packed_inputs
 
 Array = jax.Array
 
@@ -54,6 +56,19 @@ def pretraining_metrics(mlm_logits: Array, nsp_logits: Array, batch: Mapping[str
         "mlm_loss_sum": mlm_loss_sum, "mlm_correct": mlm_correct, "mlm_count": jnp.sum(mlm_weights),
         "nsp_loss_sum": nsp_loss_sum, "nsp_correct": nsp_correct, "nsp_count": jnp.sum(nsp_weights),
     }
+
+
+def pretraining_sums(model: nn.Module, params: Any, batch: Mapping[str, Array],
+                     deterministic: bool, dropout_rng: Array | None) -> dict[str, Array]:
+    """`pretraining_metrics` of `model` (a BertForPreTraining) on one batch, packed or not;
+    the cross-entropy's backward follows the model's `compute.fused_backward`."""
+    mlm_logits, nsp_logits = model.apply(
+        {"params": params}, batch["input_ids"], batch["token_type_ids"],
+        batch["attention_mask"], deterministic=deterministic,
+        masked_positions=batch["masked_positions"], **packed_inputs(batch),
+        rngs=None if deterministic else {"dropout": dropout_rng}
+    )  # [B, P, V], [B, 2]; packed rows: [B, M, V], [B, K, 2]
+    return pretraining_metrics(mlm_logits, nsp_logits, batch, model.compute.fused_backward)
 
 
 def total_loss(sums: Mapping[str, Array]) -> Array:

@@ -1,9 +1,9 @@
 """Writes the StableHLO of the unpacked programs (train steps, eval step, encoder, probe,
 fine-tuning step), lowered from the flax_bert on PYTHONPATH, one file each, into the folder
 given: `python tests/hlo_programs.py OUT`. test_packing.py compares a commit's with this
-tree's. The train steps' metric-row counts (steps.batch_counts, steps.real_tokens), added
-outputs that change no other number, are left out, so that a commit from before them
-lowers the same programs."""
+tree's. The train steps' metric-row counts (the objectives' batch_counts), added outputs
+that change no other number, are left out, so that a commit from before them lowers the
+same programs."""
 
 import os
 import sys
@@ -14,21 +14,20 @@ import numpy as np
 
 from flax_bert import BertModel, functional
 from flax_bert.compute import Compute
-from flax_bert.tasks import finetune_steps as ft_steps
+from flax_bert.tasks import finetuning
 from flax_bert.heads import BertForSequenceClassification
 from flax_bert.model import BertForPreTraining
 from flax_bert.trainer import optimizer, sharding, state as state_lib, step as steps
+from flax_bert.tasks.pretraining import PretrainingObjective
 from tests.test_train_step import CFG, SEQ, make_batch, opt_config, place
 
 
-def _no_counts(batch):
+def _no_counts(self, batch):
     return {}
 
 
 def programs() -> dict[str, str]:
-    for name in ("batch_counts", "real_tokens"):
-        if hasattr(steps, name):
-            setattr(steps, name, _no_counts)
+    PretrainingObjective.batch_counts = Classification.batch_counts = _no_counts
     batch = make_batch(np.random.default_rng(0), 8)
     ids, types, mask = (batch[k] for k in ("input_ids", "token_type_ids", "attention_mask"))
     tx, schedule = optimizer.make_optimizer(opt_config(), 100)
@@ -44,11 +43,11 @@ def programs() -> dict[str, str]:
         model = BertForPreTraining(CFG, compute)
         state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.key(0),
                                                         SEQ)
-        train = steps.jit_train_step(mesh, shardings, model=model, tx=tx, schedule=schedule,
-                                     grad_accum_steps=accum)
+        train = steps.jit_train_step(mesh, shardings, objective=PretrainingObjective(model),
+                                     tx=tx, schedule=schedule, grad_accum_steps=accum)
         texts[f"train_{name}"] = train.lower(state, place([batch, batch], mesh),
                                              jax.random.key(1)).as_text()
-        evaluate = steps.jit_eval_step(mesh, shardings.params, model=model)
+        evaluate = steps.jit_eval_step(mesh, shardings.params, PretrainingObjective(model))
         texts[f"eval_{name}"] = evaluate.lower(state.params, batch).as_text()
     params = functional.init(CFG, jax.random.key(0))
     texts["encode"] = jax.jit(lambda p: functional.encode(
@@ -59,8 +58,8 @@ def programs() -> dict[str, str]:
     head = BertForSequenceClassification(CFG, num_labels=3)
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 8, "fsdp": 1, "tensor": 1}))
     state, shardings = state_lib.create_train_state(head, tx, mesh, jax.random.key(0), SEQ)
-    train = steps.jit_train_step(mesh, shardings, step_fn=ft_steps.train_step, model=head,
-                                 tx=tx, schedule=schedule)
+    objective = Classification(None, None, None, CFG, [], head, {}, {}, export_dir="")
+    train = steps.jit_train_step(mesh, shardings, objective=objective, tx=tx, schedule=schedule)
     labelled = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
                 "label": batch["next_sentence_label"]}
     texts["finetune_train"] = train.lower(state, place([labelled], mesh),

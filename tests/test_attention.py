@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from flax_bert import ops
+from flax_bert import losses
 
 
 def _qkv_and_mask(rng: np.random.Generator, dtype=jnp.float32, batch=3, seq=10, heads=2,
@@ -155,7 +156,7 @@ def test_train_loss_and_gradients_same_with_either_attention():
     batch) are the same with the fused attention as with the explicit one."""
     from flax_bert import BertConfig, BertForPreTraining
     from flax_bert.compute import Compute
-    from flax_bert.trainer import step as steps
+    from flax_bert import losses
     from tests.test_train_step import make_batch
 
     cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
@@ -168,8 +169,8 @@ def test_train_loss_and_gradients_same_with_either_attention():
         batch["attention_mask"], masked_positions=batch["masked_positions"])["params"]
 
     def loss(params, impl):
-        sums = steps.forward_sums(BertForPreTraining(cfg, Compute(attention_impl=impl)),
-                                  params, batch, False, jax.random.key(1))
+        sums = losses.pretraining_sums(BertForPreTraining(cfg, Compute(attention_impl=impl)),
+                                       params, batch, False, jax.random.key(1))
         return sums["mlm_loss_sum"] + sums["nsp_loss_sum"]
 
     grad_fn = jax.jit(jax.value_and_grad(loss), static_argnums=1)

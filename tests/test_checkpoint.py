@@ -226,7 +226,7 @@ def test_nonfinite_guard_stops_at_the_configured_count(limit, per_call, log_ever
     finite step resets the count), also when the run spans calls of several steps, and
     names the steps of that run."""
     from flax_bert.errors import UserError
-    from flax_bert.trainer.monitor import NonfiniteGuard
+    from flax_bert.trainer.loop import NonfiniteGuard
 
     # A run of limit-1 skips (reset by a finite step), then a run of `limit` skips.
     flags = [0, 0] + [1] * (limit - 1) + [0] + [1] * limit + [0] * (2 * log_every)

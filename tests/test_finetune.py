@@ -16,7 +16,7 @@ from flax_bert import hf
 from flax_bert.data import split, vocab as vocab_lib
 from flax_bert.tasks import (example_batches as batches, books, classification,
                              labelled_text as labelled, model_start as start_lib)
-from flax_bert.tasks import finetune_steps as ft_steps
+from flax_bert.tasks import finetuning
 from flax_bert.errors import Interrupted
 from tests import ckpt_helpers as h, finetune_fixtures as fx
 
@@ -26,12 +26,12 @@ COLUMNS = labelled.Columns("text", "text_pair", "label")
 def test_classification_metrics_by_hand():
     labels = np.array([0, 0, 1, 2])
     predictions = np.array([0, 1, 1, 1])
-    got = ft_steps.classification_metrics(labels, predictions, loss_sum=2.0)
+    got = finetuning.classification_metrics(labels, predictions, loss_sum=2.0)
     # F1 per class: 0: 2*1/(1+2); 1: 2*1/(3+1); 2: 0 (never predicted, once true).
     assert got["macro_f1"] == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
     assert got["accuracy"] == 0.5 and got["loss"] == 0.5
     # A class in neither labels nor predictions does not count (scikit-learn's macro).
-    assert ft_steps.classification_metrics(np.array([3, 3]), np.array([3, 3]), 0.0)[
+    assert finetuning.classification_metrics(np.array([3, 3]), np.array([3, 3]), 0.0)[
         "macro_f1"] == 1.0
 
 

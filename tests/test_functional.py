@@ -13,6 +13,7 @@ from flax_bert import BertForPreTraining, functional
 from flax_bert.compute import Compute
 from flax_bert.trainer import optimizer, step as steps
 from flax_bert.trainer.state import TrainState
+from flax_bert.tasks.pretraining import PretrainingObjective
 from tests.test_train_step import CFG, make_batch, opt_config
 
 KEY = jax.random.key(7)  # CFG has dropout 0.1: the key matters
@@ -73,8 +74,9 @@ def test_loss_equals_train_step(params, batch):
     step = 5
     state = TrainState(step=jnp.int32(step), params=params,
                        opt_state=jax.jit(tx.init)(params), nonfinite_run=jnp.int32(0))
+    objective = PretrainingObjective(BertForPreTraining(CFG))
     _, metrics = jax.jit(lambda s, b, r: steps.train_step(
-        s, b, r, model=BertForPreTraining(CFG), tx=tx, schedule=schedule))(state, batch, KEY)
+        s, b, r, objective=objective, tx=tx, schedule=schedule))(state, batch, KEY)
     value, grads = loss_and_grad(params, batch, steps.dropout_key(KEY, step))
     np.testing.assert_allclose(value, metrics["loss"], rtol=1e-6)
     np.testing.assert_allclose(optax.tree.norm(grads), metrics["grad_norm"], rtol=1e-5)

@@ -11,6 +11,8 @@ import pytest
 from flax_bert import BertForPreTraining, BertModel
 from flax_bert.compute import Compute
 from flax_bert.trainer import optimizer, state as state_lib, step as steps
+from flax_bert.tasks.pretraining import PretrainingObjective
+from flax_bert import model as model_lib
 from tests import test_train_step
 
 CFG = dataclasses.replace(test_train_step.CFG, num_hidden_layers=2)  # a layer after a layer
@@ -89,19 +91,19 @@ def _lowered_steps(compute: Compute) -> dict[str, str]:
     model = BertForPreTraining(CFG, compute)
     tx, schedule = optimizer.make_optimizer(opt_config(), 100)
     params = jax.eval_shape(lambda: nn.unbox(model.init(
-        jax.random.key(0), *state_lib.example_inputs(16))["params"]))  # shapes only
+        jax.random.key(0), *model_lib.example_inputs(16))["params"]))  # shapes only
     state = state_lib.TrainState(step=np.int32(0), params=params,
                                  opt_state=jax.eval_shape(tx.init, params),
                                  nonfinite_run=np.int32(0))
     batch = make_batch(np.random.default_rng(0), 4)
-    train = jax.jit(lambda s, b, r: steps.train_step(s, b, r, model=model, tx=tx,
+    objective = PretrainingObjective(model)
+    train = jax.jit(lambda s, b, r: steps.train_step(s, b, r, objective=objective, tx=tx,
                                                      schedule=schedule))
     probe = jax.jit(lambda p, b: model.apply(
         {"params": p}, b["input_ids"], b["token_type_ids"], b["attention_mask"],
         mutable=["intermediates"]))
     return {"train": train.lower(state, batch, jax.random.key(1)).as_text(),
-            "eval": jax.jit(lambda p, b: steps.eval_step(p, b, model=model)).lower(
-                params, batch).as_text(),
+            "eval": jax.jit(objective.eval_step).lower(params, batch).as_text(),
             "probe": probe.lower(params, batch).as_text()}
 
 

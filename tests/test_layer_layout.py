@@ -14,6 +14,7 @@ from flax_bert import BertForPreTraining, model
 from flax_bert.trainer import checkpoint
 from flax_bert.errors import UserError
 from flax_bert.trainer import state as state_lib
+from flax_bert import model as model_lib
 from tests.test_model import SMALL
 
 
@@ -21,7 +22,7 @@ from tests.test_model import SMALL
 def params():
     cfg = dataclasses.replace(SMALL, num_hidden_layers=3)
     variables = jax.jit(BertForPreTraining(cfg).init)(jax.random.key(0),
-                                                     *state_lib.example_inputs(8))
+                                                     *model_lib.example_inputs(8))
     return jax.tree.map(np.asarray, nn.unbox(variables["params"]))
 
 

@@ -16,7 +16,9 @@ import pytest
 
 from flax_bert import BertForPreTraining, BertModel, functional, heads
 from flax_bert.compute import Compute
-from flax_bert.trainer import monitor, step as steps
+from flax_bert.trainer import loop, step as steps
+from flax_bert.tasks.pretraining import PretrainingObjective
+from flax_bert import model as model_lib
 from tests import packing
 from tests.test_train_step import CFG as DROPOUT_CFG, run_steps
 
@@ -58,7 +60,7 @@ def _inputs(batch):
 def _outputs(params, batch, impl):
     """(sequence [B, S, H], MLM logits at masked_positions, NSP logits) with `impl`."""
     compute = Compute(attention_impl=impl)
-    packed_in = steps.packed_inputs(batch)
+    packed_in = model_lib.packed_inputs(batch)
     seq, _ = BertModel(CFG, compute).apply({"params": params["bert"]}, *_inputs(batch),
                                            **packed_in)
     mlm, nsp = BertForPreTraining(CFG, compute).apply(
@@ -103,7 +105,7 @@ def test_packed_attention_probes_are_block_diagonal(params, unpacked, packed):
     and a query gives no weight to another pair's keys."""
     def probs(batch):
         _, state = BertModel(CFG).apply({"params": params["bert"]}, *_inputs(batch),
-                                        **steps.packed_inputs(batch), mutable=["intermediates"])
+                                        **model_lib.packed_inputs(batch), mutable=["intermediates"])
         attention = state["intermediates"]["encoder"]["layer_0"]["attention"]
         return np.asarray(attention["self"]["attention_probs"][0])  # [B, N, S, S]
 
@@ -131,7 +133,7 @@ def test_packed_losses_and_gradients_equal_unpacked(params, unpacked, packed):
     # An eval batch's padding rows (pair_weights 0) do not count.
     padded = {k: np.concatenate([v, v[:1]]) for k, v in packed.items()}
     padded["pair_weights"][-1] = 0.0
-    eval_sums = jax.jit(lambda p, b: steps.eval_step(p, b, model=BertForPreTraining(CFG)))(
+    eval_sums = jax.jit(PretrainingObjective(BertForPreTraining(CFG)).eval_step)(
         params, padded)
     np.testing.assert_allclose(eval_sums["nsp_loss_sum"], sums_u["nsp_loss_sum"], rtol=1e-6)
     assert float(eval_sums["nsp_count"]) == 8
@@ -154,7 +156,7 @@ def _global_batches(seed: int, steps_: int = 3) -> tuple[list, list]:
 def _run(batches, mesh_shape=None):
     """run_steps (one step a call) on `batches`: (state, losses, the TrainMeter of them,
     its summed metrics)."""
-    meter = monitor.TrainMeter(lambda totals: {})
+    meter = loop.TrainMeter(lambda totals: {})
     state, losses = run_steps(mesh_shape or {"data": 1, "fsdp": 1, "tensor": 1}, batches,
                               cfg=CFG, n_devices=None if mesh_shape else 1, meter=meter)
     return state, losses, meter, jax.device_get(meter.totals)
@@ -213,10 +215,10 @@ def test_train_rows_count_real_tokens_padding_and_pairs(step_batches, packed_run
 def test_unpacked_step_numbers_unchanged_by_the_counts(monkeypatch, step_batches,
                                                        unpacked_run):
     """What the train step adds for unpacked batches, its counts for the metric rows
-    (steps.batch_counts), changes none of its numbers: params, optimizer state and every
+    (PretrainingObjective.batch_counts), changes none of its numbers: params, optimizer state and every
     other metric are bitwise those of the step without it. (That the rest of the unpacked
     programs is the branch point's, op for op: test_unpacked_programs_equal_a_commit.)"""
-    monkeypatch.setattr(steps, "batch_counts", lambda batch: {})
+    monkeypatch.setattr(PretrainingObjective, "batch_counts", lambda self, batch: {})
     state, losses, _, totals = _run(step_batches[1])
     jax.tree.map(np.testing.assert_array_equal, state, unpacked_run[0])
     assert losses == unpacked_run[1]

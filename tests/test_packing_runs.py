@@ -19,6 +19,7 @@ from flax_bert.data import pipeline, prepare
 from flax_bert.data.config import DataOptions
 from flax_bert.model import BertForPreTraining
 from flax_bert.trainer import step as steps
+from flax_bert.tasks.pretraining import PretrainingObjective
 from tests import ckpt_helpers as h
 from tests.test_checkpoint import _assert_same_final_state, _wait
 
@@ -73,7 +74,7 @@ def test_held_out_numbers_are_the_same_packed_or_not(setup, packed):
     model_config = checkpoint.load_config(packed["reference"])
     params = h.restore_item(packed["reference"], h.STEPS, "params")
     model = BertForPreTraining(model_config)
-    eval_step = jax.jit(lambda p, b: steps.eval_step(p, b, model=model))
+    eval_step = jax.jit(PretrainingObjective(model).eval_step)
     sums = {}
     for packing, folder in packed["folders"].items():
         totals = None

@@ -30,6 +30,7 @@ from flax_bert.data.config import DataOptions  # noqa: E402
 from flax_bert.model import BertForPreTraining  # noqa: E402
 from flax_bert.trainer import checks, feed, optimizer, sharding, state as state_lib  # noqa: E402
 from flax_bert.trainer import step as steps  # noqa: E402
+from flax_bert.tasks.pretraining import PretrainingObjective
 
 STEPS = 50
 STEPS_PER_CALL = 5  # Our side runs as the trainer does: K steps per jitted call (a scan).
@@ -86,7 +87,8 @@ def _train_ours(config: ml_collections.ConfigDict, meta: dict, batches: list[dic
     state, shardings = state_lib.create_train_state(model, tx, mesh, init_rng,
                                                     meta["max_seq_length"])
     hf.save_pretrained(model_config, jax.device_get(state.params), hf_dir)
-    train_step = steps.jit_train_step(mesh, shardings, model=model, tx=tx, schedule=schedule)
+    train_step = steps.jit_train_step(mesh, shardings, objective=PretrainingObjective(model),
+                                      tx=tx, schedule=schedule)
     logs: dict[str, list[float]] = {"loss": [], "learning_rate": [], "grad_norm": []}
     for i in range(0, STEPS, STEPS_PER_CALL):
         stacked = feed.global_batch(feed.stack_batches(batches[i:i + STEPS_PER_CALL]), mesh,

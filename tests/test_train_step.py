@@ -14,6 +14,8 @@ import pytest
 from configs import default
 from flax_bert import BertConfig, BertForPreTraining
 from flax_bert.trainer import feed, optimizer, sharding, state as state_lib, step as steps
+from flax_bert.tasks.pretraining import PretrainingObjective
+from flax_bert import model as model_lib
 
 # One layer: the stacked-layer code is the same for any L (tests/test_model.py checks L=3),
 # and XLA:CPU compiles each unrolled layer again.
@@ -61,15 +63,15 @@ def make_step(mesh_shape, *, accum=1, cfg=CFG, opt=None, n_devices=None):
     model = BertForPreTraining(cfg)
     tx, schedule = optimizer.make_optimizer(opt or opt_config(), 100)
     state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(0), SEQ)
-    step = steps.jit_train_step(mesh, shardings, model=model, tx=tx, schedule=schedule,
-                                grad_accum_steps=accum)
+    step = steps.jit_train_step(mesh, shardings, objective=PretrainingObjective(model), tx=tx,
+                                schedule=schedule, grad_accum_steps=accum)
     return mesh, state, shardings, step
 
 
 def run_steps(mesh_shape, batches, *, accum=1, cfg=CFG, opt=None, n_devices=None,
               per_call=1, meter=None):
     """Train steps on `batches`, `per_call` a call, from a fresh state: (state, losses).
-    `meter` (a monitor.TrainMeter) gets each call's metrics."""
+    `meter` (a loop.TrainMeter) gets each call's metrics."""
     mesh, state, shardings, step = make_step(mesh_shape, accum=accum, cfg=cfg, opt=opt,
                                              n_devices=n_devices)
     losses = []
@@ -198,7 +200,7 @@ def test_schedule_warmup_then_linear_decay():
 
 def test_weight_decay_skips_layernorm_and_biases():
     params = jax.jit(BertForPreTraining(CFG).init)(jax.random.PRNGKey(0),
-                                                   *state_lib.example_inputs(SEQ))["params"]
+                                                   *model_lib.example_inputs(SEQ))["params"]
     import flax.linen as nn
     mask = optimizer.decay_mask(nn.unbox(params))
     flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_leaves_with_path(mask)}

@@ -7,8 +7,8 @@ import os
 from typing import Any, Callable
 
 from flax_bert import distributed
+from flax_bert.console import say
 from flax_bert.errors import UserError
-from flax_bert.trainer.monitor import say
 
 
 def data_paths(data: Any, name: str, build: Callable[[str], dict[str, int]], out_dir: str,

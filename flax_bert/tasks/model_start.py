@@ -12,7 +12,7 @@ from typing import Any
 import ml_collections
 
 from flax_bert.trainer import checkpoint
-from flax_bert import hf, hf_names as hf_layout
+from flax_bert import hf, hf_names
 from flax_bert.config import BertConfig
 from flax_bert.data import vocab as vocab_lib
 from flax_bert.errors import UserError
@@ -32,14 +32,14 @@ class Start:
 
 def _is_hf_dir(path: str) -> bool:
     return any(os.path.isfile(os.path.join(path, name + suffix))
-               for name in (hf_layout.SAFETENSORS_FILE, hf_layout.TORCH_FILE)
+               for name in (hf_names.SAFETENSORS_FILE, hf_names.TORCH_FILE)
                for suffix in ("", ".index.json"))
 
 
 def resolve_start(config: ml_collections.ConfigDict, head: str) -> Start:
     """The model's start from config.init: a checkpoint's weights, its architecture from
     random weights, or a new model of config.model. A vocab that is not the checkpoint's
-    (other size, other tokens) is a UserError. `head`: the job's hf_layout.HEADS entry (an HF
+    (other size, other tokens) is a UserError. `head`: the job's hf_names.HEADS entry (an HF
     checkpoint of any head is read; only its encoder is kept)."""
     init = config.init
     if not init.checkpoint:
@@ -84,7 +84,7 @@ def resolve_start(config: ml_collections.ConfigDict, head: str) -> Start:
             raise UserError(f"config.init.checkpoint {path}: no checkpoint found ({e}); pass a "
                             f"workdir that has trained") from e
     encoder = dict(params["bert"])
-    if not hf_layout.HEADS[head].pooler:  # the token and span heads have none
+    if not hf_names.HEADS[head].pooler:  # the token and span heads have none
         encoder.pop("pooler", None)
     return Start(model_config, vocab, encoder, f"the weights of {path}")
 

@@ -1,9 +1,17 @@
-"""The pure train and eval steps, and their jit-compiled, sharded forms."""
+"""The one train step every task runs, and the eval step: pure functions, and their
+jit-compiled, sharded forms.
+
+A task gives the step its objective (`Objective`): the loss of a micro-batch, normalised
+by counts taken over the whole batch (so gradient accumulation sums to the full batch's
+loss), the counts a metric row reports, and its eval outputs. The step adds what every
+task shares: the dropout key of the step, gradient accumulation, the optimizer update,
+the guard that skips a non-finite step, and K steps per call.
+"""
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import flax.linen as nn
 import jax
@@ -11,55 +19,33 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from flax_bert import losses
 from flax_bert.trainer import sharding
 from flax_bert.trainer.state import TrainState
 
 Array = jax.Array
 Batch = Mapping[str, Array]
 
-# The model inputs of a batch of packed rows (several sentence pairs a row), beside those
-# of every batch; see flax_bert/model.py.
-PACKED_INPUTS = ("position_ids", "pair_ids", "cls_positions")
 
+class Objective(Protocol):
+    """What the train and eval steps ask of a task; every method is traced under jit."""
 
-def packed_inputs(batch: Batch) -> dict[str, Array]:
-    """The PACKED_INPUTS that `batch` has (none: it is not packed)."""
-    return {key: batch[key] for key in PACKED_INPUTS if key in batch}
+    def loss_totals(self, batch: Batch) -> Any:
+        """The whole batch's normalisers of `loss` (e.g. its count of masked tokens)."""
 
+    def loss(self, params: Any, batch: Batch, dropout_rng: Array, totals: Any
+             ) -> tuple[Array, dict[str, Array]]:
+        """(loss of `batch` divided by `totals`, sums for the train row)."""
 
-def forward_sums(model: nn.Module, params: Any, batch: Batch, deterministic: bool,
-                 dropout_rng: Array | None) -> dict[str, Array]:
-    """Loss and accuracy sums of one batch, packed or not (see
-    losses.pretraining_metrics); the cross-entropy's backward follows the model's
-    `compute.fused_backward`."""
-    mlm_logits, nsp_logits = model.apply(
-        {"params": params}, batch["input_ids"], batch["token_type_ids"],
-        batch["attention_mask"], deterministic=deterministic,
-        masked_positions=batch["masked_positions"], **packed_inputs(batch),
-        rngs=None if deterministic else {"dropout": dropout_rng}
-    )  # [B, P, V], [B, 2]; packed rows: [B, M, V], [B, K, 2]
-    return losses.pretraining_metrics(mlm_logits, nsp_logits, batch,
-                                      model.compute.fused_backward)
+    def batch_counts(self, batch: Batch) -> dict[str, Array]:
+        """Counts of the whole batch for the train row (real tokens, pairs...)."""
+
+    def eval_step(self, params: Any, batch: Batch) -> dict[str, Array]:
+        """Sums, or per-example outputs, of `batch` without dropout."""
 
 
 def real_tokens(batch: Batch) -> Array:
     """float32 []: the batch's non-padding tokens (the sum of its attention_mask)."""
     return jnp.sum(batch["attention_mask"].astype(jnp.float32))
-
-
-def num_pairs(batch: Batch) -> Array:
-    """float32 []: the batch's sentence pairs: the sum of pair_weights (packed rows), else
-    its rows."""
-    if "pair_weights" in batch:
-        return jnp.sum(batch["pair_weights"].astype(jnp.float32))
-    return jnp.float32(batch["next_sentence_label"].shape[0])
-
-
-def batch_counts(batch: Batch) -> dict[str, Array]:
-    """What a train row's tokens_per_sec, padding_fraction and pairs_per_step count
-    (monitor.TrainMeter): the batch's real tokens and sentence pairs, on device."""
-    return {"real_tokens": real_tokens(batch), "pairs": num_pairs(batch)}
 
 
 def dropout_key(rng: Array, step: Array) -> Array:
@@ -73,26 +59,23 @@ def _split_micro_batches(batch: Batch, num: int) -> Batch:
     return jax.tree.map(lambda x: x.reshape(-1, num, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def train_step(state: TrainState, batch: Batch, rng: Array, *, model: nn.Module,
+def train_step(state: TrainState, batch: Batch, rng: Array, *, objective: Objective,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                grad_accum_steps: int = 1) -> tuple[TrainState, dict[str, Array]]:
-    """One optimizer step of MLM + NSP on `batch` (the global batch), packed or not.
+    """One optimizer step of `objective` on `batch` (the global batch).
 
     The dropout key is `dropout_key(rng, state.step)`. With `grad_accum_steps` > 1 the batch is
-    split into micro-batches whose gradients are summed in a `lax.scan`; losses are
-    normalised by the whole batch's counts, so the result equals one step on the full
-    batch. The NSP loss is a mean over the batch's sentence pairs (its rows, unpacked). A
-    step whose loss or gradient norm is not finite leaves params and optimizer state
-    unchanged and is counted in `nonfinite_run`. Metrics: the loss sums, `batch_counts`,
-    `apply_gradients`'s and the learning rate.
+    split into micro-batches whose gradients are summed in a `lax.scan`; the loss is
+    normalised by the whole batch's `loss_totals`, so the result equals one step on the
+    full batch. A step whose loss or gradient norm is not finite leaves params and
+    optimizer state unchanged and is counted in `nonfinite_run`. Metrics: the loss's sums,
+    `apply_gradients`'s, the batch's counts and the learning rate.
     """
     dropout_rng = dropout_key(rng, state.step)
-    mlm_total = jnp.maximum(jnp.sum(batch["masked_weights"].astype(jnp.float32)), 1.0)
-    nsp_total = num_pairs(batch)
+    totals = objective.loss_totals(batch)
 
     def loss_fn(params: Any, micro: Batch, key: Array) -> tuple[Array, dict[str, Array]]:
-        sums = forward_sums(model, params, micro, deterministic=False, dropout_rng=key)
-        return sums["mlm_loss_sum"] / mlm_total + sums["nsp_loss_sum"] / nsp_total, sums
+        return objective.loss(params, micro, key, totals)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if grad_accum_steps == 1:
@@ -111,7 +94,7 @@ def train_step(state: TrainState, batch: Batch, rng: Array, *, model: nn.Module,
             (jnp.arange(grad_accum_steps), _split_micro_batches(batch, grad_accum_steps)))
 
     new_state, metrics = apply_gradients(state, loss, grads, tx)
-    return new_state, dict(sums, **metrics, **batch_counts(batch),
+    return new_state, dict(sums, **metrics, **objective.batch_counts(batch),
                            learning_rate=schedule(state.step))
 
 
@@ -135,23 +118,17 @@ def apply_gradients(state: TrainState, loss: Array, grads: Any,
     return new_state, dict(loss=loss, grad_norm=grad_norm, skipped=(~finite).astype(jnp.float32))
 
 
-def train_steps(state: TrainState, batches: Batch, rng: Array, *,
-                step_fn: Callable = train_step, **step_kwargs: Any
+def train_steps(state: TrainState, batches: Batch, rng: Array, **step_kwargs: Any
                 ) -> tuple[TrainState, dict[str, Array]]:
-    """`step_fn` (default `train_step`) on each of `batches` in turn: leaves [K, B, ...] are K optimizer steps
+    """`train_step` on each of `batches` in turn: leaves [K, B, ...] are K optimizer steps
     in one `lax.scan` (BERT's `iterations_per_loop`). Metrics come back stacked, [K].
 
     One call of K steps costs less than K calls: XLA:CPU allocates a step's temporary
     buffers (1.35 GB at BERT-Small, seq 128, batch 32) fresh for every call and
     page-faults them in again, and the host dispatches once per K steps.
     """
-    step = functools.partial(step_fn, rng=rng, **step_kwargs)
+    step = functools.partial(train_step, rng=rng, **step_kwargs)
     return jax.lax.scan(step, state, batches)  # XLA drops the loop when K is 1
-
-
-def eval_step(params: Any, batch: Batch, *, model: nn.Module) -> dict[str, Array]:
-    """Loss and accuracy sums on `batch`, no dropout."""
-    return forward_sums(model, params, batch, deterministic=True, dropout_rng=None)
 
 
 def _with_mesh(fn: Callable, mesh: Mesh) -> Callable:
@@ -159,18 +136,21 @@ def _with_mesh(fn: Callable, mesh: Mesh) -> Callable:
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+        with (jax.sharding.use_abstract_mesh(mesh.abstract_mesh),
+              nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES)):
             return fn(*args, **kwargs)
 
     return wrapped
 
 
-def jit_train_step(mesh: Mesh, state_shardings: Any, *, step_fn: Callable = train_step,
-                   **step_kwargs: Any) -> Callable:
-    """`train_steps` of `step_fn` (its keyword arguments in `step_kwargs`: model, tx, ...)
-    compiled for `mesh`: state donated; batches [K, B, ...] with the examples split over
-    data x fsdp. Each K compiles once."""
-    step = functools.partial(train_steps, step_fn=step_fn, **step_kwargs)
+def jit_train_step(mesh: Mesh, state_shardings: Any, *, objective: Objective,
+                   tx: optax.GradientTransformation, schedule: optax.Schedule,
+                   grad_accum_steps: int = 1) -> Callable:
+    """`train_steps` of `objective` compiled for `mesh`: (state, batches [K, B, ...], rng)
+    -> (state, metrics [K]); state donated; the examples split over data x fsdp. Each K
+    compiles once. Training, the benchmarks and ahead-of-time compiles all build it here."""
+    step = functools.partial(train_steps, objective=objective, tx=tx, schedule=schedule,
+                             grad_accum_steps=grad_accum_steps)
     return jax.jit(_with_mesh(step, mesh),
                    in_shardings=(state_shardings, sharding.batch_sharding(mesh, stacked=True),
                                  sharding.replicated(mesh)),
@@ -178,9 +158,8 @@ def jit_train_step(mesh: Mesh, state_shardings: Any, *, step_fn: Callable = trai
                    donate_argnums=(0,))
 
 
-def jit_eval_step(mesh: Mesh, params_shardings: Any, *, model: nn.Module,
-                  eval_fn: Callable = eval_step) -> Callable:
-    """`eval_fn(params, batch, model=model)` compiled for `mesh`; outputs replicated."""
-    return jax.jit(_with_mesh(functools.partial(eval_fn, model=model), mesh),
+def jit_eval_step(mesh: Mesh, params_shardings: Any, objective: Objective) -> Callable:
+    """`objective.eval_step(params, batch)` compiled for `mesh`; outputs replicated."""
+    return jax.jit(_with_mesh(objective.eval_step, mesh),
                    in_shardings=(params_shardings, sharding.batch_sharding(mesh)),
                    out_shardings=sharding.replicated(mesh))

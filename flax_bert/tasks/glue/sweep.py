@@ -13,25 +13,25 @@ read, and any mistake in it reported, before anything trains.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from typing import Any
 
 import ml_collections
 
-from flax_bert import distributed
+from flax_bert import distributed, files
+from flax_bert.console import say
 from flax_bert.errors import UserError
+from flax_bert.tasks import model_start
 from flax_bert.tasks.glue import data as glue, metrics as glue_metrics, task as glue_task
-from flax_bert.tasks import model_start as start_lib
-from flax_bert.trainer import loop as engine
-from flax_bert.trainer.monitor import say
+from flax_bert.trainer import loop
 from flax_bert.trainer.run_folder import Paths
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or continues) the GLUE runs in `workdir`; returns glue_results.json's content."""
-    return engine.run_locked(_glue, config, workdir)
+    with loop.run_folder(config, workdir) as workdir:
+        return _glue(config, workdir)
 
 
 def chosen_tasks(names: str) -> list[glue.Task]:
@@ -64,12 +64,12 @@ def _glue(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if not g.data_dir:
         raise UserError("config.glue.data_dir is ''; pass GLUE_DIR (download_glue_data.py's "
                         "folder) or a folder of the tasks' `datasets` save_to_disk folders")
-    start = start_lib.resolve_start(config, glue_task.HEAD)
+    start = model_start.resolve_start(config, glue_task.HEAD)
     folders = {(task.name, rate): paths.glue_run(task.name, rate)
                for task in tasks for rate in rates}
     for task in tasks:  # a rerun continues from the same start
         for rate in rates:
-            start_lib.check_run_folder(folders[task.name, rate], start, list(task.labels))
+            model_start.check_run_folder(folders[task.name, rate], start, list(task.labels))
     pending = [task.name for task in tasks
                if not all(glue_task.is_finished(folders[task.name, rate]) for rate in rates)]
     for task in tasks:  # mistakes in any task's files before anything trains
@@ -91,8 +91,7 @@ def _glue(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         results["submission_files"] = collect_submissions(
             [folders[name, rate] for name, rate in results["learning_rate"].items()],
             paths.submission)
-        with open(paths.glue_results, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
+        files.write_json(paths.glue_results, results)
         say(glue_metrics.format_table(results["dev"]))
         say(f"dev results in {paths.glue_results}; "
             f"{len(results['submission_files'])} submission files in {paths.submission}")
