@@ -74,11 +74,14 @@ class Job:
 
 def run_locked(body: Callable[[ml_collections.ConfigDict, str], dict[str, float]],
                config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """`body(config, workdir)` after the config's choices are checked, jax.distributed is
-    set up and `workdir` is checked and locked (process 0 holds the lock; before anything
-    is written), under one preemption watch (the body's `run`s stop on its signals)."""
+    """`body(config, workdir)` after the config's ranges and choices are checked,
+    jax.distributed is set up, the mesh is checked against the device count (before the
+    body prepares data) and `workdir` is checked and locked (process 0 holds the lock;
+    before anything is written), under one preemption watch (the body's `run`s stop on its
+    signals)."""
     checks.check_config(config)
     distributed.maybe_initialize(config.distributed)
+    sharding.mesh_shape(config.mesh, jax.device_count())
     workdir = checks.check_workdir(workdir)
     with preemption.Watch(processes=jax.process_count()), workdir_lib.locked_for_run(workdir):
         return body(config, workdir)
