@@ -20,9 +20,9 @@ from flax_bert.errors import UserError
 from flax_bert.training import sharding
 from tests import ckpt_helpers as h
 
-CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(h.ROOT, "configs",
-                                                                              "*.py"))
-                      if not p.endswith("__init__.py"))
+CONFIG_FILES = sorted(os.path.basename(path)[:-3]
+                      for path in glob.glob(os.path.join(h.ROOT, "configs", "*.py"))
+                      if not path.endswith("__init__.py"))
 
 
 def get_config(name: str):
