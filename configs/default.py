@@ -8,6 +8,8 @@ files (tiny.py, mini.py, ...) start from here and set a published BERT size with
 papers' recipe.
 Any field can be overridden on the command line:
       python train.py --config configs/tiny.py --config.train.steps=200
+Every numeric field's range is in flax_bert/config_ranges.py (a new field needs an entry);
+a run checks them all before it prepares data or uses a device.
 """
 
 import ml_collections

@@ -34,7 +34,7 @@ CASES = {
                            "config.train.phase1_seq_length (32) must be shorter than "
                            "config.data.max_seq_length (32)"),
     "steps_per_call": (["--config.train.steps_per_call=0"],
-                       "config.train.steps_per_call (0) must be >= 1"),
+                       "config.train.steps_per_call=0 is out of range; set it to a value >= 1"),
     # Choice fields are checked before anything runs (dropout_impl was unused at rate 0).
     "dtype_choice": (["--config.train.dtype=fp8"],
                      "config.train.dtype='fp8' is unknown; use one of: float32, bfloat16"),

@@ -280,7 +280,8 @@ def test_options_flags_key_and_errors(tmp_path_factory):
     assert key(ref_opts) == key(ref_opts.replace(max_pairs_per_row=5))  # unpacked: ignored
     assert "packing" not in key(ref_opts)[0]
     assert key(opts)[1] != key(opts.replace(max_pairs_per_row=2))[1] != key(ref_opts)[1]
-    with pytest.raises(UserError, match=r"^config.data.max_pairs_per_row must be >= 1; fix"):
+    with pytest.raises(UserError, match=r"^config.data.max_pairs_per_row=0 is out of range; "
+                                        r"set it to a value >= 1$"):
         opts.replace(max_pairs_per_row=0).check()
     for folder, o, says in (
             (out, ref_opts, "is packed, max_pairs_per_row=3"),

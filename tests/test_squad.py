@@ -2,7 +2,10 @@
 of logits across windows (v1.1 and v2.0's null answer), and the official metrics on cases
 checked by hand."""
 
+import collections
 import json
+import re
+import string
 
 import numpy as np
 import pytest
@@ -208,5 +211,119 @@ def test_evaluate_v2_splits_and_thresholds():
     assert out["exact"] == pytest.approx(100 / 3)
     assert out["best_exact"] == pytest.approx(200 / 3) and out["best_exact_thresh"] == 0.1
     assert out["best_f1"] == pytest.approx(200 / 3) and out["best_f1_thresh"] == 0.1
-    assert squad.evaluate_v2(examples, preds, na, na_prob_thresh=0.5)["exact"] == \
-        pytest.approx(200 / 3)
+    # The null odds are logit gaps: above 1 they change nothing but best_* (the answers as
+    # predicted are scored; "" is "no answer").
+    far = {q: 1.0 + 10 * p for q, p in na.items()}
+    out_far = squad.evaluate_v2(examples, preds, far)
+    assert {k: out_far[k] for k in out if not k.endswith("_thresh")} == pytest.approx(
+        {k: v for k, v in out.items() if not k.endswith("_thresh")})
+    assert out_far["best_exact_thresh"] == pytest.approx(2.0)
+
+
+# ---- The official SQuAD v2.0 script (evaluate-v2.0.py), as a reference ------------------------
+
+def _official_normalize(s):
+    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(re.compile(r"\b(a|an|the)\b", re.UNICODE), " ", s).split())
+
+
+def _official_f1(gold, pred):
+    gold_toks = _official_normalize(gold).split() if gold else []
+    pred_toks = _official_normalize(pred).split() if pred else []
+    num_same = sum((collections.Counter(gold_toks) & collections.Counter(pred_toks)).values())
+    if not gold_toks or not pred_toks:
+        return int(gold_toks == pred_toks)
+    if num_same == 0:
+        return 0
+    precision, recall = num_same / len(pred_toks), num_same / len(gold_toks)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _official_best(preds, scores, na_probs, has_ans):
+    cur = best = sum(1 for k in has_ans if not has_ans[k])
+    best_thresh = 0.0
+    for qid in sorted(na_probs, key=lambda k: na_probs[k]):
+        if qid not in scores:
+            continue
+        cur += scores[qid] if has_ans[qid] else (-1 if preds[qid] else 0)
+        if cur > best:
+            best, best_thresh = cur, na_probs[qid]
+    return 100.0 * best / len(scores), best_thresh
+
+
+def official_v2(dataset, preds, na_probs, na_prob_thresh):
+    """evaluate-v2.0.py's main on a dataset dict, predictions and na_probs."""
+    has_ans, exact_raw, f1_raw = {}, {}, {}
+    for article in dataset["data"]:
+        for p in article["paragraphs"]:
+            for qa in p["qas"]:
+                qid = qa["id"]
+                has_ans[qid] = bool(qa["answers"])
+                golds = [a["text"] for a in qa["answers"]
+                         if _official_normalize(a["text"])] or [""]
+                if qid in preds:
+                    exact_raw[qid] = max(int(_official_normalize(a) == _official_normalize(
+                        preds[qid])) for a in golds)
+                    f1_raw[qid] = max(_official_f1(a, preds[qid]) for a in golds)
+
+    def thresh(scores):
+        return {q: float(not has_ans[q]) if na_probs[q] > na_prob_thresh else s
+                for q, s in scores.items()}
+
+    exact, f1 = thresh(exact_raw), thresh(f1_raw)
+    out = {}
+    for prefix, ids in (("", list(exact)), ("HasAns_", [k for k in has_ans if has_ans[k]]),
+                        ("NoAns_", [k for k in has_ans if not has_ans[k]])):
+        if ids:
+            out[prefix + "exact"] = 100.0 * sum(exact[k] for k in ids) / len(ids)
+            out[prefix + "f1"] = 100.0 * sum(f1[k] for k in ids) / len(ids)
+            out[prefix + "total"] = len(ids)
+    for name, raw in (("exact", exact_raw), ("f1", f1_raw)):
+        out[f"best_{name}"], out[f"best_{name}_thresh"] = _official_best(
+            preds, raw, na_probs, has_ans)
+    return out
+
+
+def test_evaluate_v2_threshold_above_one(tmp_path, tokenizer):
+    """At null_score_diff_threshold 1.5, questions whose null - best span gap lies in
+    (1, 1.5] keep their span: the metrics are the official script's on predictions.json
+    (na_prob_thresh above every gap: nothing overridden), best_* its sweep over the gaps."""
+    # id -> (gold answer or None, predicted span's first and last word, null - span score)
+    cases = {"kept_right": ("w11", ("w11", "w11"), 1.2),
+             "kept_wrong": (None, ("w20", "w20"), 1.4),
+             "null_right": (None, ("w25", "w25"), 2.0),
+             "null_wrong": ("w5", ("w5", "w5"), 3.0),
+             "span": ("w30 w31", ("w30", "w31"), -3.0),
+             "partial": ("w12 w13", ("w12", "w12"), 0.5)}
+    qas = [qa(q, gold, None if gold is None else _span(gold), impossible=gold is None)
+           for q, (gold, _, _) in cases.items()]
+    path = write_squad(tmp_path / "d.json", qas)
+    examples = squad.read_squad(path)
+    f = squad.encode(examples, tokenizer, max_query_length=QUERY)
+    points = []
+    for k, (_, (first, last), gap) in enumerate(cases.values()):
+        windows = np.flatnonzero(f["example_index"] == k)
+        w = next(w for w in windows if all(
+            (f["offsets"][w, :, 0] == CONTEXT.index(word + " ")).any() for word in (first, last)))
+        points += [("s", (w, _position(f, w, first), 4.0)), ("e", (w, _position(f, w, last), 4.0))]
+        points += [(which, (v, 0, (8.0 + gap) / 2)) for v in windows for which in "se"]
+    start, end = _logits(f, points)
+    out = squad.postprocess(examples, f, start, end, version_2=True,
+                            null_score_diff_threshold=1.5)
+    assert out.null_score_diff == pytest.approx({q: gap for q, (_, _, gap) in cases.items()})
+    assert out.answers == {"kept_right": "w11", "kept_wrong": "w20", "null_right": "",
+                           "null_wrong": "", "span": "w30 w31", "partial": "w12"}
+    ours = squad.evaluate_v2(examples, out.answers, out.null_score_diff)
+    dataset = json.loads(open(path).read())
+    reference = official_v2(dataset, out.answers, out.null_score_diff, float("inf"))
+    assert set(ours) == set(reference)
+    assert ours == pytest.approx(reference)
+    # By hand: exact 3 of 6 (kept_right, null_right, span); partial's f1 2/3.
+    assert ours["exact"] == pytest.approx(50.0)
+    assert ours["f1"] == pytest.approx(100 * (3 + 2 / 3) / 6)
+    assert ours["HasAns_exact"] == pytest.approx(50.0) and ours["NoAns_exact"] == 50.0
+    # The script's default na_prob_thresh (1.0) would score kept_right and kept_wrong as
+    # "no answer", which predictions.json does not say.
+    overridden = official_v2(dataset, out.answers, out.null_score_diff, 1.0)
+    assert overridden["HasAns_exact"] == pytest.approx(ours["HasAns_exact"] - 100 / 4)
+    assert overridden["NoAns_exact"] == pytest.approx(ours["NoAns_exact"] + 100 / 2)

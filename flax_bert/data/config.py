@@ -12,7 +12,8 @@ import dataclasses
 import math
 from typing import Any
 
-from flax_bert.data import examples, records, vocab as vocab_lib
+from flax_bert import config_ranges
+from flax_bert.data import vocab as vocab_lib
 from flax_bert.errors import UserError
 
 
@@ -72,25 +73,14 @@ class DataOptions:
         return dataclasses.replace(self, **changes)
 
     def check(self) -> None:
-        """A UserError naming the first field outside its range."""
-        checks = [
-            (examples.NUM_SPECIAL_IN_PAIR + 1 < self.max_seq_length <= records.MAX_SEQ_LENGTH,
-             "max_seq_length", f"> 4 and <= {records.MAX_SEQ_LENGTH}"),
-            (0 <= self.short_seq_prob <= 1, "short_seq_prob", "in [0, 1]"),
-            (0 < self.masked_lm_prob < 1, "masked_lm_prob", "in (0, 1)"),
-            (self.max_predictions_per_seq >= 1, "max_predictions_per_seq", ">= 1"),
-            (self.mask_token_prob + self.random_token_prob <= 1,
-             "mask_token_prob + random_token_prob", "<= 1"),
-            (self.dupe_factor >= 1, "dupe_factor", ">= 1"),
-            (self.max_pairs_per_row >= 1, "max_pairs_per_row", ">= 1"),
-            (0 <= self.eval_fraction < 1, "eval_fraction", "in [0, 1)"),
-            (self.vocab or self.vocab_size > len(vocab_lib.SPECIAL_TOKENS), "vocab_size", "> 5"),
-            (self.shard_mb > 0, "shard_mb", "> 0"),
-            (self.vocab_sample_mb > 0, "vocab_sample_mb", "> 0"),
-        ]
-        for ok, field, rule in checks:
-            if not ok:
-                raise UserError(f"config.data.{field} must be {rule}; fix the config / flag")
+        """A UserError naming the first field outside its range (flax_bert/config_ranges.py,
+        the table a run checks its whole config against), or the masking probabilities
+        summing to more than 1."""
+        config_ranges.check(dataclasses.asdict(self), "data.")
+        if self.mask_token_prob + self.random_token_prob > 1:
+            raise UserError(f"config.data.mask_token_prob ({self.mask_token_prob}) + "
+                            f"random_token_prob ({self.random_token_prob}) exceed 1; lower "
+                            f"one of them")
 
     def prepared_key(self) -> dict:
         """The fields that decide the prepared output (not where it goes or who makes it,

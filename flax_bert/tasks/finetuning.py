@@ -22,7 +22,6 @@ import numpy as np
 
 from flax_bert import losses
 from flax_bert.config import BertConfig
-from flax_bert.errors import UserError
 from flax_bert.tasks import example_batches, model_start
 from flax_bert.trainer.run_folder import Paths
 from flax_bert.trainer.step import real_tokens
@@ -183,13 +182,7 @@ def for_data(config: ml_collections.ConfigDict, train_size: int,
     train.steps set (when 0: train.epochs x train_size / train.global_batch_size, rounded
     up), optimizer.warmup_steps (optimizer.warmup_fraction of the steps, rounded) and,
     when given, optimizer.learning_rate."""
-    t, o = config.train, config.optimizer
-    if t.steps < 0 or (t.steps == 0 and t.epochs <= 0):
-        raise UserError(f"config.train.steps is {t.steps} and config.train.epochs "
-                        f"{t.epochs}; set steps > 0, or steps 0 and epochs > 0")
-    if not 0 <= o.warmup_fraction < 1:
-        raise UserError(f"config.optimizer.warmup_fraction ({o.warmup_fraction}) must be "
-                        f"in [0, 1)")
+    t, o = config.train, config.optimizer  # their ranges: flax_bert/config_ranges.py
     out = ml_collections.ConfigDict(config.to_dict())
     steps = t.steps or max(1, math.ceil(t.epochs * train_size / t.global_batch_size))
     out.train.steps = steps

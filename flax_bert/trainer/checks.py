@@ -9,7 +9,7 @@ from typing import Collection
 
 import ml_collections
 
-from flax_bert.trainer import checkpoint
+from flax_bert import config_ranges
 from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
@@ -22,16 +22,14 @@ TRAINING_ONLY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob",
 
 
 def check_config(config: ml_collections.ConfigDict) -> Compute:
-    """config.train's and config.optimizer's choices and counts, before anything is
-    prepared or compiled; returns the run's Compute."""
+    """Every numeric field's range (config_ranges), config.train's and config.optimizer's
+    choices, before anything is prepared or a device is used; returns the run's Compute."""
+    config_ranges.check(config)
     compute = Compute.from_config(config.train)
     for field, allowed in (("name", optimizer.NAMES), ("decay", optimizer.DECAYS)):
         if config.optimizer[field] not in allowed:
             raise UserError(f"config.optimizer.{field}={config.optimizer[field]!r} is unknown; "
                             f"use one of: {', '.join(allowed)}")
-    if config.train.steps_per_call < 1:
-        raise UserError(f"config.train.steps_per_call ({config.train.steps_per_call}) must be "
-                        f">= 1; 1 runs one optimizer step per call")
     return compute
 
 

@@ -84,11 +84,13 @@ class Task(step_lib.Objective, Protocol):
 
 @contextlib.contextmanager
 def run_folder(config: ml_collections.ConfigDict, workdir: str) -> Iterator[str]:
-    """Checks the config's choices, joins jax.distributed, checks and locks `workdir`
+    """Checks the config's ranges and choices, joins jax.distributed, checks the mesh
+    against the device count (before the body prepares data), checks and locks `workdir`
     (process 0 holds the lock; before anything is written) and watches for stop signals
     over the body, which gets the absolute workdir."""
     checks.check_config(config)
     distributed.maybe_initialize(config.distributed)
+    sharding.mesh_shape(config.mesh, jax.device_count())
     workdir = checks.check_workdir(workdir)
     with (preemption.Watch(processes=jax.process_count()),
           run_folder_lib.locked_for_run(workdir)):

@@ -18,6 +18,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from flax_bert.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -39,23 +41,34 @@ LOGICAL_AXIS_RULES = (
 )
 
 
+def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
+    """The (data, fsdp, tensor) sizes over `num_devices` devices, -1 (at most one) taking
+    the rest; a shape that does not fit them is a UserError (each size's own range is
+    flax_bert/config_ranges.py's). Checked as soon as the device count is known."""
+    shape = [mesh_config.data, mesh_config.fsdp, mesh_config.tensor]
+    given = dict(zip(MESH_AXES, shape))
+    if shape.count(-1) > 1:
+        raise UserError(f"config.mesh {given}: at most one size may be -1 (the rest of the "
+                        f"devices); set the others")
+    known = int(np.prod([s for s in shape if s != -1]))
+    if -1 in shape:
+        if num_devices % known:
+            raise UserError(f"config.mesh {given}: {num_devices} devices do not split into "
+                            f"{known} x the rest; make the given sizes' product divide "
+                            f"{num_devices}")
+        shape[shape.index(-1)] = num_devices // known
+    if int(np.prod(shape)) != num_devices:
+        raise UserError(f"config.mesh {given} needs {int(np.prod(shape))} devices, but there "
+                        f"are {num_devices}; make the sizes' product {num_devices} (or set "
+                        f"one to -1)")
+    return tuple(shape)
+
+
 def make_mesh(mesh_config: ml_collections.ConfigDict,
               devices: list[jax.Device] | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh over all devices; one axis may be -1 (the rest)."""
     devices = jax.devices() if devices is None else devices
-    shape = [mesh_config.data, mesh_config.fsdp, mesh_config.tensor]
-    if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-        raise ValueError(f"config.mesh {dict(zip(MESH_AXES, shape))}: sizes must be positive, "
-                         "with at most one -1")
-    known = int(np.prod([s for s in shape if s != -1]))
-    if -1 in shape:
-        if len(devices) % known:
-            raise ValueError(f"config.mesh: {len(devices)} devices do not split into "
-                             f"{dict(zip(MESH_AXES, shape))}")
-        shape[shape.index(-1)] = len(devices) // known
-    if int(np.prod(shape)) != len(devices):
-        raise ValueError(f"config.mesh {dict(zip(MESH_AXES, shape))} needs {np.prod(shape)} "
-                         f"devices, but there are {len(devices)}")
+    shape = mesh_shape(mesh_config, len(devices))
     # Auto axes: XLA propagates shardings from the annotated parameters and constraints.
     return jax.make_mesh(tuple(shape), MESH_AXES, devices=devices,
                          axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))

@@ -277,13 +277,15 @@ def evaluate_v1(examples: list[SquadExample], predictions: dict[str, str]) -> di
 
 
 def evaluate_v2(examples: list[SquadExample], predictions: dict[str, str],
-                na_probs: dict[str, float] | None = None,
-                na_prob_thresh: float = 1.0) -> dict[str, float]:
+                na_probs: dict[str, float] | None = None) -> dict[str, float]:
     """The official v2.0 script: exact, f1, total and their HasAns_ / NoAns_ splits (in
     percent; an impossible question's only gold answer is ""; questions without a
-    prediction are left out), a question counted as "no answer" when its na_prob >
-    na_prob_thresh; with na_probs (e.g. Predictions.null_score_diff), best_exact / best_f1
-    and the thresholds that give them."""
+    prediction are left out), scored on the answers as predicted: "" is "no answer"
+    (postprocess has already applied its null_score_diff_threshold). With na_probs (e.g.
+    Predictions.null_score_diff, a logit gap, not a probability), also best_exact /
+    best_f1 and the thresholds that give them (the script's sweep); na_probs never change
+    exact / f1 (the script's na_prob_thresh, 1.0, would turn every question whose gap is
+    above 1 into "no answer")."""
     exact, f1, has_answer = {}, {}, {}
     for example in examples:
         golds = [a.text for a in example.answers if normalize_answer(a.text)] or [""]
@@ -292,16 +294,13 @@ def evaluate_v2(examples: list[SquadExample], predictions: dict[str, str],
             pred = predictions[example.id]
             exact[example.id] = max(exact_match(pred, g) for g in golds)
             f1[example.id] = max(_f1_v2(pred, g) for g in golds)
-    probs = na_probs if na_probs is not None else dict.fromkeys(predictions, 0.0)
     out: dict[str, float] = {}
     for prefix, ids in (("", list(exact)),
                         ("HasAns_", [q for q in exact if has_answer[q]]),
                         ("NoAns_", [q for q in exact if not has_answer[q]])):
         if ids or not prefix:
             for name, raw in (("exact", exact), ("f1", f1)):
-                scores = [float(not has_answer[q]) if probs[q] > na_prob_thresh else raw[q]
-                          for q in ids]
-                out[prefix + name] = 100.0 * sum(scores) / len(ids)
+                out[prefix + name] = 100.0 * sum(raw[q] for q in ids) / len(ids)
             out[prefix + "total"] = len(ids)
     if na_probs is not None:
         for name, raw in (("exact", exact), ("f1", f1)):
