@@ -14,7 +14,7 @@ import numpy as np
 
 from flax_bert import BertModel, functional
 from flax_bert.compute import Compute
-from flax_bert.tasks import finetuning
+from flax_bert.tasks.classification import Classification
 from flax_bert.heads import BertForSequenceClassification
 from flax_bert.model import BertForPreTraining
 from flax_bert.trainer import optimizer, sharding, state as state_lib, step as steps

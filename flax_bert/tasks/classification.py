@@ -70,8 +70,8 @@ class Classification(finetuning.FineTuning):
         return cls(config, paths, start, model_config, labels, model, train_arrays,
                    eval_arrays, export_dir=export_dir)
 
-    def head_loss(self, logits: Any, batch: dict) -> tuple[Any, dict]:
-        return finetuning.classification_loss(logits, batch)
+    def head_loss(self, logits: Any, batch: dict, total: int) -> tuple[Any, dict]:
+        return finetuning.classification_loss(logits, batch, total)
 
     def eval_step(self, params: Any, batch: dict) -> dict:
         return finetuning.class_predictions(self.outputs(params, batch, None), batch)

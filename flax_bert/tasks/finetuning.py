@@ -3,9 +3,10 @@ task head trained on arrays of examples, starting from a checkpoint's encoder (o
 weights), in a run folder. A task subclasses `FineTuning` with its head's loss, its eval
 step, its evaluation and its export; the heads' losses are here.
 
-A head loss takes the model's outputs and the batch and returns (the summed loss that is
-differentiated, sums for the train row: loss_sum, count, and correct where a prediction
-can be right or wrong); `FineTuning.summarize` turns the summed rows into means.
+A head loss takes the model's outputs, the batch and the whole batch's example count and
+returns (the loss that is differentiated: the batch's summed loss over that count, sums
+for the train row: loss_sum, count, and correct where a prediction can be right or
+wrong); `FineTuning.summarize` turns the summed rows into means.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ class FineTuning:
                                 deterministic=dropout_rng is None,
                                 rngs=None if dropout_rng is None else {"dropout": dropout_rng})
 
-    def head_loss(self, outputs: Any, batch: Batch) -> tuple[Array, dict[str, Array]]:
-        """(summed loss, sums for the train row) of the head's outputs."""
+    def head_loss(self, outputs: Any, batch: Batch, total: int
+                  ) -> tuple[Array, dict[str, Array]]:
+        """(summed loss / `total`, sums for the train row) of the head's outputs."""
         raise NotImplementedError
 
     def loss_totals(self, batch: Batch) -> int:
@@ -69,8 +71,7 @@ class FineTuning:
 
     def loss(self, params: Any, batch: Batch, dropout_rng: Array,
              totals: int) -> tuple[Array, dict[str, Array]]:
-        loss_sum, sums = self.head_loss(self.outputs(params, batch, dropout_rng), batch)
-        return loss_sum / totals, sums
+        return self.head_loss(self.outputs(params, batch, dropout_rng), batch, totals)
 
     def batch_counts(self, batch: Batch) -> dict[str, Array]:
         return {"real_tokens": real_tokens(batch)}
@@ -117,26 +118,29 @@ class FineTuning:
         raise NotImplementedError
 
 
-def classification_loss(logits: Array, batch: Batch) -> tuple[Array, dict[str, Array]]:
-    """Summed cross-entropy of logits [B, C] against label [B]."""
+def classification_loss(logits: Array, batch: Batch, total: int
+                        ) -> tuple[Array, dict[str, Array]]:
+    """Cross-entropy of logits [B, C] against label [B], summed and divided by `total`."""
     weights = jnp.ones(batch["label"].shape, jnp.float32)  # [B]
     loss_sum, correct = losses.weighted_cross_entropy(logits, batch["label"], weights)
-    return loss_sum, {"loss_sum": loss_sum, "correct": correct, "count": jnp.sum(weights)}
+    return loss_sum / total, {"loss_sum": loss_sum, "correct": correct, "count": jnp.sum(weights)}
 
 
-def regression_loss(logits: Array, batch: Batch) -> tuple[Array, dict[str, Array]]:
-    """Summed squared error of the one output, logits [B, 1], against label [B] (float):
-    transformers' problem_type "regression"."""
+def regression_loss(logits: Array, batch: Batch, total: int
+                    ) -> tuple[Array, dict[str, Array]]:
+    """Squared error of the one output, logits [B, 1], against label [B] (float), summed
+    and divided by `total`: transformers' problem_type "regression"."""
     error = logits[:, 0] - batch["label"].astype(jnp.float32)  # [B]
     loss_sum = jnp.sum(jnp.square(error))
-    return loss_sum, {"loss_sum": loss_sum, "count": jnp.float32(error.shape[0])}
+    return loss_sum / total, {"loss_sum": loss_sum, "count": jnp.float32(error.shape[0])}
 
 
-def span_loss(logits: tuple[Array, Array], batch: Batch) -> tuple[Array, dict[str, Array]]:
+def span_loss(logits: tuple[Array, Array], batch: Batch, total: int
+              ) -> tuple[Array, dict[str, Array]]:
     """Extractive QA (transformers' BertForQuestionAnswering): the mean of the start and
     the end cross-entropy, each over a window's tokens, against start_positions and
-    end_positions [B], summed over windows. `correct` counts windows whose both argmaxes
-    are right."""
+    end_positions [B], summed over windows and divided by `total`. `correct` counts
+    windows whose both argmaxes are right."""
     start_logits, end_logits = logits  # [B, S] each
     weights = jnp.ones(batch["start_positions"].shape, jnp.float32)  # [B]
     start_sum, _ = losses.weighted_cross_entropy(start_logits, batch["start_positions"], weights)
@@ -144,7 +148,8 @@ def span_loss(logits: tuple[Array, Array], batch: Batch) -> tuple[Array, dict[st
     both = ((jnp.argmax(start_logits, -1) == batch["start_positions"])
             & (jnp.argmax(end_logits, -1) == batch["end_positions"]))  # [B]
     loss_sum = (start_sum + end_sum) / 2
-    return loss_sum, {"loss_sum": loss_sum, "correct": jnp.sum(both), "count": jnp.sum(weights)}
+    return loss_sum / total, {"loss_sum": loss_sum, "correct": jnp.sum(both),
+                              "count": jnp.sum(weights)}
 
 
 def class_predictions(logits: Array, batch: Batch) -> dict[str, Array]:

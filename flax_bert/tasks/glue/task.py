@@ -135,10 +135,10 @@ class GlueRun(finetuning.FineTuning):
     test_arrays: list[dict[str, np.ndarray]]
     final: dict[str, Any] = dataclasses.field(default_factory=dict)  # the final eval's
 
-    def head_loss(self, logits: Any, batch: dict) -> tuple[Any, dict]:
+    def head_loss(self, logits: Any, batch: dict, total: int) -> tuple[Any, dict]:
         if self.data.task.is_regression:
-            return finetuning.regression_loss(logits, batch)
-        return finetuning.classification_loss(logits, batch)
+            return finetuning.regression_loss(logits, batch, total)
+        return finetuning.classification_loss(logits, batch, total)
 
     def eval_step(self, params: Any, batch: dict) -> dict:
         logits = self.outputs(params, batch, None)

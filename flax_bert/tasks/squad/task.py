@@ -89,8 +89,8 @@ class Squad(finetuning.FineTuning):
                    eval_examples=eval_examples, eval_features=eval_features,
                    export_dir=export_dir)
 
-    def head_loss(self, logits: Any, batch: dict) -> tuple[Any, dict]:
-        return finetuning.span_loss(logits, batch)
+    def head_loss(self, logits: Any, batch: dict, total: int) -> tuple[Any, dict]:
+        return finetuning.span_loss(logits, batch, total)
 
     def eval_step(self, params: Any, batch: dict) -> dict:
         """Per window: start_logits and end_logits [B, S] (answers are found on the host)."""
