@@ -13,7 +13,7 @@ from flax_bert import config_ranges
 from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
-from flax_bert.trainer import optimizer
+from flax_bert.trainer import checkpoint, optimizer
 from flax_bert.trainer.run_folder import Paths
 
 # BertConfig fields that shape training but not the parameters: a run may change them.
