@@ -19,7 +19,7 @@ import ml_collections
 from flax_bert import checkpoint, losses, workdir as workdir_lib
 from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
-from flax_bert.data import examples, inputs
+from flax_bert.data import inputs, options as data_options
 from flax_bert.data.options import DataOptions
 from flax_bert.errors import UserError
 from flax_bert.model import BertForPreTraining
@@ -126,15 +126,4 @@ def check_vocab(model_config: BertConfig, data_vocab_size: int) -> None:
 
 def phase1_steps(config: ml_collections.ConfigDict) -> int:
     """Validates the phase-1 fields; returns phase 1's step count (0: one phase)."""
-    t, max_len = config.train, config.data.max_seq_length
-    if not 0.0 <= t.phase1_fraction < 1.0:
-        raise UserError(f"config.train.phase1_fraction ({t.phase1_fraction}) must be in "
-                        f"[0, 1); 0 trains at config.data.max_seq_length throughout")
-    steps_ = int(t.phase1_fraction * t.steps)
-    shortest = examples.NUM_SPECIAL_IN_PAIR + 1
-    if steps_ and not shortest < t.phase1_seq_length < max_len:
-        raise UserError(
-            f"config.train.phase1_seq_length ({t.phase1_seq_length}) must be shorter than "
-            f"config.data.max_seq_length ({max_len}) and > {shortest}; "
-            f"or set config.train.phase1_fraction=0")
-    return steps_
+    return data_options.phase1_steps(config.train, config.data.max_seq_length)
