@@ -162,3 +162,5 @@ def test_settings_that_differ_name_the_fields_and_the_flags(prepared):
     # The flags of config.data's fields set configs/default.py's; with --config, the config's.
     assert prepare_lib.main(CONFIG + ["--max-seq-length", "128", "--input", "x",
                                       "--output", out]) == 2
+    assert prepare_lib._data_flags_given(["--num-workers", "1", "--no-packing", "--input", "x"]
+                                         ) == ["packing"]  # --num-workers goes with --config

@@ -382,7 +382,7 @@ def _data_flags_given(rest: list[str]) -> list[str]:
         flag = field.name.replace("_", "-")
         names.update({f"--{flag}": field.name, f"--no-{flag}": field.name})
     given = [names[a.split("=", 1)[0]] for a in rest if a.split("=", 1)[0] in names]
-    return [name for name in dict.fromkeys(given) if name != "input"]
+    return [name for name in dict.fromkeys(given) if name not in ("input", "num_workers")]
 
 
 def main(argv: list[str] | None = None) -> int:
