@@ -139,6 +139,8 @@ def main() -> None:
                            "--output", out, "--vocab", vocab, "--num-workers", str(workers),
                            "--max-seq-length", str(args.max_seq_length), "--eval-fraction",
                            str(args.eval_fraction)] + (["--packing"] if packed else [])
+                    if name == "this":  # one folder (it would add the default run's phase 1)
+                        cmd.append("--config.train.phase1_fraction=0")
                     wall, cpu, tree, one = run_measured(cmd, code, args.sample_s)
                     per_cpu[label] = text_mb / cpu
                     print(f"  prepare ({label}, {workers} workers): {wall:.1f} s, "

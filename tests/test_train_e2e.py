@@ -71,9 +71,9 @@ def test_train_writes_metrics_events_and_plots(corpus, tmp_path):
         assert (workdir / name).stat().st_size > 0, name
     assert {"8", "16", "20"} <= set(os.listdir(workdir / "checkpoints"))
     # Phase 1 (the default's first 40% of steps) trained on 16-token examples, 32 a batch.
-    meta = json.load(open(workdir / "prepared_phase1" / "meta.json"))
+    meta = json.load(open(workdir / "prepared" / "phase1" / "meta.json"))
     assert (meta["max_seq_length"], meta["max_predictions_per_seq"]) == (16, 3)
-    assert (workdir / "prepared_phase1" / "vocab.txt").read_text() == (workdir / "vocab.txt").read_text()
+    assert (workdir / "prepared" / "phase1" / "vocab.txt").read_text() == (workdir / "vocab.txt").read_text()
     assert "phase 1: steps 1-8 on 16-token examples" in log
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import shlex
 from typing import Any
 
 from flax_bert import config_ranges
@@ -109,6 +110,53 @@ class DataOptions:
         predictions = math.ceil(self.max_predictions_per_seq * seq_length / self.max_seq_length)
         return self.replace(max_seq_length=seq_length, max_predictions_per_seq=predictions,
                             vocab=vocab)
+
+
+    @classmethod
+    def from_prepared(cls, key: dict) -> DataOptions:
+        """The options a folder was prepared with, from its meta.json "options" (the
+        fields it does not hold, which do not change the output, as configs/default.py's)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        given = {k: v for k, v in key.items() if k in names}
+        return cls.defaults().replace(**given | {"input": tuple(key["input"])})
+
+
+def phase1_steps(train_config: Any, max_seq_length: int) -> int:
+    """Phase 1's step count (0: one phase at max_seq_length); phase 1 must be shorter than
+    `max_seq_length` (each field's own range is flax_bert/config_ranges.py's)."""
+    t = train_config
+    steps = int(t.phase1_fraction * t.steps)
+    if steps and not t.phase1_seq_length < max_seq_length:
+        raise UserError(
+            f"config.train.phase1_seq_length ({t.phase1_seq_length}) must be shorter than "
+            f"config.data.max_seq_length ({max_seq_length}); or set "
+            f"config.train.phase1_fraction=0")
+    return steps
+
+
+def prepare_command(opts: DataOptions, output: str, phase1_seq_length: int) -> str:
+    """The `python -m flax_bert.data.prepare` command that writes `opts`' data into
+    `output` and, with `phase1_seq_length` (0: none), phase 1's: configs/default.py's
+    config with a --config.data.* / --config.train.* override for each field that differs
+    (a folder already holding this data is kept as it is)."""
+    from configs import default
+
+    base = default.get_config()
+    defaults = DataOptions.from_config(base.data)
+    parts = ["python -m flax_bert.data.prepare --input", *map(shlex.quote, opts.input)]
+    for field in dataclasses.fields(DataOptions):
+        name, value = field.name, getattr(opts, field.name)
+        if name in FEED_ONLY_FIELDS + ("input",) or value == getattr(defaults, name):
+            continue
+        if name in PACKING_FIELDS[1:] and not opts.packing:
+            continue
+        parts.append(shlex.quote(f"--config.data.{name}={value}"))
+    default_seq = (base.train.phase1_seq_length
+                   if phase1_steps(base.train, base.data.max_seq_length) else 0)
+    if phase1_seq_length != default_seq:
+        parts.append(f"--config.train.phase1_seq_length={phase1_seq_length}"
+                     if phase1_seq_length else "--config.train.phase1_fraction=0")
+    return " ".join(parts + ["--output", shlex.quote(output)])
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

@@ -3,6 +3,8 @@
 Layout (local or `gs://`):
   vocab.txt
   {split}-{fingerprint}-{group:05d}-{part:05d}.arrayrecord   one shard of records
+  phase1/      a run's phase-1 data when its config trains one: the same input, split and
+               vocab in shorter examples, itself a prepared folder of this layout
   meta.json    written last; lists every file with its byte size and CRC-32, the shards
                of each split in order with their record counts, and its own CRC-32; says
                whether the folder is packed (a record is then a row of up to
@@ -19,6 +21,7 @@ A missing, truncated or altered file is one UserError naming it.
 from __future__ import annotations
 
 import json
+import os
 import zlib
 
 from etils import epath
@@ -32,6 +35,12 @@ VOCAB = "vocab.txt"
 SHARD_SUFFIX = ".arrayrecord"
 SPLITS = ("train", "eval")
 SELF_CRC = "meta_crc32"
+PHASE1 = "phase1"  # the subfolder of a run's phase-1 data
+
+
+def phase1_folder(folder: str) -> str:
+    """Where a prepared folder keeps its run's phase-1 data."""
+    return os.path.join(folder, PHASE1)
 
 
 def shard_name(split: str, fingerprint: str, group: int, part: int) -> str:

@@ -128,7 +128,9 @@ class _Batches:
         if self.mask_kwargs and self.mask_kwargs["max_predictions"] != self.preds:
             raise UserError(
                 f"config.data.max_predictions_per_seq={self.mask_kwargs['max_predictions']} "
-                f"differs from {prepared_dir}/meta.json ({self.preds}); re-run prepare"
+                f"but {prepared_dir}/meta.json has {self.preds}; set "
+                f"--config.data.max_predictions_per_seq={self.preds} or prepare again with "
+                f"--config.data.max_predictions_per_seq={self.mask_kwargs['max_predictions']}"
             )
         self.meta, self.static = meta, not dynamic
         masked_lm_prob = (options.masked_lm_prob if dynamic

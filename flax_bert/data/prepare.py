@@ -1,8 +1,18 @@
 """Prepare step: corpus -> WordPiece vocab -> shards of tokenized NSP pairs (+ held-out split).
 
+    python -m flax_bert.data.prepare --config configs/base.py --input 'wiki/*.txt' \
+        --output /data/prepared [--config.data.FIELD=V ...] [--config.train.FIELD=V ...]
     python -m flax_bert.data.prepare --input corpus/*.txt.gz --output /tmp/prepared \
         [--vocab-size 8192 | --vocab vocab.txt] --max-seq-length 128 \
         [--shard-index I --num-shards N]   # one process per machine, each a share
+
+It writes every phase a run of the config trains (`run_folders`): OUTPUT holds the
+config.data.max_seq_length examples and, when config.train trains a phase 1, OUTPUT/phase1
+the same documents in config.train.phase1_seq_length-token examples with OUTPUT's vocab.
+train.py with --config.data.prepared_dir=OUTPUT and the same config (and overrides) reads
+them. --config defaults to configs/default.py (the default run); the flags named after
+config.data's fields (--max-seq-length, ...) set those fields of configs/default.py's
+config (with --config, set --config.data.FIELD=V instead).
 
 Streaming and sharded: the input files are grouped (consecutive files up to `shard_mb` on
 disk; a `datasets` folder alone), each group is read as a stream and cut into shards of
@@ -35,10 +45,10 @@ from concurrent.futures.process import BrokenProcessPool
 
 from tqdm import tqdm
 
-from flax_bert import preemption
+from flax_bert import config_ranges, preemption
 from flax_bert.data import corpus, folder as folder_lib, records, storage
 from flax_bert.data import vocab as vocab_lib
-from flax_bert.data.config import DataOptions, add_flags, from_flags
+from flax_bert.data.config import DataOptions, add_flags, phase1_steps
 from flax_bert.data.shards import MB, ShardMaker, doc_chars, group_shards, plan_groups
 from flax_bert.errors import UserError
 
@@ -73,6 +83,19 @@ def cache_key(opts: DataOptions, sources: list[dict]) -> tuple[dict, str]:
 
 
 # ---- The whole prepare ------------------------------------------------------------------
+def run_folders(opts: DataOptions, output_dir: str,
+                phase1_seq_length: int = 0) -> list[tuple[DataOptions, str]]:
+    """What a run needs prepared, in order: (options, folder) of the main data and, with
+    `phase1_seq_length`, of phase 1's (`options.for_phase1`, in `folder.phase1_folder`,
+    tokenized with the main folder's vocab)."""
+    folders = [(opts, output_dir)]
+    if phase1_seq_length:
+        vocab = os.path.join(output_dir, folder_lib.VOCAB)
+        folders.append((opts.for_phase1(phase1_seq_length, vocab),
+                        folder_lib.phase1_folder(output_dir)))
+    return folders
+
+
 def prepare(
     opts: DataOptions, output_dir: str, *, force: bool = False, progress: bool = True,
     shard_index: int = 0, num_shards: int = 1,
@@ -318,30 +341,95 @@ def summary(output: str, meta: dict) -> str:
                 else ""))
 
 
+def load_config(config_args: list[str]):
+    """The run config of `--config FILE` and `--config.*` overrides, as train.py reads them
+    (ml_collections config_flags); configs/default.py without --config."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from configs import default
+
+    values, argv = flags.FlagValues(), ["prepare"] + config_args
+    try:
+        config_flags.DEFINE_config_file("config", default.__file__, "Run config file.",
+                                        flag_values=values, lock_config=True, sys_argv=argv)
+        values(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError,
+            SyntaxError, ImportError) as e:
+        raise UserError(f"bad --config / --config.* value: {e}") from None
+    return values.config
+
+
+def _split_config_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(--config FILE and --config.* arguments, the others)."""
+    config_args, rest, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config" and i + 1 < len(argv):
+            config_args += argv[i:i + 2]
+            i += 2
+            continue
+        (config_args if arg.split("=", 1)[0] == "--config" or arg.startswith("--config.")
+         else rest).append(arg)
+        i += 1
+    return config_args, rest
+
+
+def _data_flags_given(rest: list[str]) -> list[str]:
+    """The config.data fields set by their own flags (--max-seq-length, --no-packing, ...)."""
+    names = {}
+    for field in dataclasses.fields(DataOptions):
+        flag = field.name.replace("_", "-")
+        names.update({f"--{flag}": field.name, f"--no-{flag}": field.name})
+    given = [names[a.split("=", 1)[0]] for a in rest if a.split("=", 1)[0] in names]
+    return [name for name in dict.fromkeys(given) if name not in ("input", "num_workers")]
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_args, rest = _split_config_args(argv)
     p = parser()
-    p.add_argument("--num-workers", type=int, default=DataOptions.defaults().num_workers,
-                   help="processes making shards (0 = all cores)")
+    p.add_argument("--config", help="the run's config file (default: configs/default.py); "
+                   "--config.data.FIELD=V / --config.train.FIELD=V override its fields")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="processes making shards (0 = all cores; default: config.data's)")
     p.add_argument("--shard-index", type=int, default=0, help="this process's share (0-based)")
     p.add_argument("--num-shards", type=int, default=1,
                    help="processes sharing the work, e.g. one per machine (needs --vocab)")
-    args = p.parse_args(argv)
-    opts = from_flags(args)
+    args = p.parse_args(rest)
     if not 0 <= args.shard_index < args.num_shards:
         print("error: --shard-index must be in [0, --num-shards)", file=sys.stderr)
         return 2
     try:
+        given = _data_flags_given(rest)
+        if given and any(a.split("=", 1)[0] == "--config" for a in config_args):
+            raise UserError(
+                f"--{given[0].replace('_', '-')} with --config: set "
+                f"--config.data.{given[0]}=... instead (the folder is the config's)")
+        config = load_config(config_args)
+        opts = DataOptions.from_config(config.data).replace(
+            **{name: getattr(args, name) for name in given}, input=tuple(args.input))
+        if args.num_workers is not None:
+            opts = opts.replace(num_workers=args.num_workers)
+        config_ranges.check(config)  # the run's config: every range, before preparing
+        phase1 = phase1_steps(config.train, opts.max_seq_length)
+        folders = run_folders(opts, args.output,
+                              config.train.phase1_seq_length if phase1 else 0)
+        metas = []
         with preemption.Watch(folder_lib.interrupted(args.output)):  # a signal: exit at once
-            meta = prepare(opts, args.output, force=args.force, shard_index=args.shard_index,
-                           num_shards=args.num_shards)
+            for folder_opts, folder in folders:
+                metas.append(prepare(folder_opts, folder, force=args.force,
+                                     shard_index=args.shard_index,
+                                     num_shards=args.num_shards))
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    if not meta:
-        print(f"{args.output}: share {args.shard_index} of {args.num_shards} written; "
-              f"the last share to finish writes meta.json")
-        return 0
-    print(summary(args.output, meta))
+    for (_, folder), meta in zip(folders, metas):
+        if not meta:
+            print(f"{folder}: share {args.shard_index} of {args.num_shards} written; "
+                  f"the last share to finish writes meta.json")
+        else:
+            print(summary(folder, meta))
     return 0
 
 

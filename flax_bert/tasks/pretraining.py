@@ -22,7 +22,7 @@ from flax_bert import losses
 from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
 from flax_bert.console import say
-from flax_bert.data.config import DataOptions
+from flax_bert.data.config import DataOptions, phase1_steps
 from flax_bert.data.pretraining_data import PretrainingData, pretraining_data
 from flax_bert.errors import UserError
 from flax_bert.model import BertForPreTraining
@@ -115,7 +115,7 @@ class Pretraining(PretrainingObjective):
         if not options.vocab and os.path.isfile(imported_vocab):
             options = options.replace(vocab=imported_vocab)
             say(f"tokenizing with {imported_vocab}")
-        phase1 = phase1_steps(config)
+        phase1 = phase1_steps(t, config.data.max_seq_length)
         data = pretraining_data(options, paths.prepared, phase1_steps=phase1,
                                 phase1_seq_length=t.phase1_seq_length,
                                 phase1_batch_size=t.phase1_batch_size)
@@ -196,15 +196,3 @@ def check_vocab(model_config: BertConfig, data_vocab_size: int) -> None:
             f"the data's vocab has {data_vocab_size} tokens but config.model.vocab_size is "
             f"{model_config.vocab_size}; set --config.model.vocab_size={data_vocab_size} "
             f"(or 0: take the data's), or tokenize with the model's vocab (config.data.vocab)")
-
-
-def phase1_steps(config: ml_collections.ConfigDict) -> int:
-    """Phase 1's step count (0: one phase); phase 1 must be shorter than the data's length
-    (each field's own range is config_ranges')."""
-    t, max_len = config.train, config.data.max_seq_length
-    steps_ = int(t.phase1_fraction * t.steps)
-    if steps_ and not t.phase1_seq_length < max_len:
-        raise UserError(
-            f"config.train.phase1_seq_length ({t.phase1_seq_length}) must be shorter than "
-            f"config.data.max_seq_length ({max_len}); or set config.train.phase1_fraction=0")
-    return steps_

@@ -35,7 +35,8 @@ from jax.sharding import Mesh
 from flax_bert import distributed, preemption
 from flax_bert.console import progress_bar, say
 from flax_bert.errors import Interrupted, UserError
-from flax_bert.trainer import checkpoint, checks, metric_log, optimizer, run_folder as run_folder_lib
+from flax_bert.trainer import (checkpoint, checks, metric_log, optimizer,
+                               run_folder as run_folder_lib)
 from flax_bert.trainer import sharding, state as state_lib, step as step_lib
 from flax_bert.trainer.feed import DeviceFeed, call_sizes, global_batch
 

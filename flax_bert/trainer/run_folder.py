@@ -14,7 +14,7 @@ lock), and clear stops when its disk fills.
     jax_cache/            jax's compilation cache (config.train.compilation_cache_dir)
   pretraining:
     prepared/             the prepared corpus, unless config.data.prepared_dir names one
-    prepared_phase1/      the same documents in phase 1's shorter examples
+      phase1/             the same documents in phase 1's shorter examples
   fine-tuning:
     finetune.json         the class names in id order and where the model started
     books/                the book task, when built
