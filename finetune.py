@@ -49,7 +49,9 @@ def main(argv: list[str], flag_values: Any = None) -> None:
         cli.fail(f"config.job {job!r} is unknown; use one of: {', '.join(JOBS)}")
     module, workdir = JOBS[job]
     flag_values.workdir = flag_values.workdir or workdir
-    cli.run(argv, importlib.import_module(module).train_and_evaluate, flag_values)
+    config, workdir = cli.start(argv, flag_values)
+    with cli.reporting(workdir):
+        importlib.import_module(module).train_and_evaluate(config, workdir)
 
 
 if __name__ == "__main__":

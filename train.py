@@ -12,7 +12,6 @@ continues it: only the --config.model.* flags given here are compared with it.
 Mistakes on the command line or in the config end with one `error: ...` line and exit 2.
 """
 
-import functools
 import os
 from typing import Any
 
@@ -29,11 +28,12 @@ def parse_flags(argv: list[str], flag_values: Any = None) -> list[str]:
 
 
 def main(argv: list[str], flag_values: Any = None) -> None:
+    config, workdir = cli.start(argv, flag_values)
     from flax_bert.tasks import pretraining
 
-    cli.run(argv, functools.partial(
-        pretraining.train_and_evaluate,
-        explicit_model_fields=cli.overridden_model_fields(flag_values)), flag_values)
+    with cli.reporting(workdir):
+        pretraining.train_and_evaluate(
+            config, workdir, explicit_model_fields=cli.overridden_model_fields(flag_values))
 
 
 if __name__ == "__main__":

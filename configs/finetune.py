@@ -2,7 +2,7 @@
 
 The default fine-tunes the default pretraining run (`runs/default`) on the book task (which
 of the seven books a passage of 1-3 sentences is from; built into WORKDIR/books from the
-chapters pretraining held out, see flax_bert/finetune/books.py) in a few minutes on a
+chapters pretraining held out, see flax_bert/tasks/books.py) in a few minutes on a
 2-core CPU. `--config.init.from_scratch=True` trains the same model from random weights:
 the baseline. Any field can be overridden on the command line:
       python finetune.py --workdir runs/ft --config.data.train=train.jsonl \

@@ -4,7 +4,7 @@ rate 2e-5, batch 32, 3 epochs, 128 tokens; BERT's 10% warmup and dropout 0.1).
 
 Each task (and learning rate) is its own run in WORKDIR/<TASK>/lr_<LR>/; the end writes
 WORKDIR/glue_results.json, GLUE's submission files in WORKDIR/submission/ and prints the
-table (flax_bert/finetune/glue_runner.py). The other fields are configs/finetune.py's
+table (flax_bert/tasks/glue/sweep.py). The other fields are configs/finetune.py's
 (init, model, train, optimizer, mesh, checkpoint), with the changes below:
       python finetune.py --config configs/glue.py --workdir runs/glue \
           --config.init.checkpoint=BERT_DIR --config.glue.data_dir=GLUE_DIR \

@@ -3,7 +3,7 @@ answering, doc-stride windows, n-best answers, the official EM / F1.
 
 With no data given it fine-tunes the default pretraining run (`runs/default`) on the cloze
 task, built into WORKDIR/cloze from the chapters pretraining held out (find in a passage the
-word blanked out of the next sentence; flax_bert/finetune/cloze.py), in a few minutes on a
+word blanked out of the next sentence; flax_bert/tasks/squad/cloze.py), in a few minutes on a
 2-core CPU; `--config.init.from_scratch=True` is the same model from random weights. The
 other fields are configs/finetune.py's (init, model, train, optimizer, mesh, checkpoint),
 with the changes below. SQuAD itself, with BERT's recipe for a BERT-base model:

@@ -22,7 +22,7 @@ from flax_bert.config import BertConfig
 Array = jax.Array
 Dtype = Any
 
-# Activation layouts, mapped to mesh axes by the rules in flax_bert/training/sharding.py.
+# Activation layouts, mapped to mesh axes by the rules in flax_bert/trainer/sharding.py.
 BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
 BATCH_LENGTH_HEADS_KV = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
 BATCH_LENGTH_MLP = ("activation_batch", "activation_length", "activation_mlp")

@@ -8,10 +8,11 @@ before jax, absl or the library load (seconds on a loaded machine).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
-from typing import Any, Callable
+from typing import Any, Iterator
 
 USAGE_EXIT = 2
 
@@ -71,13 +72,11 @@ def parse_flags(argv: list[str], default_config: str, default_workdir: str,
     return []
 
 
-def run(argv: list[str], train_and_evaluate: Callable, flag_values: Any = None) -> None:
-    """`train_and_evaluate(config, workdir)` from the parsed flags; user mistakes end in
-    one `error:` line (exit 2), an interruption in its message and exit code."""
+def start(argv: list[str], flag_values: Any = None) -> tuple[Any, str]:
+    """The parsed run's (config, workdir), after what every run sets up first: no stray
+    arguments, quiet logs, jax's compilation cache (before the first compile)."""
     from absl import flags, logging
 
-    from flax_bert import preemption
-    from flax_bert.errors import Interrupted, UserError
     from flax_bert.trainer import compile_cache, run_folder
 
     if len(argv) > 1:
@@ -87,9 +86,19 @@ def run(argv: list[str], train_and_evaluate: Callable, flag_values: Any = None) 
     logging.get_absl_handler().addFilter(run_folder.HideDiskFullTracebacks())
     config, workdir = flag_values.config, flag_values.workdir
     compile_cache.enable(config.train.compilation_cache_dir, workdir)
+    return config, workdir
+
+
+@contextlib.contextmanager
+def reporting(workdir: str) -> Iterator[None]:
+    """Ends the process as a user expects: a user's mistake (UserError) or a full disk as
+    one `error:` line (exit 2), an interruption as its message and exit code."""
+    from flax_bert import preemption
+    from flax_bert.errors import Interrupted, UserError
+    from flax_bert.trainer import run_folder
 
     try:
-        train_and_evaluate(config, workdir)
+        yield
     except UserError as e:
         fail(str(e))
     except OSError as e:
