@@ -344,10 +344,6 @@ def _runs(comps: dict[str, list[str]], entry: str, loops: bool = True) -> dict[s
 
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.+?)\s([a-z][a-z0-9\-]*)\((.*)$")
-# Instructions that move no data of their own (their callees' do, or nothing does).
-_NO_TRAFFIC = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "while",
-               "conditional", "call", "after-all", "partition-id", "replica-id", "iota",
-               "opt-barrier", "copy-start", "copy-done"}
 
 
 def _operands(args: str) -> list[str]:
@@ -367,55 +363,44 @@ def _dims(type_text: str) -> list[int]:
 
 
 def program_counts(hlo: str, loops: bool = True) -> dict[str, float]:
-    """From the compiled HLO text, each loop body counted as often as it runs (`loops`;
-    False: once, as XLA's cost_analysis() counts a while body, whatever its trip count):
-    matmul_flops: 2 x outputs x contracted size of every dot / convolution (TPU writes
-    batched matmuls as convolutions; a window over a dilated input counts its real taps);
-    hbm_bytes: operands + outputs (padded to their layouts' tiles) of every top-level
-    instruction (fusions, copies, collectives, ...) of the non-fused computations."""
+    """matmul_flops of the compiled HLO text: 2 x outputs x contracted size of every dot /
+    convolution (TPU writes batched matmuls as convolutions; a window over a dilated input
+    counts its real taps), each loop body counted as often as it runs (`loops`; False:
+    once, as XLA's cost_analysis() counts a while body, whatever its trip count). On a TPU
+    this includes the one-hot matmuls XLA makes of the embedding gathers' gradients."""
     comps, entry = _computations(hlo)
     runs = _runs(comps, entry, loops)
-    fused = set()
     types: dict[str, str] = {}
     for lines in comps.values():
         for line in lines:
             if m := _INSTRUCTION.match(line):
                 types[m[1]] = m[2]
-                if m[3] == "fusion" and (c := re.search(r"calls=%?([\w.\-]+)", line)):
-                    fused.add(c[1])
-                for callee in re.findall(r"to_apply=%?([\w.\-]+)", line):
-                    fused.add(callee)
-    flops = hbm = 0.0
+    flops = 0.0
     for comp, lines in comps.items():
         times = runs.get(comp, 0)
-        if not times:
-            continue
-        for line in lines:
-            if not (m := _INSTRUCTION.match(line)):
-                continue
-            out, op, args = m[2], m[3], m[4]
-            operands = _operands(args)
-            if op in ("convolution", "dot") and len(operands) == 2:
-                flops += times * _matmul_flops(line, op, out, types.get(operands[0], ""),
-                                               types.get(operands[1], ""))
-            if comp not in fused and op not in _NO_TRAFFIC and not op.endswith("-done"):
-                hbm += times * (_bytes_of(out, True) + sum(_bytes_of(types.get(o, ""), True)
-                                                           for o in operands))
-    return {"matmul_flops": flops, "hbm_bytes": hbm}
+        for line in lines if times else ():
+            if (m := _INSTRUCTION.match(line)) and m[3] in ("convolution", "dot"):
+                operands = _operands(m[4])
+                if len(operands) == 2:
+                    flops += times * _matmul_flops(line, m[3], m[2], types.get(operands[0], ""),
+                                                   types.get(operands[1], ""))
+    return {"matmul_flops": flops}
 
 
 def loop_scaled_cost(compiled: Any, hlo: str) -> dict[str, float]:
-    """cost_analysis()'s flops and bytes accessed of one call with every loop body counted
-    as often as it runs: XLA's figures (loop bodies once) times the ratio of
-    `program_counts` with and without the trip counts (matmul FLOPs for flops, HBM bytes
-    for bytes)."""
+    """One call's FLOPs and HBM bytes with every loop body counted as often as it runs.
+    XLA's cost_analysis() counts a while body once (here: one of steps_per_call steps, one
+    of the encoder's layers, one micro-batch), so its "bytes accessed" is scaled by the
+    ratio of the matmul FLOPs with and without the loops' trip counts (the loops' share of
+    the traffic taken to be their share of the matmuls: an estimate); FLOPs are the
+    matmuls' (`program_counts`), which is what a TPU's peak counts."""
     costs = cost(compiled)
     once, full = program_counts(hlo, loops=False), program_counts(hlo)
-    scale = {k: full[k] / once[k] if once[k] else 1.0 for k in full}
-    return {"flops": float(costs.get("flops", 0.0)) * scale["matmul_flops"],
-            "bytes": float(costs.get("bytes accessed", 0.0)) * scale["hbm_bytes"],
-            "matmul_flops": full["matmul_flops"], "xla_flops": float(costs.get("flops", 0.0)),
-            "xla_bytes": float(costs.get("bytes accessed", 0.0)),
+    scale = full["matmul_flops"] / once["matmul_flops"] if once["matmul_flops"] else 1.0
+    return {"flops": full["matmul_flops"],
+            "bytes": float(costs.get("bytes accessed", 0.0)) * scale,
+            "xla_flops": float(costs.get("flops", 0.0)),
+            "xla_bytes": float(costs.get("bytes accessed", 0.0)), "loop_scale": scale,
             "optimal_seconds": costs.get("optimal_seconds")}
 
 
@@ -441,7 +426,8 @@ def _matmul_flops(line: str, op: str, out: str, lhs: str, rhs: str) -> float:
     return 2.0 * outputs * taps
 
 
-def collectives(hlo: str, slice_of: list[int] | None = None) -> list[dict[str, Any]]:
+def collectives(hlo: str, slice_of: list[int] | None = None,
+                slices: int = 1) -> list[dict[str, Any]]:
     """Each collective of the compiled HLO text: kind, payload bytes S (the full size:
     gathered for all-gather, the input for reduce-scatter), group size, the bytes each
     device sends per call (S times the kind's ring factor times the runs of its loops), and,
@@ -469,6 +455,21 @@ def collectives(hlo: str, slice_of: list[int] | None = None) -> list[dict[str, A
             found.append(dict(kind=kind, bytes=payload, group=n, runs=times,
                               sent=payload * _TRAFFIC[kind](n) * times if n > 1 else 0.0,
                               cross_slice=cross, shape=out[:80]))
+    # Between slices XLA:TPU splits a collective: the in-slice part stays a collective (a
+    # reduce-scatter, ...), the DCN part becomes host-transfer send/recv pairs that the
+    # megascale runtime runs, tagged with the collective's kind.
+    for comp, lines in comps.items():
+        for line in lines:
+            m = re.search(r"=\s*\((.*?)\)\s+send\(.*_xla_megascale_transfer_type=\"(\w+)\"",
+                          line)
+            if not m:
+                continue
+            kind = m[2].lower().replace("_", "-")
+            payload, times, n = _bytes_of(m[1].split(", u32")[0]), runs.get(comp, 0), slices
+            factor = _TRAFFIC.get(kind, lambda _: 1.0)(n)
+            found.append(dict(kind=kind, bytes=payload, group=n, runs=times,
+                              sent=payload * factor * times, cross_slice=True,
+                              shape=m[1][:80]))
     return found
 
 
@@ -490,12 +491,16 @@ def analyse(config: Any, topology: tpu_chips.Topology, num_slices: int = 1, phas
     """Compiles the run's train step (and eval step) for `num_slices` slices of `topology`
     and returns the report (see the module docstring) as a dict."""
     import jax
+    from jax._src import config as jax_config
 
     from flax_bert.training import sharding
 
     chip = topology.chip
     devices = devices or tpu_devices(topology, num_slices)
-    mesh = sharding.make_mesh(config.mesh, devices)
+    if chip.devices_per_chip == 1:
+        mesh = sharding.make_mesh(config.mesh, devices)
+    else:  # v4's compile-only devices are TensorCores, which jax.make_mesh refuses
+        mesh = v4_core_mesh(config.mesh, devices)
     shapes = phase_shapes(config, phase)
     check_for_tpu(config, shapes, mesh)
     model_cfg = model_config(config)
@@ -507,7 +512,15 @@ def analyse(config: Any, topology: tpu_chips.Topology, num_slices: int = 1, phas
              for key, (shape, dtype) in batch_specs(shapes, train=True).items()}
     rng = jax.ShapeDtypeStruct((2,), np.uint32, sharding=sharding.replicated(mesh))
     start = time.perf_counter()
-    compiled = train_step.lower(state, batch, rng).compile()
+    try:
+        # A compile-only executable cannot be loaded back from jax's persistent cache.
+        with jax_config.enable_compilation_cache(False):
+            compiled = train_step.lower(state, batch, rng).compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        return out_of_memory_report(config, topology, num_slices, mesh, shapes, str(e),
+                                    time.perf_counter() - start)
     compile_seconds = time.perf_counter() - start
 
     n_dev = len(devices)
@@ -528,7 +541,7 @@ def analyse(config: Any, topology: tpu_chips.Topology, num_slices: int = 1, phas
     analytic = model_flops(model_cfg, shapes.rows, shapes.seq, shapes.predictions, pairs)
 
     slice_of = [getattr(d, "slice_index", 0) for d in mesh.devices.flat]
-    found = collectives(hlo, slice_of if num_slices > 1 else None)
+    found = collectives(hlo, slice_of if num_slices > 1 else None, num_slices)
     by_kind = summarize_collectives(found)
     dcn_sent = sum(c["sent"] for c in found if c["cross_slice"])
     ici_sent = sum(c["sent"] for c in found) - dcn_sent
@@ -557,8 +570,9 @@ def analyse(config: Any, topology: tpu_chips.Topology, num_slices: int = 1, phas
                    "code": code, "total": total, "hbm": hbm, "fits": total <= hbm,
                    "margin": hbm - total},
         "flops": {"compiled_per_step": compiled_flops_step, "analytic_per_step": analytic,
-                  "compiled_matmul_per_step": costs["matmul_flops"] * n_dev / k,
                   "xla_cost_analysis_per_call_per_device": costs["xla_flops"],
+                  "xla_bytes_accessed_per_call_per_device": costs["xla_bytes"],
+                  "loop_scale": costs["loop_scale"],
                   "ratio": compiled_flops_step / analytic if analytic else float("nan")},
         "roofline": {"terms_per_step_s": {name: v / k for name, v in terms.items()},
                      "bound_step_s": bound_step,
@@ -576,7 +590,8 @@ def analyse(config: Any, topology: tpu_chips.Topology, num_slices: int = 1, phas
                                                 sharding=sharding.batch_sharding(mesh))
                       for key, (shape, dtype) in batch_specs(shapes, train=False).items()}
         start = time.perf_counter()
-        compiled_eval = eval_step.lower(state.params, eval_batch).compile()
+        with jax_config.enable_compilation_cache(False):
+            compiled_eval = eval_step.lower(state.params, eval_batch).compile()
         em = compiled_eval.memory_analysis()
         etotal = (em.argument_size_in_bytes + em.output_size_in_bytes - em.alias_size_in_bytes
                   + em.temp_size_in_bytes + em.generated_code_size_in_bytes)
@@ -585,6 +600,45 @@ def analyse(config: Any, topology: tpu_chips.Topology, num_slices: int = 1, phas
                           "fits": etotal <= hbm,
                           "optimal_seconds": cost(compiled_eval).get("optimal_seconds")}
     return report
+
+
+def v4_core_mesh(mesh_config: Any, devices: list) -> Any:
+    """make_mesh's (data, fsdp, tensor) mesh over v4 TensorCores, in the topology's order
+    (jax.make_mesh takes one device a chip, as a real v4 runs in megacore mode, but the
+    compile-only v4 topology has a device a core)."""
+    import jax
+    from jax.sharding import Mesh
+
+    from flax_bert.training import sharding
+
+    shape = [mesh_config.data, mesh_config.fsdp, mesh_config.tensor]
+    if -1 in shape:
+        shape[shape.index(-1)] = len(devices) // -math.prod(shape)
+    if math.prod(shape) != len(devices):
+        raise ValueError(f"config.mesh {dict(zip(sharding.MESH_AXES, shape))} needs "
+                         f"{math.prod(shape)} devices, but there are {len(devices)}")
+    return Mesh(np.array(devices).reshape(shape), sharding.MESH_AXES,
+                axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+
+def out_of_memory_report(config: Any, topology: tpu_chips.Topology, num_slices: int,
+                         mesh: Any, shapes: Shapes, message: str,
+                         seconds: float) -> dict[str, Any]:
+    """The report of a train step XLA refuses to compile for want of HBM."""
+    m = re.search(r"required for HLO temporaries \(([\d.]+)G\) exceeds available HBM "
+                  r"\(([\d.]+)G\)", message)
+    need, have = (float(m[1]) * tpu_chips.GiB, float(m[2]) * tpu_chips.GiB) if m else (
+        float("nan"), topology.chip.per_device(topology.chip.hbm_bytes))
+    return {"topology": topology.accelerator_type, "topology_name": topology.topology_name,
+            "num_slices": num_slices, "devices": mesh.size, "chip": topology.chip.generation,
+            "devices_per_chip": topology.chip.devices_per_chip, "mesh": dict(mesh.shape),
+            "seq": shapes.seq, "global_batch_rows": shapes.rows,
+            "rows_per_device": shapes.rows / mesh.size,
+            "remat_policy": config.train.remat_policy, "compile_seconds": seconds,
+            "out_of_memory": " ".join(message.split())[:300],
+            "memory": {"temporaries": need, "total": need, "hbm": have, "fits": False,
+                       "margin": have - need},
+            "roofline": {"tokens_per_s": 0.0, "mfu": 0.0, "binding": "memory"}}
 
 
 # ---- Text ---------------------------------------------------------------------------------
@@ -605,6 +659,10 @@ def fit_line(r: dict[str, Any]) -> str:
 
 
 def format_report(r: dict[str, Any]) -> str:
+    if "out_of_memory" in r:
+        return (f"{r['topology']}, mesh {r['mesh']}, {r['rows_per_device']:g} rows a device, "
+                f"remat {r['remat_policy']}: XLA's temporaries alone exceed the HBM\n  "
+                + fit_line(r))
     m, f, roof = r["memory"], r["flops"], r["roofline"]
     what = "chip" if r["devices_per_chip"] == 1 else "TensorCore (v4: 2 a chip)"
     slices = f" x {r['num_slices']} slices" if r["num_slices"] > 1 else ""
@@ -622,10 +680,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"{_gib(m['aliased'])} + temporaries {_gib(m['temporaries'])} + code "
         f"{_gib(m['code'])} = {_gib(m['total'])}",
         "  " + fit_line(r),
-        f"FLOPs an optimizer step: compiled {f['compiled_per_step']:.4g} (matmuls "
-        f"{f['compiled_matmul_per_step']:.4g}), analytic (6 N T + attention) "
-        f"{f['analytic_per_step']:.4g}: ratio {f['ratio']:.3f} (matmuls "
-        f"{f['compiled_matmul_per_step'] / f['analytic_per_step']:.3f})",
+        f"FLOPs an optimizer step: compiled (matmuls) {f['compiled_per_step']:.4g}, analytic "
+        f"(6 N T + attention) {f['analytic_per_step']:.4g}: ratio {f['ratio']:.3f}",
         "roofline bound on a step (a bound, not a measurement):",
         "  " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in roof["terms_per_step_s"].items()),
         f"  -> {roof['bound_step_s'] * 1e3:.2f} ms a step ({roof['binding']}-bound): at most "
@@ -762,7 +818,7 @@ def load_config(prog: str, config_args: list[str]) -> Any:
         values(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError,
             SyntaxError, ImportError) as e:
-        raise ValueError(f"bad --config / --config.* flag: {e}") from e
+        raise ValueError(f"bad --config / --config.* flag: {' '.join(str(e).split())}") from e
     return values.config
 
 
@@ -787,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(reports if args.search else reports[0], f, indent=1, default=float)
-    return 0
+    return 0 if args.search or reports[0]["memory"]["fits"] else 1
 
 
 def run_search(args: argparse.Namespace, config: Any, topology: tpu_chips.Topology) -> list:
