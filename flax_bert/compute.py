@@ -44,6 +44,9 @@ class Compute:
     attention_impl: str = "auto"  # softmax(QK^T)V where the probabilities are not needed
     scan_layers: str = "auto"  # the encoder's layer loop: scanned or unrolled
     fused_backward: bool = True  # the MLM head's hand-written VJPs (flax_bert/ops.py)
+    # The platform the "auto" choices are made for: "" is jax's default backend; the
+    # ahead-of-time check (flax_bert/aot.py) compiles for "tpu" from a CPU host.
+    platform: str = ""
 
     def __post_init__(self) -> None:
         for field, allowed in CHOICES.items():
@@ -74,4 +77,4 @@ class Compute:
     @property
     def scan(self) -> bool:
         """Whether the encoder runs its layers as a loop here (see ops.scan_layers)."""
-        return ops.scan_layers(self.scan_layers, self.remat_policy)
+        return ops.scan_layers(self.scan_layers, self.remat_policy, self.platform or None)

@@ -109,7 +109,8 @@ class BertSelfAttention(nn.Module):
         rate = cfg.attention_probs_dropout_prob
         dropout = not deterministic and rate > 0.0
         fused = ops.fused_attention_impl(self.compute.attention_impl, dtype, head_dim,
-                                         packed=pair_ids is not None)
+                                         packed=pair_ids is not None,
+                                         platform=self.compute.platform or None)
         if fused and not dropout and not self.is_mutable_collection("intermediates"):
             ctx = ops.dot_product_attention(q, k, v, key_mask, fused, pair_ids)  # [B, S, N, D]
         else:

@@ -50,10 +50,11 @@ def scan_layers(choice: str, remat_policy: str = "none", platform: str | None = 
 
 
 # ---- Attention: softmax(q k^T / sqrt(D)) v over the keys each query may see ----------------
-def fused_attention_impl(impl: str, dtype: Any, head_dim: int, packed: bool = False) -> str | None:
+def fused_attention_impl(impl: str, dtype: Any, head_dim: int, packed: bool = False,
+                         platform: str | None = None) -> str | None:
     """The `jax.nn.dot_product_attention` implementation that config value `impl` picks
-    for this compute dtype and head size, for packed rows or not (`pair_ids` given); None:
-    the explicit path (scores materialised).
+    for this compute dtype and head size, for packed rows or not (`pair_ids` given), on
+    `platform` (default: jax's backend); None: the explicit path (scores materialised).
 
     "auto": cuDNN flash attention on a GPU where it is eligible (bfloat16/float16, head
     size a multiple of 8 up to 128, rows not packed), else XLA's path (jax's own default,
@@ -65,7 +66,7 @@ def fused_attention_impl(impl: str, dtype: Any, head_dim: int, packed: bool = Fa
     if impl == "explicit":
         return None
     if impl == "auto":
-        eligible = (jax.default_backend() == "gpu" and jnp.dtype(dtype) in _CUDNN_DTYPES
+        eligible = ((platform or jax.default_backend()) == "gpu" and jnp.dtype(dtype) in _CUDNN_DTYPES
                     and head_dim % 8 == 0 and head_dim <= _CUDNN_MAX_HEAD_DIM and not packed)
         return "cudnn" if eligible else "xla"
     return impl

@@ -6,6 +6,9 @@ tensor parallel are mesh shapes in the config, not code paths:
   data=8              pure data parallel (parameters replicated)
   data=2, fsdp=4      parameters and optimizer state split 4 ways along `embed`
   data=4, tensor=2    attention heads, MLP hidden units and vocab split 2 ways
+On several TPU slices (multi-slice: devices with a `slice_index`), the data axis spans the
+slices over the data-center network (DCN) and fsdp / tensor stay inside a slice (ICI), so
+the one collective between slices is the gradient reduction over `data`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flax_bert.errors import UserError
@@ -70,8 +74,23 @@ def make_mesh(mesh_config: ml_collections.ConfigDict,
     devices = jax.devices() if devices is None else devices
     shape = mesh_shape(mesh_config, len(devices))
     # Auto axes: XLA propagates shardings from the annotated parameters and constraints.
-    return jax.make_mesh(tuple(shape), MESH_AXES, devices=devices,
-                         axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+    axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    slices = num_slices(devices)
+    if slices > 1:
+        if shape[0] % slices:
+            raise ValueError(f"config.mesh {dict(zip(MESH_AXES, shape))}: data must be a "
+                             f"multiple of the {slices} slices (data parallelism crosses "
+                             f"slices; fsdp and tensor stay inside one)")
+        grid = mesh_utils.create_hybrid_device_mesh(
+            (shape[0] // slices, shape[1], shape[2]), (slices, 1, 1), devices,
+            allow_split_physical_axes=True)  # [data, fsdp, tensor], slice-major on data
+        return Mesh(grid, MESH_AXES, axis_types=axis_types)
+    return jax.make_mesh(tuple(shape), MESH_AXES, devices=devices, axis_types=axis_types)
+
+
+def num_slices(devices: list[jax.Device]) -> int:
+    """The TPU slices `devices` span (1 off TPU, or on one slice)."""
+    return len({getattr(d, "slice_index", 0) for d in devices})
 
 
 def logical_shardings(logical_specs: Any, mesh: Mesh) -> Any:

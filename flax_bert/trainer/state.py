@@ -38,6 +38,29 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh:
     `sharding.LOGICAL_AXIS_RULES`; the optimizer state mirrors its parameters' shardings.
     """
 
+    init = _init_fn(model, tx, seq_len)
+    _, shardings = abstract_train_state(model, tx, mesh, rng, seq_len, params)
+    state = jax.jit(lambda r, p: nn.unbox(init(r, p)), out_shardings=shardings)(rng, params)
+    return state, shardings
+
+
+def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
+                         rng: Any, seq_len: int, params: Any | None = None
+                         ) -> tuple[TrainState, Any]:
+    """The TrainState `create_train_state` makes, as shapes only (`jax.eval_shape`: no array
+    is allocated), and its shardings on `mesh`: (ShapeDtypeStructs that carry their
+    shardings, state_shardings). `rng` may itself be a ShapeDtypeStruct."""
+    abstract = jax.eval_shape(_init_fn(model, tx, seq_len), rng, params)
+    shardings = sharding.logical_shardings(nn.get_partition_spec(abstract), mesh)
+    shapes = jax.tree.map(lambda leaf, where: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                                   sharding=where),
+                          nn.unbox(abstract), shardings)
+    return shapes, shardings
+
+
+def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seq_len: int):
+    """(rng, params or None) -> the boxed TrainState (logical axis names on the params)."""
+
     def init(rng: Array, params: Any | None) -> TrainState:
         boxed = model.init(rng, *example_inputs(seq_len))["params"]
         if params is not None:  # keep the annotations, take the given values
@@ -46,7 +69,4 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh:
         return TrainState(step=jnp.zeros((), jnp.int32), params=boxed,
                           opt_state=tx.init(boxed), nonfinite_run=jnp.zeros((), jnp.int32))
 
-    abstract = jax.eval_shape(init, rng, params)
-    shardings = sharding.logical_shardings(nn.get_partition_spec(abstract), mesh)
-    state = jax.jit(lambda r, p: nn.unbox(init(r, p)), out_shardings=shardings)(rng, params)
-    return state, shardings
+    return init

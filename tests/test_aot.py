@@ -1,0 +1,137 @@
+"""The ahead-of-time TPU check (flax_bert/aot.py): slice names, and tiny configs compiled for
+TPU topologies from libtpu (no TPU): memory, FLOPs against the analytic count, multi-slice
+collectives, packed attention, the one-line refusals."""
+
+import importlib.util
+
+import pytest
+
+from flax_bert import aot, tpu_chips
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                reason="libtpu is not installed (pip install -e '.[test]' "
+                                       "installs it): nothing compiles for a TPU")
+
+# One layer, small vocab, seq 32: a few seconds a compile.
+TINY = ["--config.model.num_hidden_layers=1", "--config.model.hidden_size=64",
+        "--config.model.num_attention_heads=2", "--config.model.intermediate_size=128",
+        "--config.model.vocab_size=512", "--config.data.max_seq_length=32",
+        "--config.data.max_predictions_per_seq=5", "--config.train.global_batch_size=16",
+        "--config.train.phase1_fraction=0", "--config.train.dtype=bfloat16",
+        "--config.train.steps_per_call=2"]
+
+
+def config_of(*overrides: str):
+    return aot.load_config("aot", [*TINY, *overrides])
+
+
+@pytest.mark.parametrize("name, grid, chips, accelerator", [
+    ("v4-8", "v4:2x2x1", 4, "v4-8"),
+    ("v4-32", "v4:2x2x4", 16, "v4-32"),
+    ("v5p-32", "v5p:2x2x4", 16, "v5p-32"),
+    ("v5e-16", "v5e:4x4", 16, "v5litepod-16"),
+    ("v5litepod-16", "v5e:4x4", 16, "v5litepod-16"),
+    ("v5litepod-8", "v5e:2x4", 8, "v5litepod-8"),
+    ("v6e-8", "v6e:2x4", 8, "v6e-8"),
+    ("v5e:4x4", "v5e:4x4", 16, "v5litepod-16"),
+    ("V5E:2x2", "v5e:2x2", 4, "v5litepod-4"),
+    ("v4:2x2x1", "v4:2x2x1", 4, "v4-8"),
+    ("v4:2x2", "v4:2x2x1", 4, "v4-8"),
+])
+def test_topology_names(name, grid, chips, accelerator):
+    topology = tpu_chips.parse(name)
+    assert (topology.topology_name, topology.chips, topology.accelerator_type) == (
+        grid, chips, accelerator)
+
+
+@pytest.mark.parametrize("name, says", [
+    ("v4-6", "counts TensorCores"), ("v5e-3", "counts chips"), ("v9-8", "unknown TPU"),
+    ("v5e", "slice name"), ("v5e:4x4x2", "AxB grid"),
+])
+def test_topology_name_errors(name, says):
+    with pytest.raises(ValueError, match=says):
+        tpu_chips.parse(name)
+
+
+def check_report(r, devices):
+    m, f = r["memory"], r["flops"]
+    assert r["devices"] == devices
+    for key in ("params", "opt_state", "batch", "arguments", "outputs", "temporaries",
+                "total"):
+        assert m[key] > 0, key
+    # Arguments are the state and the batch (and the rng), laid out in tiles (a tiny
+    # model's 64-wide vectors take 128 elements); the state is donated.
+    state_and_batch = m["params"] + m["opt_state"] + m["batch"]
+    assert state_and_batch <= m["arguments"] <= 2 * state_and_batch
+    assert m["aliased"] >= m["params"] + m["opt_state"]
+    assert m["total"] == (m["arguments"] + m["outputs"] - m["aliased"] + m["temporaries"]
+                          + m["code"])
+    assert m["fits"] and m["margin"] == m["hbm"] - m["total"]
+    # Adam: two moments a parameter.
+    assert m["opt_state"] == pytest.approx(2 * m["params"], rel=0.01)
+    assert f["compiled_per_step"] == pytest.approx(f["analytic_per_step"], rel=0.10)
+    assert f["loop_scale"] > 1  # the steps_per_call loop
+    roof = r["roofline"]
+    assert roof["bound_step_s"] > 0 and 0 < roof["mfu"] < 1
+    assert r["collectives"]["all-reduce"]["count"] > 0  # the gradients over data
+
+
+@pytest.mark.parametrize("name, devices", [("v5e:2x2", 4), ("v4:2x2x1", 8)])
+def test_tiny_compiles(name, devices):
+    r = aot.analyse(config_of(), tpu_chips.parse(name))
+    check_report(r, devices)
+    assert r["eval"]["fits"] and r["eval"]["total"] > 0
+    text = aot.format_report(r)
+    assert "fits:" in text and "bound" in text
+
+
+def test_fsdp_tensor_mesh_and_grad_accum():
+    r = aot.analyse(config_of("--config.mesh.data=1", "--config.mesh.fsdp=2",
+                              "--config.mesh.tensor=2", "--config.train.grad_accum_steps=2"),
+                    tpu_chips.parse("v5e:2x2"), with_eval=False)
+    assert r["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2}
+    # Parameters split 2 ways (fsdp) for the embed axis, 2 (tensor) for heads / mlp / vocab.
+    assert r["memory"]["params"] < 0.5 * aot.analyse(
+        config_of(), tpu_chips.parse("v5e:2x2"), with_eval=False)["memory"]["params"]
+    assert r["flops"]["compiled_per_step"] == pytest.approx(
+        r["flops"]["analytic_per_step"], rel=0.10)
+
+
+def test_packed_rows_compile():
+    """Packed rows: the block-diagonal [B, 1, S, S] mask through XLA's fused attention."""
+    r = aot.analyse(config_of("--config.data.packing=True",
+                              "--config.model.attention_probs_dropout_prob=0.0"),
+                    tpu_chips.parse("v5e:2x2"))
+    assert r["packed"] and r["memory"]["fits"] and r["eval"]["fits"]
+
+
+def test_two_slices_cross_only_gradient_reduction():
+    r = aot.analyse(config_of(), tpu_chips.parse("v5e:2x2"), num_slices=2, with_eval=False)
+    assert r["devices"] == 8 and r["mesh"]["data"] == 8
+    cross = {k for k in r["collectives"] if k.startswith("cross-slice")}
+    assert cross == {"cross-slice all-reduce"}
+    assert r["roofline"]["terms_per_step_s"]["dcn"] > 0
+
+
+def test_too_big_is_one_line(capsys):
+    # A 20M-token vocab: 5 GB of embedding, 10 GB of Adam moments, more in logits.
+    code = aot.main(["aot", "--topology", "v5e:2x2", "--no-eval", *TINY,
+                     "--config.model.vocab_size=20000000"])
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "does not fit" in line]
+    assert code == 1 and len(lines) == 1
+    assert "more than its" in lines[0] and "GiB HBM" in lines[0]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--topology", "v5e-3"], "--topology v5e-3"),
+    (["--topology", "v5e:2x2", "--config.train.attention_impl=cudnn"], "GPU kernel"),
+    (["--topology", "v5e:2x2", "--config.mesh.data=3"], "config.mesh"),
+    (["--topology", "v5e:2x2", "--config.train.global_batch_size=6"], "global_batch_size=6"),
+    (["--topology", "v5e:2x2", "--config.train.nope=1"], "--config"),
+])
+def test_mistakes_are_one_line(args, says, capsys):
+    # Overrides after TINY win (the last of a field's flags is taken).
+    assert aot.main(["aot", *TINY, *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0]
