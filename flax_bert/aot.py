@@ -7,7 +7,7 @@ what the compiler counts, and how fast the slice could at best run them.
     python -m flax_bert.aot --config configs/base.py --topology v5e-16 --num-slices 2
 
 The steps are built by the code training uses (`build_steps`: the model, optimizer, state
-shardings and jit'd steps of flax_bert/pretraining.py `job` + training/engine.py `run`), on
+shardings and jit'd steps of flax_bert/tasks/pretraining.py + flax_bert/trainer/loop.py), on
 the mesh train.py would build on that slice (config.mesh; data across slices on several),
 from abstract inputs only (ShapeDtypeStructs that carry their shardings; the state from
 jax.eval_shape): nothing is allocated and no TPU is needed. JAX compiles for a TPU topology
@@ -163,7 +163,7 @@ def model_config(config: Any):
     """The run's BertConfig, checked as training checks it; the vocab of a config that takes
     its data's (model.vocab_size 0) is config.data.vocab's (if the file is here) or the
     trained vocab's size, config.data.vocab_size."""
-    from flax_bert.training import checks
+    from flax_bert.trainer import checks
 
     vocab = config.data.vocab_size
     if config.data.vocab and os.path.isfile(config.data.vocab):
@@ -174,15 +174,16 @@ def model_config(config: Any):
 
 def build_steps(config: Any, model_cfg: Any, mesh: Any, seq: int, platform: str = "tpu"):
     """(train_step, eval_step, abstract state): the jit'd steps and the state's shapes (with
-    their shardings) exactly as a run builds them (pretraining.job: the model of
-    Compute.from_config(config.train), optimizer.make_optimizer; engine.run:
-    create_train_state's shardings, jit_train_step, jit_eval_step), with the "auto" compute
-    choices made for `platform`."""
+    their shardings) exactly as a run builds them (tasks/pretraining.py: the model of
+    Compute.from_config(config.train) and its objective; trainer/loop.py:
+    optimizer.make_optimizer, create_train_state's shardings, jit_train_step,
+    jit_eval_step), with the "auto" compute choices made for `platform`."""
     import jax
 
     from flax_bert.compute import Compute
     from flax_bert.model import BertForPreTraining
-    from flax_bert.training import optimizer, state as state_lib, steps
+    from flax_bert.tasks.pretraining import PretrainingObjective
+    from flax_bert.trainer import optimizer, state as state_lib, step as steps
 
     t = config.train
     compute = dataclasses.replace(Compute.from_config(t), platform=platform)
@@ -190,18 +191,17 @@ def build_steps(config: Any, model_cfg: Any, mesh: Any, seq: int, platform: str 
     tx, schedule = optimizer.make_optimizer(config.optimizer, t.steps)
     key = jax.ShapeDtypeStruct((2,), np.uint32)  # jax.random.PRNGKey's
     state, shardings = state_lib.abstract_train_state(model, tx, mesh, key, seq)
-    train_step = steps.jit_train_step(mesh, shardings, step_fn=steps.train_step, model=model,
-                                      tx=tx, schedule=schedule,
-                                      grad_accum_steps=t.grad_accum_steps)
-    eval_step = steps.jit_eval_step(mesh, shardings.params, model=model,
-                                    eval_fn=steps.eval_step)
+    objective = PretrainingObjective(model)
+    train_step = steps.jit_train_step(mesh, shardings, objective=objective, tx=tx,
+                                      schedule=schedule, grad_accum_steps=t.grad_accum_steps)
+    eval_step = steps.jit_eval_step(mesh, shardings.params, objective)
     return train_step, eval_step, state
 
 
 def check_for_tpu(config: Any, shapes: Shapes, mesh: Any) -> None:
     """What cannot compile, or compiles badly, for a TPU: one UserError line each."""
     from flax_bert.errors import UserError
-    from flax_bert.training import checks
+    from flax_bert.trainer import checks
 
     checks.check_config(config)
     t = config.train
@@ -497,7 +497,7 @@ def analyse(config: Any, topology: tpu_chips.Topology, num_slices: int = 1, phas
     import jax
     from jax._src import config as jax_config
 
-    from flax_bert.training import sharding
+    from flax_bert.trainer import sharding
 
     chip = topology.chip
     devices = devices or tpu_devices(topology, num_slices)
@@ -613,7 +613,7 @@ def v4_core_mesh(mesh_config: Any, devices: list) -> Any:
     import jax
     from jax.sharding import Mesh
 
-    from flax_bert.training import sharding
+    from flax_bert.trainer import sharding
 
     shape = [mesh_config.data, mesh_config.fsdp, mesh_config.tensor]
     if -1 in shape:
