@@ -12,7 +12,7 @@ Mapping (HF name -> our param path under `BertForPreTraining`):
     cls.predictions.decoder.weight    -> tied to bert/embeddings/word_embeddings (checked)
     cls.seq_relationship              -> cls/seq_relationship/{kernel [H, 2], bias}
 
-Task heads (`head=`, see hf_layout.HEADS) keep the encoder's names and add their own layer at the top
+Task heads (`head=`, see hf_names.HEADS) keep the encoder's names and add their own layer at the top
 level: `classifier` (sequence and token classification), `qa_outputs` (question answering).
 The token and span heads have no `bert.pooler`, as in transformers.
 

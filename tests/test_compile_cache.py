@@ -21,7 +21,7 @@ def test_second_run_reads_every_program_from_the_cache(setup, reference_run, tmp
 
 ENABLE_AND_JIT = """
 import sys, jax, jax.numpy as jnp
-from flax_bert.training import compile_cache
+from flax_bert.trainer import compile_cache
 print(compile_cache.enable(sys.argv[1], sys.argv[2]))
 jax.jit(lambda x: x * 2)(jnp.arange(3.0)).block_until_ready()
 """

@@ -16,7 +16,7 @@ import pytest
 
 from configs import glue as glue_config
 from flax_bert.trainer import checkpoint
-from flax_bert import hf_names as hf_layout
+from flax_bert import hf_names
 from flax_bert.errors import Interrupted
 from flax_bert.tasks.glue import (data as glue, metrics as glue_metrics, sweep as glue_runner,
                                   task as glue_task)
@@ -107,7 +107,7 @@ def test_regression_export_loads_in_transformers(glue_root, all_tasks):
     with torch.no_grad():
         theirs = model(**{k: torch.tensor(v, dtype=torch.long) for k, v in arrays.items()
                           if k != "label"}).logits.numpy()  # [n, 1]
-    ours = hf_layout.make_model(checkpoint.load_config(run), "sequence_classification", 1).apply(
+    ours = hf_names.make_model(checkpoint.load_config(run), "sequence_classification", 1).apply(
         {"params": checkpoint.load_params(run)}, arrays["input_ids"], arrays["token_type_ids"],
         arrays["attention_mask"])
     np.testing.assert_allclose(theirs, np.asarray(ours), atol=1e-5)

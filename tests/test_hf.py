@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from flax_bert.trainer import checkpoint
-from flax_bert import hf, hf_names as hf_layout  # noqa: E402
+from flax_bert import hf, hf_names  # noqa: E402
 from flax_bert.config import BertConfig  # noqa: E402
 from flax_bert.errors import UserError  # noqa: E402
 from flax_bert.model import BertForPreTraining, BertModel  # noqa: E402
@@ -118,7 +118,7 @@ def test_parity_bert_model_and_pytorch_bin(tmp_path):
     """A bare BertModel saved as pytorch_model.bin: encoder exact, heads fresh + warned."""
     model = _torch_model(transformers.BertModel, seed=2)
     model.config.save_pretrained(tmp_path)
-    torch.save(model.state_dict(), tmp_path / hf_layout.TORCH_FILE)  # transformers 5 only writes safetensors.
+    torch.save(model.state_dict(), tmp_path / hf_names.TORCH_FILE)  # transformers 5 only writes safetensors.
     with pytest.warns(UserWarning, match="freshly initialised") as record:
         config, params = hf.load_pretrained(str(tmp_path))
     message = str(record[0].message)
@@ -315,7 +315,7 @@ def test_bf16_safetensors(tmp_path):
 
 def test_pytorch_bin_without_torch(tmp_path, monkeypatch):
     _hf_config().save_pretrained(tmp_path)
-    (tmp_path / hf_layout.TORCH_FILE).write_bytes(b"")
+    (tmp_path / hf_names.TORCH_FILE).write_bytes(b"")
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError.
     with pytest.raises(UserError, match=r"pytorch_model\.bin needs PyTorch to read; pip install torch"):
         hf.load_pretrained(str(tmp_path))

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from flax_bert import hf, hf_names as hf_layout  # noqa: E402
+from flax_bert import hf, hf_names  # noqa: E402
 from flax_bert.config import BertConfig  # noqa: E402
 from tests.test_hf import SMALL, TOL, _batch, _maxdiff, _our_params, _torch_run  # noqa: E402
 
@@ -35,7 +35,7 @@ def _torch_head(cls: type, num_labels: int, seed: int) -> torch.nn.Module:
 
 
 def _ours(head: str, config: BertConfig, params: dict, batch) -> tuple:
-    out = hf_layout.make_model(config, head, hf.num_labels_of(params, head)).apply(
+    out = hf_names.make_model(config, head, hf.num_labels_of(params, head)).apply(
         {"params": params}, *batch)
     return out if isinstance(out, tuple) else (out,)
 
@@ -64,7 +64,7 @@ def test_export_loads_in_transformers(tmp_path, head):
     cls, num_labels, _ = CASES[head]
     config = BertConfig(**SMALL)
     params = _our_params(config)  # a pretraining tree: take its encoder, add a task layer
-    init = hf_layout.init_params(config, 3, head, num_labels)
+    init = hf_names.init_params(config, 3, head, num_labels)
     head_params = dict(init, bert={k: v for k, v in params["bert"].items()
                                    if k in init["bert"]})
     labels = LABELS if num_labels == 3 and head == "sequence_classification" else None
@@ -82,7 +82,7 @@ def test_export_loads_in_transformers(tmp_path, head):
     print(f"max |delta| {head} export:", d)
     assert d <= TOL
     _, back = hf.load_pretrained(str(tmp_path), head=head)  # and back, bit for bit
-    layer = hf_layout.HEADS[head].groups[0]
+    layer = hf_names.HEADS[head].groups[0]
     np.testing.assert_array_equal(back[layer]["kernel"], head_params[layer]["kernel"])
     np.testing.assert_array_equal(back["bert"]["encoder"]["layers"]["output"]["dense"]["kernel"],
                                   head_params["bert"]["encoder"]["layers"]["output"]["dense"]["kernel"])

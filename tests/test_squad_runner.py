@@ -11,7 +11,7 @@ import pytest
 
 from configs import squad as squad_config
 from flax_bert.trainer import checkpoint
-from flax_bert import hf_names as hf_layout
+from flax_bert import hf_names
 from flax_bert.tasks.squad import data as squad, task as squad_runner
 from flax_bert.trainer.run_folder import Paths
 from tests import ckpt_helpers as h, downstream_fixtures as dx, finetune_fixtures as fx
@@ -67,7 +67,7 @@ def test_squad_v1(squad_root, tmp_path):
     inputs = {k: windows[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
     with torch.no_grad():
         out = model(**{k: torch.tensor(v, dtype=torch.long) for k, v in inputs.items()})
-    ours = hf_layout.make_model(checkpoint.load_config(workdir), "question_answering").apply(
+    ours = hf_names.make_model(checkpoint.load_config(workdir), "question_answering").apply(
         {"params": checkpoint.load_params(workdir)}, *inputs.values())
     mask = windows["attention_mask"] == 1
     for theirs, mine in zip((out.start_logits, out.end_logits), ours):

@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from configs import default  # noqa: E402
-from flax_bert import hf, hf_names as hf_layout  # noqa: E402
+from flax_bert import hf, hf_names  # noqa: E402
 from flax_bert.compute import Compute  # noqa: E402
 from flax_bert.data import pipeline, prepare  # noqa: E402
 from flax_bert.data.config import DataOptions  # noqa: E402
@@ -168,9 +168,9 @@ def _param_groups(model: torch.nn.Module, model_config, params: dict,
                   opt: ml_collections.ConfigDict) -> list[dict]:
     """torch param groups from our decay mask (optimizer.decay_mask of our `params`),
     matched by HF name."""
-    decayed = optimizer.decay_mask(hf_layout.per_layer(params))  # name_map's per-layer layout
+    decayed = optimizer.decay_mask(hf_names.per_layer(params))  # name_map's per-layer layout
     mask = {hf_name: functools.reduce(operator.getitem, path, decayed)
-            for hf_name, path, _ in hf_layout.name_map(model_config)}
+            for hf_name, path, _ in hf_names.name_map(model_config)}
     groups = {True: [], False: []}
     for name, p in model.named_parameters():  # the tied decoder is listed once, as the embedding
         groups[bool(mask[name])].append(p)

@@ -75,7 +75,7 @@ def test_lock_names_holder_and_is_dropped_by_kill9(tmp_path):
 MULTIHOST = """
 import sys
 import jax
-from flax_bert import workdir
+from flax_bert.trainer import run_folder as workdir
 jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", num_processes=2, process_id=int(sys.argv[2]))
 try:
     with workdir.locked_for_run(sys.argv[3]):
