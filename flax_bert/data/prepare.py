@@ -35,7 +35,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from tqdm import tqdm
 
-from flax_bert import preemption
+from flax_bert import files, preemption
 from flax_bert.data import corpus, folder as folder_lib, records, storage
 from flax_bert.data import vocab as vocab_lib
 from flax_bert.data.config import DataOptions, add_flags, from_flags
@@ -280,9 +280,7 @@ def finish_share(plan: Plan, stats: list[dict], shard_index: int, num_shards: in
     folder = storage.path(plan.output_dir)
     fp = plan.maker.fingerprint
     name = lambda i: f"share-{fp}-{i:05d}-of-{num_shards:05d}.json"  # noqa: E731
-    tmp = folder / (name(shard_index) + ".tmp")
-    tmp.write_text(json.dumps(stats))
-    tmp.rename(folder / name(shard_index))
+    files.write_json(folder / name(shard_index), stats)
     shares = [folder / name(i) for i in range(num_shards)]
     if not all(p.exists() for p in shares):
         return {}

@@ -13,14 +13,13 @@ read, and any mistake in it reported, before anything trains.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from typing import Any
 
 import ml_collections
 
-from flax_bert import distributed
+from flax_bert import distributed, files
 from flax_bert.errors import UserError
 from flax_bert.tasks.glue import data as glue, metrics as glue_metrics, task as glue_task
 from flax_bert.tasks import model_start as start_lib
@@ -91,8 +90,7 @@ def _glue(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         results["submission_files"] = collect_submissions(
             [folders[name, rate] for name, rate in results["learning_rate"].items()],
             paths.submission)
-        with open(paths.glue_results, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
+        files.write_json(paths.glue_results, results, indent=1)
         say(glue_metrics.format_table(results["dev"]))
         say(f"dev results in {paths.glue_results}; "
             f"{len(results['submission_files'])} submission files in {paths.submission}")

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from flax_bert import distributed, hf, hf_names as hf_layout
+from flax_bert import files
 from flax_bert.trainer import run_folder as workdir_lib
 from flax_bert.compute import Compute
 from flax_bert.data import corpus
@@ -155,9 +156,6 @@ def run(config: ml_collections.ConfigDict, run_dir: str, start: start_lib.Start,
     if distributed.is_writer():
         for examples, predictions in zip(data.tests, final["tests"]):
             glue.write_submission(paths.submission, examples, predictions)
-        tmp = paths.results + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, paths.results)  # written last: the run is finished
+        files.write_json(paths.results, results, indent=1)  # written last: the run is finished
     distributed.barrier(f"{task.name} finished")
     return results

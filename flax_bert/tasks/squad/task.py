@@ -12,7 +12,6 @@ null_odds.json, as the reference scripts write them.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable
 
 import ml_collections
@@ -21,6 +20,7 @@ from flax_bert import distributed, hf, hf_names as hf_layout
 from flax_bert.trainer import run_folder as workdir_lib
 from flax_bert.compute import Compute
 from flax_bert.errors import UserError
+from flax_bert.files import write_json
 from flax_bert.tasks import (example_batches as batches, bundled_data as bundled, recipe, model_start as start_lib)
 from flax_bert.tasks.squad import cloze, data as squad
 from flax_bert.tasks import finetune_job as ft_job, finetune_steps as ft_steps
@@ -108,5 +108,4 @@ def write_predictions(paths: workdir_lib.Paths, predictions: squad.Predictions,
     if version_2:
         files.append((paths.null_odds, predictions.null_score_diff))
     for path, content in files:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(content, f, indent=1, ensure_ascii=False)
+        write_json(path, content, indent=1, ensure_ascii=False)
