@@ -125,6 +125,7 @@ from benchmarks.common import (build_parts, build_step, load_config, make_batch,
 from benchmarks.hf_step import hf_runner  # noqa: E402
 from benchmarks import xla_trace  # noqa: E402
 from flax_bert import BertConfig  # noqa: E402
+from flax_bert.losses import forward_sums  # noqa: E402
 from flax_bert.trainer import sharding, step as steps  # noqa: E402
 
 
@@ -194,7 +195,7 @@ def part_runners(config: ml_collections.ConfigDict, batch_np: dict[str, np.ndarr
     params, opt_state, key = parts.state.params, parts.state.opt_state, jax.random.PRNGKey(1)
 
     def loss_fn(p):
-        sums = steps.forward_sums(parts.model, p, batch, deterministic=False, dropout_rng=key)
+        sums = forward_sums(parts.model, p, batch, deterministic=False, dropout_rng=key)
         return sums["mlm_loss_sum"] + sums["nsp_loss_sum"]
 
     def update(grads, opt_state, params):

@@ -20,7 +20,7 @@ same numbers).
 dropout and attention kernels, the layer loop, the fused backward passes), with the
 defaults of configs/default.py; `Compute.from_config(config.train)` gives a run's, and its
 numbers. Dropout is on when a key is given and off when `rng` is None. The train step
-at step t draws its dropout from `steps.dropout_key(rng, t)`, so its loss is
+at step t draws its dropout from `flax_bert.trainer.step.dropout_key(rng, t)`, so its loss is
 `pretraining_loss(state.params, batch, steps.dropout_key(rng, state.step), config=...)`.
 """
 
@@ -32,11 +32,10 @@ import flax.linen as nn
 import jax
 
 from flax_bert import losses
+from flax_bert.losses import forward_sums
 from flax_bert.compute import Compute
 from flax_bert.config import BertConfig
-from flax_bert.model import BertForPreTraining, BertModel
-from flax_bert.trainer import step as steps
-from flax_bert.trainer.state import example_inputs
+from flax_bert.model import BertForPreTraining, BertModel, example_inputs, packed_inputs
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -57,7 +56,7 @@ def encode(params: Params, batch: Batch, *, config: BertConfig, rng: Array | Non
     model = BertModel(config, compute)
     return model.apply({"params": params["bert"]}, batch["input_ids"], batch["token_type_ids"],
                        batch["attention_mask"], deterministic=rng is None,
-                       **steps.packed_inputs(batch),
+                       **packed_inputs(batch),
                        rngs=None if rng is None else {"dropout": rng})
 
 
@@ -66,5 +65,5 @@ def pretraining_loss(params: Params, batch: Batch, rng: Array | None, *, config:
     """(mean MLM loss + mean NSP loss, the sums of `losses.pretraining_metrics`) on a
     pretraining batch (`train.py`'s keys: masked_positions, masked_ids, ...)."""
     model = BertForPreTraining(config, compute)
-    sums = steps.forward_sums(model, params, batch, deterministic=rng is None, dropout_rng=rng)
+    sums = forward_sums(model, params, batch, deterministic=rng is None, dropout_rng=rng)
     return losses.total_loss(sums), sums

@@ -6,13 +6,15 @@ devices and eval batches; `summarize` turns them into means.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from flax_bert import ops
+from flax_bert.model import packed_inputs
 
 Array = jax.Array
 
@@ -76,3 +78,18 @@ def summarize(sums: Mapping[str, float | Array]) -> dict[str, float]:
         "nsp_accuracy": s["nsp_correct"] / nsp_count,
         "mlm_perplexity": float(np.exp(np.float64(mlm_loss))),
     }
+
+
+def forward_sums(model: nn.Module, params: Any, batch: Mapping[str, Array],
+                 deterministic: bool, dropout_rng: Array | None) -> dict[str, Array]:
+    """Loss and accuracy sums of one batch, packed or not (see
+    pretraining_metrics); the cross-entropy's backward follows the model's
+    `compute.fused_backward`."""
+    mlm_logits, nsp_logits = model.apply(
+        {"params": params}, batch["input_ids"], batch["token_type_ids"],
+        batch["attention_mask"], deterministic=deterministic,
+        masked_positions=batch["masked_positions"], **packed_inputs(batch),
+        rngs=None if deterministic else {"dropout": dropout_rng}
+    )  # [B, P, V], [B, 2]; packed rows: [B, M, V], [B, K, 2]
+    return pretraining_metrics(mlm_logits, nsp_logits, batch,
+                               model.compute.fused_backward)

@@ -24,9 +24,12 @@ Parameter names follow Hugging Face's PyTorch BERT (`embeddings/word_embeddings`
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flax_bert import ops
 from flax_bert.compute import Compute
@@ -332,3 +335,19 @@ class BertForPreTraining(nn.Module):
             sequence_output = at_positions(sequence_output, masked_positions)  # [B, P, H]
         word_embeddings = self.bert.embeddings.word_embeddings.embedding  # [V, H]
         return self.cls(sequence_output, pooled, word_embeddings)
+
+
+# The model inputs of a batch of packed rows (several sentence pairs a row), beside those
+# of every batch (the module docstring).
+PACKED_INPUTS = ("position_ids", "pair_ids", "cls_positions")
+
+
+def packed_inputs(batch: Mapping[str, Array]) -> dict[str, Array]:
+    """The PACKED_INPUTS that `batch` has (none: it is not packed)."""
+    return {key: batch[key] for key in PACKED_INPUTS if key in batch}
+
+
+def example_inputs(seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A dummy [1, seq_len] batch for `init` (parameter shapes do not depend on it)."""
+    ids = np.zeros((1, seq_len), np.int32)
+    return ids, ids, np.ones_like(ids)

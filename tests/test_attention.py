@@ -155,7 +155,7 @@ def test_train_loss_and_gradients_same_with_either_attention():
     batch) are the same with the fused attention as with the explicit one."""
     from flax_bert import BertConfig, BertForPreTraining
     from flax_bert.compute import Compute
-    from flax_bert.trainer import step as steps
+    from flax_bert.losses import forward_sums
     from tests.test_train_step import make_batch
 
     cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
@@ -168,8 +168,8 @@ def test_train_loss_and_gradients_same_with_either_attention():
         batch["attention_mask"], masked_positions=batch["masked_positions"])["params"]
 
     def loss(params, impl):
-        sums = steps.forward_sums(BertForPreTraining(cfg, Compute(attention_impl=impl)),
-                                  params, batch, False, jax.random.key(1))
+        sums = forward_sums(BertForPreTraining(cfg, Compute(attention_impl=impl)),
+                            params, batch, False, jax.random.key(1))
         return sums["mlm_loss_sum"] + sums["nsp_loss_sum"]
 
     grad_fn = jax.jit(jax.value_and_grad(loss), static_argnums=1)

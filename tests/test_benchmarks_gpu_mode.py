@@ -15,7 +15,7 @@ from benchmarks import xla_trace
 from benchmarks.common import load_config, make_batch, model_flops
 from benchmarks.hf_step import hf_runner
 from flax_bert import BertConfig, BertForPreTraining
-from flax_bert.trainer.state import example_inputs
+from flax_bert.model import example_inputs
 from tests.test_benchmarks import ROOT
 from tests.test_train_step import CFG, SEQ
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from flax_bert import BertForPreTraining, BertModel
+from flax_bert import BertForPreTraining, BertModel, model as model_lib
 from flax_bert.compute import Compute
 from flax_bert.trainer import optimizer, state as state_lib, step as steps
 from tests import test_train_step
@@ -89,7 +89,7 @@ def _lowered_steps(compute: Compute) -> dict[str, str]:
     model = BertForPreTraining(CFG, compute)
     tx, schedule = optimizer.make_optimizer(opt_config(), 100)
     params = jax.eval_shape(lambda: nn.unbox(model.init(
-        jax.random.key(0), *state_lib.example_inputs(16))["params"]))  # shapes only
+        jax.random.key(0), *model_lib.example_inputs(16))["params"]))  # shapes only
     state = state_lib.TrainState(step=np.int32(0), params=params,
                                  opt_state=jax.eval_shape(tx.init, params),
                                  nonfinite_run=np.int32(0))

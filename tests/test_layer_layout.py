@@ -21,7 +21,7 @@ from tests.test_model import SMALL
 def params():
     cfg = dataclasses.replace(SMALL, num_hidden_layers=3)
     variables = jax.jit(BertForPreTraining(cfg).init)(jax.random.key(0),
-                                                     *state_lib.example_inputs(8))
+                                                     *model.example_inputs(8))
     return jax.tree.map(np.asarray, nn.unbox(variables["params"]))
 
 

@@ -105,7 +105,7 @@ def test_remat_saves_memory_with_auto_layers():
     from configs import default
     from flax_bert import BertConfig, BertForPreTraining
     from flax_bert.compute import Compute
-    from flax_bert.trainer import step as steps
+    from flax_bert.losses import forward_sums
     from tests.test_train_step import make_batch
 
     cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -121,7 +121,7 @@ def test_remat_saves_memory_with_auto_layers():
         model = BertForPreTraining(cfg, Compute.from_config(train))
 
         def loss(params, model=model):
-            sums = steps.forward_sums(model, params, batch, False, jax.random.key(1))
+            sums = forward_sums(model, params, batch, False, jax.random.key(1))
             return sums["mlm_loss_sum"] + sums["nsp_loss_sum"]
 
         compiled = jax.jit(jax.grad(loss)).lower(params).compile()

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_bert import BertForPreTraining, BertModel, functional, heads
+from flax_bert import BertForPreTraining, BertModel, functional, heads, model as model_lib
 from flax_bert.compute import Compute
 from flax_bert.trainer import monitor, step as steps
 from tests import packing
@@ -58,7 +58,7 @@ def _inputs(batch):
 def _outputs(params, batch, impl):
     """(sequence [B, S, H], MLM logits at masked_positions, NSP logits) with `impl`."""
     compute = Compute(attention_impl=impl)
-    packed_in = steps.packed_inputs(batch)
+    packed_in = model_lib.packed_inputs(batch)
     seq, _ = BertModel(CFG, compute).apply({"params": params["bert"]}, *_inputs(batch),
                                            **packed_in)
     mlm, nsp = BertForPreTraining(CFG, compute).apply(
@@ -103,7 +103,7 @@ def test_packed_attention_probes_are_block_diagonal(params, unpacked, packed):
     and a query gives no weight to another pair's keys."""
     def probs(batch):
         _, state = BertModel(CFG).apply({"params": params["bert"]}, *_inputs(batch),
-                                        **steps.packed_inputs(batch), mutable=["intermediates"])
+                                        **model_lib.packed_inputs(batch), mutable=["intermediates"])
         attention = state["intermediates"]["encoder"]["layer_0"]["attention"]
         return np.asarray(attention["self"]["attention_probs"][0])  # [B, N, S, S]
 

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from configs import default
-from flax_bert import BertConfig, BertForPreTraining
+from flax_bert import BertConfig, BertForPreTraining, model as model_lib
 from flax_bert.trainer import feed, optimizer, sharding, state as state_lib, step as steps
 
 # One layer: the stacked-layer code is the same for any L (tests/test_model.py checks L=3),
@@ -198,7 +198,7 @@ def test_schedule_warmup_then_linear_decay():
 
 def test_weight_decay_skips_layernorm_and_biases():
     params = jax.jit(BertForPreTraining(CFG).init)(jax.random.PRNGKey(0),
-                                                   *state_lib.example_inputs(SEQ))["params"]
+                                                   *model_lib.example_inputs(SEQ))["params"]
     import flax.linen as nn
     mask = optimizer.decay_mask(nn.unbox(params))
     flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_leaves_with_path(mask)}

@@ -8,10 +8,10 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from flax_bert.model import example_inputs
 from flax_bert.trainer import sharding
 
 Array = jax.Array
@@ -25,12 +25,6 @@ class TrainState:
     params: Any  # float32 parameter pytree, the model's `params` collection
     opt_state: Any
     nonfinite_run: Array  # [] int32, consecutive steps skipped for non-finite loss/grads
-
-
-def example_inputs(seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A dummy [1, seq_len] batch for `init` (parameter shapes do not depend on it)."""
-    ids = np.zeros((1, seq_len), np.int32)
-    return ids, ids, np.ones_like(ids)
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,

@@ -11,37 +11,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from flax_bert import losses
+from flax_bert.losses import forward_sums
 from flax_bert.trainer import sharding
 from flax_bert.trainer.state import TrainState
 
 Array = jax.Array
 Batch = Mapping[str, Array]
-
-# The model inputs of a batch of packed rows (several sentence pairs a row), beside those
-# of every batch; see flax_bert/model.py.
-PACKED_INPUTS = ("position_ids", "pair_ids", "cls_positions")
-
-
-def packed_inputs(batch: Batch) -> dict[str, Array]:
-    """The PACKED_INPUTS that `batch` has (none: it is not packed)."""
-    return {key: batch[key] for key in PACKED_INPUTS if key in batch}
-
-
-def forward_sums(model: nn.Module, params: Any, batch: Batch, deterministic: bool,
-                 dropout_rng: Array | None) -> dict[str, Array]:
-    """Loss and accuracy sums of one batch, packed or not (see
-    losses.pretraining_metrics); the cross-entropy's backward follows the model's
-    `compute.fused_backward`."""
-    mlm_logits, nsp_logits = model.apply(
-        {"params": params}, batch["input_ids"], batch["token_type_ids"],
-        batch["attention_mask"], deterministic=deterministic,
-        masked_positions=batch["masked_positions"], **packed_inputs(batch),
-        rngs=None if deterministic else {"dropout": dropout_rng}
-    )  # [B, P, V], [B, 2]; packed rows: [B, M, V], [B, K, 2]
-    return losses.pretraining_metrics(mlm_logits, nsp_logits, batch,
-                                      model.compute.fused_backward)
-
 
 def real_tokens(batch: Batch) -> Array:
     """float32 []: the batch's non-padding tokens (the sum of its attention_mask)."""
