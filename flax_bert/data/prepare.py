@@ -318,7 +318,7 @@ def summary(output: str, meta: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
-    p.add_argument("--num-workers", type=int, default=DataOptions.defaults().num_workers,
+    p.add_argument("--num-workers", type=int, default=DataOptions().num_workers,
                    help="processes making shards (0 = all cores)")
     p.add_argument("--shard-index", type=int, default=0, help="this process's share (0-based)")
     p.add_argument("--num-shards", type=int, default=1,
