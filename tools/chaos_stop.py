@@ -25,7 +25,8 @@ SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}
 
 class Run:
     """One train.py process; its stdout and stderr lines (split at \\r too: the progress
-    bar) are read as they come."""
+    bar) are read as they come. The line being written (the progress bar's, which ends
+    only at its next update) is seen too."""
 
     def __init__(self, workdir: str, args: list[str], env: dict[str, str]):
         self.workdir = workdir
@@ -39,6 +40,7 @@ class Run:
         self.start = time.monotonic()
         self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self.stamps: dict[str, list[float]] = {"stdout": [], "stderr": []}  # when each came
+        self.partial: dict[str, str] = {"stdout": "", "stderr": ""}  # no line end yet
         self.closed: dict[str, float] = {}
         self._readers = [threading.Thread(target=self._read, args=(name,), daemon=True)
                          for name in self.lines]
@@ -52,12 +54,14 @@ class Run:
             done = [line.decode(errors="replace") for line in done if line.strip()]
             self.stamps[name] += [time.monotonic()] * len(done)
             self.lines[name] += done
+            self.partial[name] = rest.decode(errors="replace")
         if rest.strip():
             self.lines[name].append(rest.decode(errors="replace"))
+        self.partial[name] = ""
         self.closed[name] = time.monotonic()
 
     def saw(self, text: str, name: str = "stderr") -> bool:
-        return any(text in line for line in list(self.lines[name]))
+        return any(text in line for line in [*self.lines[name], self.partial[name]])
 
     def resumed_step(self) -> int:
         for line in list(self.lines["stdout"]):
