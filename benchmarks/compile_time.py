@@ -7,25 +7,21 @@ StableHLO op count of the lowered program and the HLO instruction count of the c
 one. Compile time on the CPU is a proxy for a GPU's: both grow with the program's size.
 Before/after a change: run this file from each code tree.
 
-    python benchmarks/compile_time.py --config base --seq 128
+    python -m benchmarks.compile_time --config base --seq 128
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks.common import build_parts, load_config, make_batch  # noqa: E402
-from flax_bert.trainer import feed, step as steps  # noqa: E402
+from benchmarks.common import build_parts, load_config, make_batch
 from flax_bert.tasks.pretraining import PretrainingObjective
+from flax_bert.trainer import feed, step as steps
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

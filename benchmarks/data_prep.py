@@ -1,11 +1,11 @@
 """Data speed and memory: prepare's MB of text per second per core and peak RSS, and the
 train pipeline's examples/s from the prepared shards; unpacked, and packed with --packing.
 
-    python benchmarks/make_corpora.py --mb 20 200 --output /tmp/corpora
-    python benchmarks/data_prep.py --input '/tmp/corpora/20mb/*.txt' '/tmp/corpora/200mb/*.txt' \
+    python -m benchmarks.make_corpora --mb 20 200 --output /tmp/corpora
+    python -m benchmarks.data_prep --input '/tmp/corpora/20mb/*.txt' '/tmp/corpora/200mb/*.txt' \
         [--baseline /tmp/main-checkout]
-    python benchmarks/make_corpora.py --short-docs --output /tmp/corpora
-    python benchmarks/data_prep.py --input '/tmp/corpora/short-docs/*.txt' \
+    python -m benchmarks.make_corpora --short-docs --output /tmp/corpora
+    python -m benchmarks.data_prep --input '/tmp/corpora/short-docs/*.txt' \
         --max-seq-length 512 --packing --num-workers 1
 
 With --packing every prepare of this code runs twice, packing off then on (data.packing,
@@ -38,10 +38,11 @@ import time
 
 import psutil
 
+from configs.default import BUNDLED_CORPUS
+from flax_bert.data import corpus, vocab as vocab_lib
+from flax_bert.data.config import DataOptions
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from flax_bert.data import corpus, vocab as vocab_lib  # noqa: E402
-from flax_bert.data.config import DataOptions  # noqa: E402
 
 MB = 1 << 20
 # Timed in a child process that imports flax_bert from the code tree under test.
@@ -53,7 +54,7 @@ out, batch, batches, wwm = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.
 meta = pipeline.load_meta(out)
 packed = dict(packing=True, max_pairs_per_row=meta["max_pairs_per_row"]) if meta.get(
     "packed") else {}
-opts = DataOptions.defaults().replace(
+opts = DataOptions().replace(
     max_predictions_per_seq=meta["max_predictions_per_seq"],
     whole_word_masking=wwm, dynamic_masking=True, prefetch=0, **packed)
 it = pipeline.make_train_iterator(out, opts, global_batch_size=batch, seed=0, process_index=0,
@@ -101,9 +102,9 @@ def env_for(code: str) -> dict:
 
 
 def main() -> None:
-    d = DataOptions.defaults()
+    d = DataOptions()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--input", nargs="+", default=list(d.input), help="one glob per corpus")
+    p.add_argument("--input", nargs="+", default=[BUNDLED_CORPUS], help="one glob per corpus")
     p.add_argument("--baseline", default="", help="a folder with other flax_bert code")
     p.add_argument("--vocab-size", type=int, default=d.vocab_size)
     p.add_argument("--max-seq-length", type=int, default=d.max_seq_length)
@@ -120,7 +121,7 @@ def main() -> None:
     codes = [("this", ROOT)] + ([("baseline", os.path.abspath(args.baseline))]
                                 if args.baseline else [])
     with tempfile.TemporaryDirectory() as tmp:
-        bundled = corpus.expand_inputs(d.input[0])
+        bundled = corpus.expand_inputs(BUNDLED_CORPUS)
         sentences = lambda: (s for _, doc in corpus.iter_raw_documents(  # noqa: E731
             bundled, "auto", "text") for s in corpus.to_sentences(doc, "auto"))
         vocab = vocab_lib.train_vocab(sentences, args.vocab_size, True, tmp)
@@ -139,8 +140,6 @@ def main() -> None:
                            "--output", out, "--vocab", vocab, "--num-workers", str(workers),
                            "--max-seq-length", str(args.max_seq_length), "--eval-fraction",
                            str(args.eval_fraction)] + (["--packing"] if packed else [])
-                    if name == "this":  # one folder (it would add the default run's phase 1)
-                        cmd.append("--config.train.phase1_fraction=0")
                     wall, cpu, tree, one = run_measured(cmd, code, args.sample_s)
                     per_cpu[label] = text_mb / cpu
                     print(f"  prepare ({label}, {workers} workers): {wall:.1f} s, "

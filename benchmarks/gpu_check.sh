@@ -37,7 +37,7 @@ fi
     torch.__version__, 'transformers', transformers.__version__)"
   git log -1 --format='commit %h %s' 2>/dev/null; } 2>&1 | tee "$OUT/env.log"
 
-BENCH="python3 benchmarks/train_step.py --platform gpu --dtype bfloat16 --steps 8 --repeats 5 --warmup 4"
+BENCH="python3 -m benchmarks.train_step --platform gpu --dtype bfloat16 --steps 8 --repeats 5 --warmup 4"
 
 stage_base() {
   $BENCH --config base --seq 128 --batch 256 --hf-compile --top-ops 25

@@ -1,8 +1,8 @@
 """Build benchmark corpora from the bundled one (not committed).
 
-    python benchmarks/make_corpora.py --mb 20 200 --output /tmp/corpora
+    python -m benchmarks.make_corpora --mb 20 200 --output /tmp/corpora
     # -> /tmp/corpora/20mb/part-00000.txt ..., /tmp/corpora/200mb/...
-    python benchmarks/make_corpora.py --short-docs --output /tmp/corpora
+    python -m benchmarks.make_corpora --short-docs --output /tmp/corpora
     # -> /tmp/corpora/short-docs/part-00000.txt (the bundled sentences in short documents)
 
 Big corpora (--mb): each copy of the bundled corpus's chapters is shuffled with its own
@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from flax_bert.data import corpus  # noqa: E402
-from flax_bert.data.config import DataOptions  # noqa: E402
+from configs.default import BUNDLED_CORPUS
+from flax_bert.data import corpus
 
 MB = 1 << 20
 SHORT_DOC_SIGMA = 1.0  # log-space spread of short documents' sizes (in sentences)
@@ -89,7 +87,7 @@ def main() -> None:
     p.add_argument("--sigma", type=float, default=SHORT_DOC_SIGMA,
                    help="log-space sigma of the short documents' sizes")
     args = p.parse_args()
-    paths = corpus.expand_inputs(DataOptions.defaults().input[0])
+    paths = corpus.expand_inputs(BUNDLED_CORPUS)
     chapters = [d for _, d in corpus.iter_raw_documents(paths, "auto", "text")]
     if args.short_docs:
         sentences = [s for d in chapters for s in d]

@@ -6,16 +6,14 @@ compiled for one device and XLA's compiled memory analysis is read: peak = argum
 One step is then run from the same initial state, batch and dropout key; the losses must
 be equal (remat recomputes the same forward, dropout masks included).
 
-    python benchmarks/memory.py --config small --seq 512 --batch 16
+    python -m benchmarks.memory --config small --seq 512 --batch 16
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

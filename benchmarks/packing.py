@@ -1,8 +1,8 @@
 """Packed vs unpacked pretraining: real (non-padding) tokens per second of the same model's
 train step on the same corpus, in one run.
 
-    python benchmarks/make_corpora.py --short-docs --output /tmp/corpora
-    python benchmarks/packing.py --input '/tmp/corpora/short-docs/*.txt' --seq 128 512
+    python -m benchmarks.make_corpora --short-docs --output /tmp/corpora
+    python -m benchmarks.packing --input '/tmp/corpora/short-docs/*.txt' --seq 128 512
 
 For each --seq L the corpus is prepared twice with one vocab (trained first, not timed):
 unpacked and packed (data.packing, data.max_pairs_per_row), each with data.max_seq_length
@@ -28,16 +28,14 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks.common import build_parts, load_config  # noqa: E402
-from flax_bert.data import corpus, pipeline, prepare, vocab as vocab_lib  # noqa: E402
-from flax_bert.data.config import DataOptions  # noqa: E402
-from flax_bert.trainer import feed, sharding, step as steps  # noqa: E402
+from benchmarks.common import build_parts, load_config
+from flax_bert.data import corpus, pipeline, prepare, vocab as vocab_lib
+from flax_bert.data.config import DataOptions
 from flax_bert.tasks.pretraining import PretrainingObjective
+from flax_bert.trainer import feed, sharding, step as steps
 
 
 def parse_args() -> argparse.Namespace:
@@ -87,7 +85,7 @@ def main() -> None:
             config.model.vocab_size = args.vocab_size
             config.train.steps_per_call = args.steps_per_call
             preds = math.ceil(20 * seq / 128)
-            base = DataOptions.defaults().replace(
+            base = DataOptions().replace(
                 input=tuple(files), vocab=vocab, max_seq_length=seq,
                 max_predictions_per_seq=preds, num_workers=1,
                 max_pairs_per_row=args.max_pairs_per_row)

@@ -23,8 +23,8 @@ tokens/s, sequences/s, the ratios, the seconds for build + first compile, and MF
 the GPU's datasheet dense bf16 peak (`--peak-tflops` for a GPU not in the table) and
 against a bf16 matmul timed in the same run.
 
-    python benchmarks/train_step.py --config small --seq 128 --batch 32
-    python benchmarks/train_step.py --platform gpu --config base --batch 256 --dtype bfloat16 \
+    python -m benchmarks.train_step --config small --seq 128 --batch 32
+    python -m benchmarks.train_step --platform gpu --config base --batch 256 --dtype bfloat16 \
         --hf-compile --top-ops 15
 """
 
@@ -96,7 +96,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 ARGS = parse_args()
 MATMUL_CALLS = 5  # Matmul calls per timed repeat of the peak measurement.
 THREADS = ARGS.threads or len(os.sched_getaffinity(0))
@@ -125,8 +124,8 @@ from benchmarks.common import (build_parts, build_step, load_config, make_batch,
 from benchmarks.hf_step import hf_runner  # noqa: E402
 from benchmarks import xla_trace  # noqa: E402
 from flax_bert import BertConfig  # noqa: E402
-from flax_bert.trainer import sharding, step as steps  # noqa: E402
-from flax_bert import losses
+from flax_bert import losses  # noqa: E402
+from flax_bert.trainer import sharding  # noqa: E402
 
 
 def time_repeats(run_steps: Callable[[int], int], steps_per_repeat: int,

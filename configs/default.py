@@ -12,7 +12,16 @@ Every numeric field's range is in flax_bert/config_ranges.py (a new field needs 
 a run checks them all before it prepares data or uses a device.
 """
 
+import dataclasses
+import os
+
 import ml_collections
+
+from flax_bert.data.config import DataOptions
+
+# The bundled corpus (corpus/README.md): seven novels, one gzip'd file each.
+BUNDLED_CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "corpus", "*.txt.gz")
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -36,49 +45,12 @@ def get_config() -> ml_collections.ConfigDict:
     m.pad_token_id = 0
 
     # ---- Data: corpus -> prepared shards -> grain pipeline. --------------------------------
-    d = config.data = ml_collections.ConfigDict()
-    d.input = "corpus/*.txt.gz"  # Files/globs (comma separated) or a `datasets` dir.
-    d.text_column = "text"  # Column holding the text in a `datasets` dataset on disk.
-    d.input_format = "auto"  # auto | sentences (one per line) | paragraphs (raw prose).
-    # Prepared shards; "" means WORKDIR/prepared (prepared on first run). A given folder is
-    # used as it is, never prepared into (made by `python -m flax_bert.data.prepare`).
-    d.prepared_dir = ""
-    d.vocab = ""  # An existing BERT vocab.txt; "" trains a WordPiece vocab on the corpus.
-    d.vocab_size = 8192  # Size of the trained WordPiece vocab (when d.vocab is "").
-    d.lowercase = True  # BertNormalizer lower-casing and accent stripping.
-    d.max_seq_length = 128  # Tokens per example, [CLS] A [SEP] B [SEP] included.
-    d.short_seq_prob = 0.1  # Probability of a shorter target length (as in BERT).
-    d.masked_lm_prob = 0.15  # Fraction of tokens chosen for prediction.
-    d.max_predictions_per_seq = 20  # Cap on chosen positions per example.
-    d.mask_token_prob = 0.8  # Of the chosen: replaced with [MASK] ...
-    d.random_token_prob = 0.1  # ... replaced with a random token; the rest stay.
-    d.whole_word_masking = False  # Mask all WordPieces of a word together.
-    d.dynamic_masking = True  # Fresh masks every epoch in the pipeline (else fixed once).
-    d.dupe_factor = 5  # Times the corpus is paired into examples (different pairings).
-    # Packing (decided at prepare time): whole sentence pairs are put together in rows of
-    # max_seq_length tokens, at most max_pairs_per_row in a row (per shard: the longest pair
-    # left and the one or two that fill its row most, flax_bert/data/packing.py), so short
-    # pairs do not pay for padding (benchmarks/README.md: 50% -> 99% real tokens at 512 on
-    # encyclopedia-like text). Attention stays inside each pair, positions restart at each
-    # pair's [CLS], NSP reads each pair's [CLS], and each pair keeps its own masked
-    # predictions. With packing, train.global_batch_size and train.phase1_batch_size count
-    # rows, not pairs (the size files pick them for ~256 pairs a step). The default run is
-    # unpacked: its chapters already fill 97% of its 128-token rows (README).
-    d.packing = False
-    d.max_pairs_per_row = 3  # NVIDIA's and Graphcore's packed BERT use 3.
-    # Fraction of documents held out for evaluation, chosen by a hash of each document
-    # (flax_bert/data/split.py). 0.15 holds out 55 of the bundled corpus's 404 chapters, at
-    # least 2 of each book, which the downstream book task is built from. The size files
-    # (big corpora) hold out 1%.
-    d.eval_fraction = 0.15
-    d.prepare_seed = 12345  # Seeds pairing, held-out split and static masks in prepare.
-    # Prepare works in shards of about this many MB of text (the bundled corpus is one):
-    # memory is bounded by it, and random next segments are drawn within a shard.
-    d.shard_mb = 8.0
-    d.vocab_sample_mb = 256.0  # The vocab is trained on the first this many MB of text.
-    d.num_workers = 0  # Processes making shards in prepare (0 = all CPU cores).
-    d.worker_count = 0  # grain worker processes for the train pipeline (0 = in-process).
-    d.prefetch = 2  # Batches prepared ahead of the train step.
+    # Every field with its default and what it does: flax_bert/data/config.py (DataOptions).
+    # The default run reads the bundled corpus, found from this file (not the working
+    # folder); a relative --config.data.input is read from the working folder.
+    # input: files/globs (comma separated) or a `datasets` dir.
+    config.data = ml_collections.ConfigDict(
+        {**dataclasses.asdict(DataOptions()), "input": BUNDLED_CORPUS})
 
     # ---- Training loop. -------------------------------------------------------------------
     t = config.train = ml_collections.ConfigDict()

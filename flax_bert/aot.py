@@ -43,17 +43,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import math
 import os
 import re
 import sys
 import time
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from flax_bert import tpu_chips
+from flax_bert import files, run_config, tpu_chips
 
 # Collective kinds, and the bytes each device sends for a payload of S bytes over a group of
 # n devices (ring algorithms): all-reduce 2(n-1)/n S, all-gather and reduce-scatter and
@@ -773,9 +772,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Any]:
     parser = argparse.ArgumentParser(prog="python -m flax_bert.aot", description=(
         "Compile a run's train and eval steps for a TPU slice (no TPU needed) and report "
         "memory, FLOPs, a roofline bound and collectives."))
-    parser.add_argument("--config", default="",
-                        help="the run's config file (default configs/default.py); "
-                             "--config.FIELD=VALUE overrides its fields, as in train.py")
+    parser.add_argument("--config", required=True,
+                        help="the run's config file (configs/X.py); --config.FIELD=VALUE "
+                             "overrides its fields, as in train.py")
     parser.add_argument("--topology", required=True,
                         help="v5e-16, v5litepod-16, v4-8, v5p-32, v6e-8, or v5e:4x4")
     parser.add_argument("--num-slices", type=int, default=1,
@@ -800,30 +799,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Any]:
     config_args = [a for a in rest if a.startswith("--config.")]
     if unknown := [a for a in rest if not a.startswith("--config.")]:
         parser.error(f"unrecognised arguments: {' '.join(unknown)}")
-    if own.config:
-        config_args.insert(0, f"--config={own.config}")
-    return own, load_config(argv[0], config_args)
-
-
-def load_config(prog: str, config_args: list[str]) -> Any:
-    """The config of --config FILE (default configs/default.py) and --config.* overrides,
-    parsed by ml_collections as train.py parses them; a mistake is a ValueError line."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    import configs
-
-    values = flags.FlagValues()
-    default = os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), "default.py")
-    argv = [prog, *config_args]
-    try:
-        config_flags.DEFINE_config_file("config", default, "Run config file.",
-                                        flag_values=values, lock_config=True, sys_argv=argv)
-        values(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError,
-            SyntaxError, ImportError) as e:
-        raise ValueError(f"bad --config / --config.* flag: {' '.join(str(e).split())}") from e
-    return values.config
+    return own, run_config.load([f"--config={own.config}", *config_args], parser.prog)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -845,8 +821,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(reports if args.search else reports[0], f, indent=1, default=float)
+        files.write_json(args.json, reports if args.search else reports[0], indent=1,
+                         default=float)
     return 0 if args.search or reports[0]["memory"]["fits"] else 1
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from typing import Any, Mapping
 
-from flax_bert.trainer.run_folder import write_text
+from flax_bert import files
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 
@@ -76,4 +76,4 @@ class BertConfig:
 
     def to_json_file(self, path: str) -> None:
         """Writes the config to `path`, replacing the file whole (never half-written)."""
-        write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        files.write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

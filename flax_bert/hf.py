@@ -33,7 +33,7 @@ import warnings
 import numpy as np
 
 from flax_bert.trainer import checkpoint
-from flax_bert import layers
+from flax_bert import files, layers
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
 from flax_bert.hf_names import (ALL_GROUPS, DEFAULT_NUM_LABELS, HEADS, IGNORED_SUFFIXES,
@@ -244,9 +244,8 @@ def save_pretrained(config: BertConfig, params: Params, path: str,
                             f"{' or '.join(PROBLEM_TYPES)}")
         hf_config["problem_type"] = problem_type
     os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, CONFIG_FILE), "w", encoding="utf-8") as f:
-        json.dump(hf_config, f, indent=2, sort_keys=True)
-        f.write("\n")
+    files.write_text(os.path.join(path, CONFIG_FILE),
+                     json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     save_file(tensors, os.path.join(path, SAFETENSORS_FILE), metadata={"format": "pt"})
     if vocab is not None:
         shutil.copyfile(vocab, os.path.join(path, VOCAB_FILE))

@@ -5,57 +5,26 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import io
 import json
 import operator
 import os
-import random
 import shutil
 import subprocess
-import sys
 from typing import Any
 
 import jax
 import numpy as np
 import pytest
 
+# What the harnesses in tools/ share with the tests (the tests use them as h.*).
+from tools.corpora import write_corpus  # noqa: F401
+from tools.runs import (STEPS, TINY, alive, command, descendants, restore_item,  # noqa: F401
+                        tree_hash, xla_flags)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 12
-EVERY = 4
-TINY = [
-    "--config.model.hidden_size=32", "--config.model.num_hidden_layers=1",
-    "--config.model.num_attention_heads=2", "--config.model.intermediate_size=64",
-    "--config.data.max_seq_length=32", "--config.data.vocab_size=200",
-    "--config.train.global_batch_size=8", "--config.train.log_every=1",
-    "--config.train.phase1_fraction=0",
-    "--config.train.eval_every=0", "--config.train.eval_batches=1",
-    "--config.mesh.fsdp=4", f"--config.train.steps={STEPS}",
-    f"--config.checkpoint.every={EVERY}", "--config.checkpoint.keep=3",
-    "--config.train.tensorboard=False",  # no tensorboardX (and the torch it imports): ~4 s
-]
 TIMING_KEYS = ("tokens_per_sec", "steps_per_sec")
-DEVICES_FLAG = "--xla_force_host_platform_device_count"
 CACHE_LOG_MODULES = "jax._src.compiler,jax._src.compilation_cache"  # cache hit/write lines
-
-
-def write_corpus(path: str) -> None:
-    """40 documents of 8 random sentences each (one sentence per line)."""
-    rng = random.Random(0)
-    words = ("the cat dog sat on a mat and ran far away from home while birds sang loud "
-             "songs in green trees under blue sky").split()
-    docs = ["\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(4, 12)))
-                      .capitalize() + "." for _ in range(8)) for _ in range(40)]
-    with open(path, "w") as f:
-        f.write("\n\n".join(docs) + "\n")
-
-
-def xla_flags(devices: int) -> str:
-    """This process's XLA_FLAGS (in the tests, tests/conftest.py's) with `devices` host CPU
-    devices: a process started with them compiles as the tests do (the same cache keys)."""
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-             if not f.startswith(DEVICES_FLAG + "=")]
-    return " ".join([*flags, f"{DEVICES_FLAG}={devices}"])
 
 
 def env(devices: int, cache_dir: str | None) -> dict[str, str]:
@@ -72,10 +41,6 @@ def env(devices: int, cache_dir: str | None) -> dict[str, str]:
                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     return e
-
-
-def command(workdir: str, args: list[str]) -> list[str]:
-    return [sys.executable, "train.py", f"--workdir={workdir}", *args]
 
 
 def run(workdir: str, args: list[str], cache_dir: str | None, devices: int = 8,
@@ -144,14 +109,6 @@ def train_rows(workdir: str) -> dict[int, dict[str, float]]:
             for r in rows if r["split"] == "train"}
 
 
-def restore_item(workdir: str, step: int, item: str) -> Any:
-    """One item (params, opt_state, train) of a checkpoint as NumPy arrays."""
-    import orbax.checkpoint as ocp
-    with ocp.StandardCheckpointer() as ckptr:
-        tree = ckptr.restore(os.path.join(workdir, "checkpoints", str(step), item))
-    return jax.tree.map(np.asarray, tree)
-
-
 def max_abs_diff(a: Any, b: Any) -> float:
     leaves = jax.tree.leaves(jax.tree.map(
         lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
@@ -165,50 +122,9 @@ def assert_bitwise(a: Any, b: Any) -> None:
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def tree_hash(path: str) -> dict[str, str]:
-    """sha256 of every file under `path` (by relative path)."""
-    out = {}
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            full = os.path.join(dirpath, name)
-            with open(full, "rb") as f:
-                out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
-
 def folder_bytes(path: str) -> int:
     """The size of the files under `path`."""
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
-
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state first); None once gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def descendants(pid: int) -> dict[int, str]:
-    """{pid: start time} of every live process below `pid`."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (fields := _stat(int(name))):
-            children.setdefault(int(fields[1]), []).append(int(name))
-    out, todo = {}, list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        if fields := _stat(child):
-            out[child] = fields[19]
-            todo += children.get(child, [])
-    return out
-
-
-def alive(processes: dict[int, str]) -> list[int]:
-    """Those of `processes` still running (same PID and start time; zombies count as gone)."""
-    return [pid for pid, start in processes.items()
-            if (fields := _stat(pid)) and fields[19] == start and fields[0] != "Z"]
 
 
 @pytest.fixture(scope="session")

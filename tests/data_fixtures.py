@@ -1,51 +1,18 @@
-"""Small generated corpora for the data tests: each document has its own marker words."""
+"""Prepared folders of the data tests, made from tools/corpora.py's marker corpus (each document
+has its own marker words)."""
 
 from __future__ import annotations
 
 import os
-import string
 
 import numpy as np
 
 from flax_bert.data import pipeline, prepare as prepare_lib
 from flax_bert.data.config import DataOptions
-
-WORD_LEN = 7
-WORDS_PER_DOC = 20
-_CACHE: dict = {}
-
-
-def marker_corpus(
-    path: str, num_docs: int = 12, sentences: int = 60, seed: int = 0,
-    min_sentences: int | None = None,
-) -> dict[str, int]:
-    """Write a sentence-per-line corpus; every word belongs to exactly one document, which
-    has `sentences` sentences (with min_sentences: a number drawn in [min, sentences]).
-    Returns {word: document index}."""
-    rng = np.random.default_rng(seed)
-    letters = np.array(list(string.ascii_lowercase))
-    word_doc: dict[str, int] = {}
-    docs = []
-    for d in range(num_docs):
-        words = []
-        while len(words) < WORDS_PER_DOC:
-            w = "".join(rng.choice(letters, WORD_LEN))
-            if w not in word_doc:
-                word_doc[w] = d
-                words.append(w)
-        lines = []
-        count = sentences if min_sentences is None else int(
-            rng.integers(min_sentences, sentences + 1))
-        for _ in range(count):
-            n = int(rng.integers(4, 12))
-            lines.append(" ".join(rng.choice(words, n)).capitalize() + ".")
-        docs.append("\n".join(lines))
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n\n".join(docs) + "\n")
-    return word_doc
-
+from tools.corpora import marker_corpus
 
 SHORT_DOCS = dict(num_docs=80, sentences=5, min_sentences=1)  # packs ~2.2 pairs a row at 128
+_CACHE: dict = {}
 
 
 def prepared(tmp_path_factory, corpus: dict | None = None,
@@ -62,7 +29,7 @@ def prepared(tmp_path_factory, corpus: dict | None = None,
             max_predictions_per_seq=10, eval_fraction=0.2, num_workers=1, dupe_factor=2,
         )
         base.update(overrides)
-        opts = DataOptions.defaults().replace(**base)
+        opts = DataOptions().replace(**base)
         out = os.path.join(root, "out")
         meta = prepare_lib.prepare(opts, out, progress=False)
         _CACHE[key] = (out, word_doc, meta, opts)

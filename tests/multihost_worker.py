@@ -1,6 +1,6 @@
 """One process of a two-process run (tests/test_multihost.py starts two of these).
 
-Usage: python tests/multihost_worker.py PORT PROCESS_ID NUM_PROCESSES
+Usage (from the repo root): python -m tests.multihost_worker PORT PROCESS_ID NUM_PROCESSES
 Each process has 4 CPU devices; together they form one 8-device mesh. Prints the losses
 of a few train steps as JSON on its last line.
 """
@@ -9,8 +9,7 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests.ckpt_helpers import xla_flags  # noqa: E402
+from tools.runs import xla_flags
 
 os.environ["XLA_FLAGS"] = xla_flags(4)  # read when jax's backend starts
 os.environ["JAX_PLATFORMS"] = "cpu"

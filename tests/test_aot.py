@@ -6,15 +6,16 @@ import importlib.util
 
 import pytest
 
-from flax_bert import aot, tpu_chips
+from flax_bert import aot, run_config, tpu_chips
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                 reason="libtpu is not installed (pip install -e '.[test]' "
                                        "installs it): nothing compiles for a TPU")
 
 # One layer, small vocab, seq 32: a few seconds a compile.
-TINY = ["--config.model.num_hidden_layers=1", "--config.model.hidden_size=64",
-        "--config.model.num_attention_heads=2", "--config.model.intermediate_size=128",
+TINY = ["--config=configs/default.py", "--config.model.num_hidden_layers=1",
+        "--config.model.hidden_size=64", "--config.model.num_attention_heads=2",
+        "--config.model.intermediate_size=128",
         "--config.model.vocab_size=512", "--config.data.max_seq_length=32",
         "--config.data.max_predictions_per_seq=5", "--config.train.global_batch_size=16",
         "--config.train.phase1_fraction=0", "--config.train.dtype=bfloat16",
@@ -22,7 +23,7 @@ TINY = ["--config.model.num_hidden_layers=1", "--config.model.hidden_size=64",
 
 
 def config_of(*overrides: str):
-    return aot.load_config("aot", [*TINY, *overrides])
+    return run_config.load([*TINY, *overrides], "aot")
 
 
 @pytest.mark.parametrize("name, grid, chips, accelerator", [

@@ -11,16 +11,17 @@ from tests import ckpt_helpers as h
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(script: str, *args: str) -> str:
+def _run(module: str, *args: str) -> str:
+    """`python -m benchmarks.MODULE ARGS` from the repo root (as benchmarks/README.md)."""
     env = dict(os.environ, XLA_FLAGS=h.xla_flags(1))  # one device, no 8-way
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
+    out = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
 
 def test_train_step_benchmark_prints_ratio():
-    out = _run("train_step.py", "--config", "tiny", "--seq", "16", "--batch", "2",
+    out = _run("train_step", "--config", "tiny", "--seq", "16", "--batch", "2",
                "--steps", "1", "--repeats", "1", "--warmup", "1", "--matmul-size", "64",
                "--breakdown")
     assert re.search(r"^ratio ours/hf: \d+\.\d\dx$", out, re.M), out
@@ -30,7 +31,7 @@ def test_train_step_benchmark_prints_ratio():
 
 
 def test_memory_benchmark_prints_both_policies():
-    out = _run("memory.py", "--config", "tiny", "--seq", "16", "--batch", "2",
+    out = _run("memory", "--config", "tiny", "--seq", "16", "--batch", "2",
                "--policies", "none,nothing_saveable")
     assert re.search(r"remat\s+none: peak", out), out
     assert re.search(r"remat\s+nothing_saveable: peak .*\(diff", out), out

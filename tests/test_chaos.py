@@ -1,4 +1,4 @@
-"""Preemption chaos in CI (benchmarks/chaos.py, one episode): a tiny train.py run that
+"""Preemption chaos in CI (tools/chaos.py, one episode): a tiny train.py run that
 prepares its data, stopped 5 times: SIGTERM while it prepares, SIGKILL 0.3 s into the
 rerun (two stops in quick succession), SIGTERM in its first compile, SIGKILL in an async
 save's commit, SIGTERM in the final save; rerun after each, then to the end, then once
@@ -17,7 +17,7 @@ import time
 import jax
 import pytest
 
-from benchmarks import chaos
+from tools import chaos
 from tests import ckpt_helpers as h
 
 EXIT_LIMIT_S = 20.0  # the requirement is 10 s; the harness prints the real figures

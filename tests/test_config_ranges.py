@@ -158,7 +158,7 @@ def test_messages():
 
 def test_prepare_options_use_the_table():
     """The prepare CLIs' options are checked against the same table (their config.data)."""
-    defaults = DataOptions.defaults()
+    defaults = DataOptions()
     defaults.check()
     with pytest.raises(UserError, match=r"^config.data.dupe_factor=0 is out of range; set it "
                                         r"to a value >= 1$"):

@@ -15,7 +15,7 @@ def test_benchmark_prints_throughput_memory_and_pipeline_rate(tmp_path):
     path = str(tmp_path / "c.txt")
     marker_corpus(path, num_docs=8, sentences=30)
     proc = subprocess.run(
-        [sys.executable, "benchmarks/data_prep.py", "--input", path, "--vocab-size", "300",
+        [sys.executable, "-m", "benchmarks.data_prep", "--input", path, "--vocab-size", "300",
          "--max-seq-length", "32", "--num-workers", "1", "--eval-fraction", "0.5",
          "--batch-size", "8", "--batches", "3", "--packing"],
         cwd=ROOT, capture_output=True, text=True,

@@ -68,7 +68,7 @@ def test_datasets_folder_gives_the_same_examples_as_text(tmp_path):
     docs = open(txt).read().strip().split("\n\n")
     ds_dir = str(tmp_path / "ds")
     datasets.Dataset.from_dict({"body": docs}).save_to_disk(ds_dir)
-    base = DataOptions.defaults().replace(
+    base = DataOptions().replace(
         vocab_size=500, max_seq_length=32, eval_fraction=0, num_workers=1, text_column="body"
     )
     m1 = prepare_lib.prepare(dataclasses.replace(base, input=(txt,)), str(tmp_path / "a"),
@@ -117,7 +117,7 @@ def test_bad_input_is_a_one_line_user_error(tmp_path, name):
     good = tmp_path / "good.txt"
     marker_corpus(str(good), num_docs=6, sentences=10)
     # The bad file after a good one: the error comes mid-way, and leaves no meta.json.
-    opts = DataOptions.defaults().replace(input=(str(good), path), vocab_size=100, num_workers=1,
+    opts = DataOptions().replace(input=(str(good), path), vocab_size=100, num_workers=1,
                                       eval_fraction=0)
     if name == "one_sentence":
         opts = dataclasses.replace(opts, input=(path,))
@@ -130,7 +130,7 @@ def test_bad_input_is_a_one_line_user_error(tmp_path, name):
 def test_gcs_output_without_gcsfs_is_a_one_line_error(tmp_path):
     path = str(tmp_path / "c.txt")
     marker_corpus(path, num_docs=4, sentences=10)
-    opts = DataOptions.defaults().replace(input=(path,), vocab_size=100, num_workers=1)
+    opts = DataOptions().replace(input=(path,), vocab_size=100, num_workers=1)
     with pytest.raises(UserError, match=r"^gs://b/prep: gs:// paths need the GCS filesystem; "
                                         r"pip install gcsfs"):
         prepare_lib.prepare(opts, "gs://b/prep", progress=False)
@@ -159,13 +159,12 @@ def test_cli_prepares(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "flax_bert.data.prepare", "--input", path, "--output",
          str(tmp_path / "out"), "--vocab-size", "300", "--max-seq-length", "32",
-         "--num-workers", "1", "--eval-fraction", "0.25",
-         "--config.train.phase1_fraction=0"],  # the default run's phase 1 is 32 tokens too
+         "--num-workers", "1", "--eval-fraction", "0.25"],
         cwd=ROOT, capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stderr
     meta = prepare_lib.json.load(open(tmp_path / "out" / "meta.json"))
     docs = [d for _, d in corpus.iter_raw_documents([path], "auto", "text")]
-    held = sum(split.is_held_out(d, 0.25, DataOptions.defaults().prepare_seed) for d in docs)
+    held = sum(split.is_held_out(d, 0.25, DataOptions().prepare_seed) for d in docs)
     assert meta["num_eval_documents"] == held >= 2 and meta["num_train_documents"] == 8 - held
     assert meta["max_seq_length"] == 32 and meta["vocab_size"] <= 300

@@ -273,7 +273,7 @@ def test_options_flags_key_and_errors(tmp_path_factory):
     ref, _, _, ref_opts = _prepared(tmp_path_factory)
     args = prepare_lib.parser().parse_args(["--input", "a", "--output", "o", "--packing",
                                             "--max-pairs-per-row", "2"])
-    assert options.from_flags(args) == DataOptions.defaults().replace(
+    assert options.from_flags(args) == DataOptions().replace(
         input=("a",), packing=True, max_pairs_per_row=2)
     sources = [{"path": "/c.txt", "bytes": 1}]
     key = lambda o: prepare_lib.cache_key(o, sources)  # noqa: E731

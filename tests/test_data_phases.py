@@ -15,6 +15,7 @@ import pytest
 from flax_bert.data import (pretraining_data as inputs, pipeline, prepare as prepare_lib,
                             vocab as vocab_lib)
 from flax_bert.data.config import DataOptions
+from flax_bert import run_config
 from flax_bert.errors import UserError
 from tests import ckpt_helpers as h
 
@@ -125,13 +126,13 @@ def test_prepared_dir_without_phase1_data_names_the_command_and_writes_nothing(
     assert prepare_lib.main(args[3:] + ["--num-workers", "1"]) == 0
     after = listing(out)["files"]
     assert {k: v for k, v in after.items() if not k.startswith("phase1")} == before["files"]
-    options = DataOptions.from_config(prepare_lib.load_config(CONFIG).data)
+    options = DataOptions.from_config(run_config.load(CONFIG, "prepare").data)
     inputs.check_prepared(options.replace(prepared_dir=out), out, 32)
 
 
 def test_settings_that_differ_name_the_fields_and_the_flags(prepared):
     out = prepared["out"]
-    options = DataOptions.from_config(prepare_lib.load_config(CONFIG).data)
+    options = DataOptions.from_config(run_config.load(CONFIG, "prepare").data)
     inputs.check_prepared(options, out, 32)  # the config it was prepared with
     longer = options.replace(max_seq_length=128, max_predictions_per_seq=20)
     with pytest.raises(UserError) as e:
@@ -142,10 +143,12 @@ def test_settings_that_differ_name_the_fields_and_the_flags(prepared):
                               f"max_predictions_per_seq=10 (config: 20); train on it as "
                               f"prepared with --config.data.max_seq_length=64 "
                               f"--config.data.max_predictions_per_seq=10, or prepare")
-    remake = message.split("config's data with: ", 1)[1]  # configs/default.py's lengths
-    assert remake.startswith(f"python -m flax_bert.data.prepare --input {prepared['corpus']} "
-                             f"--config.data.vocab_size=200 --config.data.dupe_factor=2 ")
-    assert "max_seq_length" not in remake and "max_predictions_per_seq" not in remake
+    remake = message.split("config's data with: ", 1)[1]  # flags where not DataOptions()'
+    assert remake.startswith(f"python -m flax_bert.data.prepare --input {prepared['corpus']} ")
+    for flag in ("--vocab-size 200", "--dupe-factor 2", "--packing", "--eval-fraction 0.25",
+                 "--phase1-seq-length 32 --output NEW_DIR"):
+        assert flag in remake, flag
+    assert "max-seq-length" not in remake and "max-predictions-per-seq" not in remake
     assert remake.endswith("--output NEW_DIR and train with --config.data.prepared_dir=NEW_DIR")
     assert "\n" not in message
     with pytest.raises(UserError) as e:
@@ -158,9 +161,10 @@ def test_settings_that_differ_name_the_fields_and_the_flags(prepared):
     assert message.startswith(f"{out}/phase1/meta.json: phase 1's data is not what this run "
                               f"needs")
     assert "max_predictions_per_seq=5 (wanted: 3), max_seq_length=32 (wanted: 16)" in message
-    assert message.endswith(f"--config.train.phase1_seq_length=16 --output {out}, or train "
-                            f"phase 1 on it with --config.train.phase1_seq_length=32")
-    # The flags of config.data's fields set configs/default.py's; with --config, the config's.
+    assert message.endswith(f"--phase1-seq-length 16 --output {out}, or train phase 1 on it "
+                            f"with --config.train.phase1_seq_length=32")
+    # Without --config the flags of config.data's fields describe the folder; with --config
+    # the config does, and such a flag is refused.
     assert prepare_lib.main(CONFIG + ["--max-seq-length", "128", "--input", "x",
                                       "--output", out]) == 2
     assert prepare_lib._data_flags_given(["--num-workers", "1", "--no-packing", "--input", "x"]

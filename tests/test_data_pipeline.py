@@ -1,6 +1,7 @@
 """grain pipeline: determinism, resumable state, per-process sharding, epochs, eval."""
 
 import dataclasses
+import glob
 import os
 
 import numpy as np
@@ -137,14 +138,17 @@ def test_worker_processes_give_the_same_shards(tmp_path_factory):
 
 def test_options_are_the_default_config_and_the_cli_flags():
     """config.data is read in one place (DataOptions.from_config) with one set of defaults
-    (configs/default.py), which the prepare CLI's flags take; a missing field is an error."""
-    from configs.default import get_config
+    (DataOptions'), which configs/default.py and the prepare CLI's flags take; the default
+    run's input is the bundled corpus, found from the config file whatever the working
+    folder; a missing field is an error."""
+    from configs import default
 
-    d = get_config().data
+    d = default.get_config().data
     opts = DataOptions.from_config(d)
-    assert opts == DataOptions.defaults()
+    assert opts == DataOptions(input=(default.BUNDLED_CORPUS,))
     assert set(d) == {f.name for f in dataclasses.fields(DataOptions)}
     assert opts.input == (d.input,)
+    assert os.path.isabs(d.input) and len(glob.glob(d.input)) == 7
     args = prepare_lib.parser().parse_args(["--input", "a.txt", "--output", "o"])
     assert options.from_flags(args) == opts.replace(input=("a.txt",))
     args = prepare_lib.parser().parse_args(["--input", "a", "b", "--output", "o",
@@ -213,7 +217,7 @@ def test_shares_of_two_processes_give_the_single_prepare(tmp_path):
     files = [str(tmp_path / f"c{i}.txt") for i in range(3)]
     for i, f in enumerate(files):
         marker_corpus(f, num_docs=4, sentences=60, seed=i)
-    opts = DataOptions.defaults().replace(input=tuple(files), vocab_size=600,
+    opts = DataOptions().replace(input=tuple(files), vocab_size=600,
                                           max_seq_length=32, eval_fraction=0.3,
                                           num_workers=1, shard_mb=0.01)
     single = prepare_lib.prepare(opts, str(tmp_path / "single"), progress=False)

@@ -52,7 +52,7 @@ def marker_options(root: str, **overrides) -> DataOptions:
     corpus_path = os.path.join(root, "corpus.txt")
     word_doc = marker_corpus(corpus_path, num_docs=8, sentences=40)
     vocab = write_vocab(os.path.join(root, "vocab-in.txt"), word_doc)
-    return DataOptions.defaults().replace(
+    return DataOptions().replace(
         input=(corpus_path,), vocab=vocab, max_seq_length=48, max_predictions_per_seq=8,
         eval_fraction=0.25, num_workers=1, dupe_factor=2, **overrides)
 

@@ -1,5 +1,5 @@
 """Corrupted prepared folders are caught before their bytes reach a batch: a short seeded
-run of benchmarks/fuzz_prepared.py (every corruption kind), a meta.json of another prepare
+run of tools/fuzz_prepared.py (every corruption kind), a meta.json of another prepare
 and a flip in meta.json's version field (each named as what it is), and a shard altered
 so that it is first read mid-training (one `error:` line from train.py, exit 2, the
 checkpoints before kept, and a resume from the newest once the shard is put back)."""
@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import fuzz_prepared as fuzz
+from tools import fuzz_prepared as fuzz
 from flax_bert.data import pretraining_data as inputs, pipeline, prepare
 from flax_bert.data.config import DataOptions
 from flax_bert.errors import UserError
@@ -98,7 +98,7 @@ def mid_run(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("mid_run")
     corpus = str(root / "corpus.txt")
     marker_corpus(corpus, num_docs=24, sentences=30)
-    opts = DataOptions.defaults().replace(
+    opts = DataOptions().replace(
         input=(corpus,), vocab_size=4000, max_seq_length=64, max_predictions_per_seq=10,
         eval_fraction=0.2, num_workers=1, dupe_factor=2, shard_mb=0.003)
     out = str(root / "prepared")

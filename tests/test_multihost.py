@@ -22,8 +22,8 @@ def _free_port() -> int:
 
 def test_two_processes_match_one_process_with_8_devices():
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "tests/multihost_worker.py", str(port), str(i), "2"],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.multihost_worker", str(port), str(i),
+                               "2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for i in range(2)]
     _, reference = t.data_parallel_run()  # while the two processes start and compile
     outputs = [p.communicate(timeout=600) for p in procs]

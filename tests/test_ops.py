@@ -106,7 +106,6 @@ def test_remat_saves_memory_with_auto_layers():
     from configs import default
     from flax_bert import BertConfig, BertForPreTraining
     from flax_bert.compute import Compute
-    from flax_bert import losses
     from tests.test_train_step import make_batch
 
     cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

@@ -14,11 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_bert import BertForPreTraining, BertModel, functional, heads
+from flax_bert import BertForPreTraining, BertModel, functional, heads, model as model_lib
 from flax_bert.compute import Compute
-from flax_bert.trainer import loop, step as steps
 from flax_bert.tasks.pretraining import PretrainingObjective
-from flax_bert import model as model_lib
+from flax_bert.trainer import loop
 from tests import packing
 from tests.test_train_step import CFG as DROPOUT_CFG, run_steps
 

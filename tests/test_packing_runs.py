@@ -18,7 +18,6 @@ from flax_bert import losses
 from flax_bert.data import pipeline, prepare
 from flax_bert.data.config import DataOptions
 from flax_bert.model import BertForPreTraining
-from flax_bert.trainer import step as steps
 from flax_bert.tasks.pretraining import PretrainingObjective
 from tests import ckpt_helpers as h
 from tests.test_checkpoint import _assert_same_final_state, _wait
@@ -30,7 +29,7 @@ SEQ = 64  # the tiny corpus's pairs: ~1.2 of them a row at 64 tokens
 def packed(setup) -> dict:
     """The setup corpus prepared packed and unpacked at SEQ tokens with one vocab; the
     train.py arguments of a packed run; its uninterrupted reference run (in this process)."""
-    base = DataOptions.defaults().replace(
+    base = DataOptions().replace(
         input=(str(setup["root"] / "corpus.txt"),),
         vocab=os.path.join(setup["prepared"], "vocab.txt"), max_seq_length=SEQ,
         max_predictions_per_seq=10, num_workers=1, eval_fraction=0.2)

@@ -34,7 +34,7 @@ def _corpus(path: str, docs: int = 300) -> None:
 def _command(corpus: str, out: str) -> list[str]:
     return [sys.executable, "-m", "flax_bert.data.prepare", "--input", corpus, "--output", out,
             "--vocab-size", "1000", "--max-seq-length", "64", "--shard-mb", "0.1",
-            "--num-workers", "2", "--config.train.phase1_fraction=0"]  # one folder
+            "--num-workers", "2"]
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,7 @@ def test_continued_pretraining_of_an_hf_model_of_another_size(corpus, tmp_path):
     from flax_bert.data.config import DataOptions
 
     # An HF model whose vocab is a WordPiece vocab trained on the corpus.
-    opts = DataOptions.defaults().replace(input=(corpus,), vocab_size=300, max_seq_length=32,
+    opts = DataOptions().replace(input=(corpus,), vocab_size=300, max_seq_length=32,
                                           num_workers=1)
     meta = prepare_lib.prepare(opts, str(tmp_path / "prep"), progress=False)
     hf_dir = tmp_path / "hf"

@@ -12,10 +12,9 @@ import optax
 import pytest
 
 from configs import default
-from flax_bert import BertConfig, BertForPreTraining
+from flax_bert import BertConfig, BertForPreTraining, model as model_lib
 from flax_bert.trainer import feed, optimizer, sharding, state as state_lib, step as steps
 from flax_bert.tasks.pretraining import PretrainingObjective
-from flax_bert import model as model_lib
 
 # One layer: the stacked-layer code is the same for any L (tests/test_model.py checks L=3),
 # and XLA:CPU compiles each unrolled layer again.

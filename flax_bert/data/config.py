@@ -1,8 +1,9 @@
 """`config.data` as one frozen value: the corpus, how it is prepared, masked and fed.
 
-Its one set of defaults is configs/default.py's `config.data`, where each field is
-commented. `DataOptions.from_config` is the one reader of `config.data`; the prepare CLIs
-make their flags from the same fields (`--max-seq-length` for `max_seq_length`, ...).
+Its one set of defaults is `DataOptions`' own, where each field is commented; configs/
+default.py's `config.data` is made from them. `DataOptions.from_config` is the one reader of
+`config.data`; the prepare CLIs make their flags from the same fields (`--max-seq-length`
+for `max_seq_length`, ...), with the same defaults.
 """
 
 from __future__ import annotations
@@ -20,33 +21,52 @@ from flax_bert.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class DataOptions:
-    """Every field of config.data (configs/default.py documents each)."""
+    """Every field of config.data, with its default (configs/default.py starts from these)."""
 
-    input: tuple[str, ...]  # files, globs or a `datasets` folder
-    input_format: str
-    text_column: str
-    prepared_dir: str
-    vocab: str
-    vocab_size: int
-    lowercase: bool
-    max_seq_length: int
-    short_seq_prob: float
-    masked_lm_prob: float
-    max_predictions_per_seq: int
-    mask_token_prob: float
-    random_token_prob: float
-    whole_word_masking: bool
-    dynamic_masking: bool
-    dupe_factor: int
-    packing: bool
-    max_pairs_per_row: int
-    eval_fraction: float
-    prepare_seed: int
-    shard_mb: float
-    vocab_sample_mb: float
-    num_workers: int
-    worker_count: int
-    prefetch: int
+    # Files/globs (comma separated in a config) or a `datasets` dir; () = none given (the
+    # default run names the bundled corpus, configs/default.py).
+    input: tuple[str, ...] = ()
+    input_format: str = "auto"  # auto | sentences (one per line) | paragraphs (raw prose).
+    text_column: str = "text"  # Column holding the text in a `datasets` dataset on disk.
+    # Prepared shards; "" means WORKDIR/prepared (prepared on first run). A given folder is
+    # used as it is, never prepared into (made by `python -m flax_bert.data.prepare`).
+    prepared_dir: str = ""
+    vocab: str = ""  # An existing BERT vocab.txt; "" trains a WordPiece vocab on the corpus.
+    vocab_size: int = 8192  # Size of the trained WordPiece vocab (when vocab is "").
+    lowercase: bool = True  # BertNormalizer lower-casing and accent stripping.
+    max_seq_length: int = 128  # Tokens per example, [CLS] A [SEP] B [SEP] included.
+    short_seq_prob: float = 0.1  # Probability of a shorter target length (as in BERT).
+    masked_lm_prob: float = 0.15  # Fraction of tokens chosen for prediction.
+    max_predictions_per_seq: int = 20  # Cap on chosen positions per example.
+    mask_token_prob: float = 0.8  # Of the chosen: replaced with [MASK] ...
+    random_token_prob: float = 0.1  # ... replaced with a random token; the rest stay.
+    whole_word_masking: bool = False  # Mask all WordPieces of a word together.
+    dynamic_masking: bool = True  # Fresh masks every epoch in the pipeline (else fixed once).
+    dupe_factor: int = 5  # Times the corpus is paired into examples (different pairings).
+    # Packing (decided at prepare time): whole sentence pairs are put together in rows of
+    # max_seq_length tokens, at most max_pairs_per_row in a row (per shard: the longest pair
+    # left and the one or two that fill its row most, flax_bert/data/packing.py), so short
+    # pairs do not pay for padding (benchmarks/README.md: 50% -> 99% real tokens at 512 on
+    # encyclopedia-like text). Attention stays inside each pair, positions restart at each
+    # pair's [CLS], NSP reads each pair's [CLS], and each pair keeps its own masked
+    # predictions. With packing, train.global_batch_size and train.phase1_batch_size count
+    # rows, not pairs (the size files pick them for ~256 pairs a step). The default run is
+    # unpacked: its chapters already fill 97% of its 128-token rows (README).
+    packing: bool = False
+    max_pairs_per_row: int = 3  # NVIDIA's and Graphcore's packed BERT use 3.
+    # Fraction of documents held out for evaluation, chosen by a hash of each document
+    # (flax_bert/data/split.py). 0.15 holds out 55 of the bundled corpus's 404 chapters, at
+    # least 2 of each book, which the downstream book task is built from. The size files
+    # (big corpora) hold out 1%.
+    eval_fraction: float = 0.15
+    prepare_seed: int = 12345  # Seeds pairing, held-out split and static masks in prepare.
+    # Prepare works in shards of about this many MB of text (the bundled corpus is one):
+    # memory is bounded by it, and random next segments are drawn within a shard.
+    shard_mb: float = 8.0
+    vocab_sample_mb: float = 256.0  # The vocab is trained on the first this many MB of text.
+    num_workers: int = 0  # Processes making shards in prepare (0 = all CPU cores).
+    worker_count: int = 0  # grain worker processes for the train pipeline (0 = in-process).
+    prefetch: int = 2  # Batches prepared ahead of the train step.
 
     @classmethod
     def from_config(cls, data_config: Any) -> DataOptions:
@@ -62,13 +82,6 @@ class DataOptions:
         values["input"] = (tuple(p.strip() for p in inp.split(",")) if isinstance(inp, str)
                            else tuple(inp))
         return cls(**values)
-
-    @classmethod
-    def defaults(cls) -> DataOptions:
-        """configs/default.py's config.data (the default run's corpus and settings)."""
-        from configs import default
-
-        return cls.from_config(default.get_config().data)
 
     def replace(self, **changes: Any) -> DataOptions:
         return dataclasses.replace(self, **changes)
@@ -115,10 +128,10 @@ class DataOptions:
     @classmethod
     def from_prepared(cls, key: dict) -> DataOptions:
         """The options a folder was prepared with, from its meta.json "options" (the
-        fields it does not hold, which do not change the output, as configs/default.py's)."""
+        fields it does not hold, which do not change the output, at their defaults)."""
         names = {f.name for f in dataclasses.fields(cls)}
         given = {k: v for k, v in key.items() if k in names}
-        return cls.defaults().replace(**given | {"input": tuple(key["input"])})
+        return cls().replace(**given | {"input": tuple(key["input"])})
 
 
 def phase1_steps(train_config: Any, max_seq_length: int) -> int:
@@ -136,13 +149,10 @@ def phase1_steps(train_config: Any, max_seq_length: int) -> int:
 
 def prepare_command(opts: DataOptions, output: str, phase1_seq_length: int) -> str:
     """The `python -m flax_bert.data.prepare` command that writes `opts`' data into
-    `output` and, with `phase1_seq_length` (0: none), phase 1's: configs/default.py's
-    config with a --config.data.* / --config.train.* override for each field that differs
-    (a folder already holding this data is kept as it is)."""
-    from configs import default
-
-    base = default.get_config()
-    defaults = DataOptions.from_config(base.data)
+    `output` and, with `phase1_seq_length` (0: none), phase 1's: a flag for each field that
+    differs from DataOptions' defaults (a folder already holding this data is kept as it
+    is)."""
+    defaults = DataOptions()
     parts = ["python -m flax_bert.data.prepare --input", *map(shlex.quote, opts.input)]
     for field in dataclasses.fields(DataOptions):
         name, value = field.name, getattr(opts, field.name)
@@ -150,20 +160,21 @@ def prepare_command(opts: DataOptions, output: str, phase1_seq_length: int) -> s
             continue
         if name in PACKING_FIELDS[1:] and not opts.packing:
             continue
-        parts.append(shlex.quote(f"--config.data.{name}={value}"))
-    default_seq = (base.train.phase1_seq_length
-                   if phase1_steps(base.train, base.data.max_seq_length) else 0)
-    if phase1_seq_length != default_seq:
-        parts.append(f"--config.train.phase1_seq_length={phase1_seq_length}"
-                     if phase1_seq_length else "--config.train.phase1_fraction=0")
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        else:
+            parts += [flag, shlex.quote(str(value))]
+    if phase1_seq_length:
+        parts += ["--phase1-seq-length", str(phase1_seq_length)]
     return " ".join(parts + ["--output", shlex.quote(output)])
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per field of config.data that decides the prepared output, named after it
     (--max-seq-length for max_seq_length, --no-lowercase for lowercase=False, ...), with
-    configs/default.py's value as its default."""
-    defaults = DataOptions.defaults()
+    DataOptions' default as its default."""
+    defaults = DataOptions()
     for field in dataclasses.fields(DataOptions):
         if field.name in FEED_ONLY_FIELDS:
             continue
@@ -180,10 +191,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def from_flags(args: argparse.Namespace) -> DataOptions:
-    """The parsed flags (add_flags') over configs/default.py's config.data."""
+    """The parsed flags (add_flags') over DataOptions' defaults."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DataOptions)
-             if hasattr(args, f.name)}
-    return DataOptions.defaults().replace(**given | {"input": tuple(args.input)})
+             if f.name not in FEED_ONLY_FIELDS and hasattr(args, f.name)}
+    return DataOptions().replace(**given | {"input": tuple(args.input)})
 
 
 # Fields that change where prepared data goes, who makes it or how the pipeline feeds it:

@@ -45,8 +45,6 @@ ABBREVIATIONS = frozenset(
 _BOUNDARY_RE = re.compile(r"""([.!?]+["'”’)\]]*)\s+(?=["'“‘(\[]?[A-Z0-9])""")
 _TERMINAL_RE = re.compile(r"""[.!?]["'”’)\]]*$""")
 _PARA_BREAK_RE = re.compile(r"\n[ \t]*\n")
-# Relative inputs that do not exist from the working folder are also tried from here.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 Document = list[str]  # sentences
 
@@ -73,14 +71,11 @@ def split_sentences(text: str) -> list[str]:
 
 def expand_inputs(inputs: str | list[str]) -> list[str]:
     """Files (globs expanded, sorted) or `datasets` folders; a missing path is an error.
-    A relative path not found from the working folder is looked up from the repo root."""
+    A relative path is read from the working folder."""
     patterns = [p.strip() for p in (inputs.split(",") if isinstance(inputs, str) else inputs)]
     paths = []
     for pattern in filter(None, patterns):
         matches = _matches(pattern)
-        if not matches and not os.path.isabs(pattern) and "://" not in pattern:
-            # e.g. the bundled corpus, run from another folder
-            matches = _matches(os.path.join(REPO_ROOT, pattern))
         if not matches:
             raise UserError(f"{pattern}: no such file; check --input / config.data.input")
         paths.extend(matches)

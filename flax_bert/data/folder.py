@@ -26,6 +26,7 @@ import zlib
 
 from etils import epath
 
+from flax_bert import files
 from flax_bert.data import storage
 from flax_bert.errors import UserError
 
@@ -72,12 +73,10 @@ def _meta_crc(meta: dict) -> int:
 
 
 def write_meta(folder: epath.Path, meta: dict) -> dict:
-    """Write meta.json with its own checksum, atomically (a temp file renamed); returns
+    """Write meta.json with its own checksum, whole (flax_bert.files); returns
     what was written."""
     meta = {**meta, SELF_CRC: _meta_crc(meta)}
-    tmp = folder / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.rename(folder / META)
+    files.write_json(folder / META, meta, indent=2)
     return meta
 
 

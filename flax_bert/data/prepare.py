@@ -3,16 +3,16 @@
     python -m flax_bert.data.prepare --config configs/base.py --input 'wiki/*.txt' \
         --output /data/prepared [--config.data.FIELD=V ...] [--config.train.FIELD=V ...]
     python -m flax_bert.data.prepare --input corpus/*.txt.gz --output /tmp/prepared \
-        [--vocab-size 8192 | --vocab vocab.txt] --max-seq-length 128 \
+        [--vocab-size 8192 | --vocab vocab.txt] --max-seq-length 128 [--phase1-seq-length 32] \
         [--shard-index I --num-shards N]   # one process per machine, each a share
 
-It writes every phase a run of the config trains (`run_folders`): OUTPUT holds the
+With --config (the run's config file and its --config.* overrides, as train.py takes
+them) it writes every phase a run of that config trains (`run_folders`): OUTPUT holds the
 config.data.max_seq_length examples and, when config.train trains a phase 1, OUTPUT/phase1
-the same documents in config.train.phase1_seq_length-token examples with OUTPUT's vocab.
-train.py with --config.data.prepared_dir=OUTPUT and the same config (and overrides) reads
-them. --config defaults to configs/default.py (the default run); the flags named after
-config.data's fields (--max-seq-length, ...) set those fields of configs/default.py's
-config (with --config, set --config.data.FIELD=V instead).
+the same documents in config.train.phase1_seq_length-token examples with OUTPUT's vocab;
+train.py with --config.data.prepared_dir=OUTPUT and the same config reads them. Without
+--config, the flags named after config.data's fields (--max-seq-length, ...; DataOptions'
+defaults) describe OUTPUT, and --phase1-seq-length N adds OUTPUT/phase1.
 
 Streaming and sharded: the input files are grouped (consecutive files up to `shard_mb` on
 disk; a `datasets` folder alone), each group is read as a stream and cut into shards of
@@ -23,9 +23,8 @@ depends on the options and the inputs, never on the number of workers or machine
 held-out split is whole documents chosen by a hash of each document (`split.py`), so any
 shard decides alone. A shard's work is `shards.ShardMaker`; the same per-shard functions run
 as a Beam pipeline (`beam_prepare.py`). The folder's layout and its integrity checks:
-`folder.py`; the record format: `records.py`. `prepare` is a no-op when meta.json exists with the same
-options and inputs. The options are `config.data` (`options.DataOptions`); the CLI's flags
-are its fields, with configs/default.py's values as defaults.
+`folder.py`; the record format: `records.py`. `prepare` is a no-op when meta.json exists
+with the same options and inputs. The options are `config.data` (`config.DataOptions`).
 """
 
 from __future__ import annotations
@@ -45,10 +44,10 @@ from concurrent.futures.process import BrokenProcessPool
 
 from tqdm import tqdm
 
-from flax_bert import config_ranges, preemption
+from flax_bert import config_ranges, files, preemption, run_config
 from flax_bert.data import corpus, folder as folder_lib, records, storage
 from flax_bert.data import vocab as vocab_lib
-from flax_bert.data.config import DataOptions, add_flags, phase1_steps
+from flax_bert.data.config import DataOptions, add_flags, from_flags, phase1_steps
 from flax_bert.data.shards import MB, ShardMaker, doc_chars, group_shards, plan_groups
 from flax_bert.errors import UserError
 
@@ -303,9 +302,7 @@ def finish_share(plan: Plan, stats: list[dict], shard_index: int, num_shards: in
     folder = storage.path(plan.output_dir)
     fp = plan.maker.fingerprint
     name = lambda i: f"share-{fp}-{i:05d}-of-{num_shards:05d}.json"  # noqa: E731
-    tmp = folder / (name(shard_index) + ".tmp")
-    tmp.write_text(json.dumps(stats))
-    tmp.rename(folder / name(shard_index))
+    files.write_json(folder / name(shard_index), stats)
     shares = [folder / name(i) for i in range(num_shards)]
     if not all(p.exists() for p in shares):
         return {}
@@ -341,40 +338,6 @@ def summary(output: str, meta: dict) -> str:
                 else ""))
 
 
-def load_config(config_args: list[str]):
-    """The run config of `--config FILE` and `--config.*` overrides, as train.py reads them
-    (ml_collections config_flags); configs/default.py without --config."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    from configs import default
-
-    values, argv = flags.FlagValues(), ["prepare"] + config_args
-    try:
-        config_flags.DEFINE_config_file("config", default.__file__, "Run config file.",
-                                        flag_values=values, lock_config=True, sys_argv=argv)
-        values(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError,
-            SyntaxError, ImportError) as e:
-        raise UserError(f"bad --config / --config.* value: {e}") from None
-    return values.config
-
-
-def _split_config_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(--config FILE and --config.* arguments, the others)."""
-    config_args, rest, i = [], [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--config" and i + 1 < len(argv):
-            config_args += argv[i:i + 2]
-            i += 2
-            continue
-        (config_args if arg.split("=", 1)[0] == "--config" or arg.startswith("--config.")
-         else rest).append(arg)
-        i += 1
-    return config_args, rest
-
-
 def _data_flags_given(rest: list[str]) -> list[str]:
     """The config.data fields set by their own flags (--max-seq-length, --no-packing, ...)."""
     names = {}
@@ -387,10 +350,13 @@ def _data_flags_given(rest: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    config_args, rest = _split_config_args(argv)
+    config_args, rest = run_config.split_args(argv)
     p = parser()
-    p.add_argument("--config", help="the run's config file (default: configs/default.py); "
+    p.add_argument("--config", help="the run's config file: every phase it trains; "
                    "--config.data.FIELD=V / --config.train.FIELD=V override its fields")
+    p.add_argument("--phase1-seq-length", type=int, default=0,
+                   help="without --config: also OUTPUT/phase1, the same documents in "
+                        "examples of this many tokens (0: none)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="processes making shards (0 = all cores; default: config.data's)")
     p.add_argument("--shard-index", type=int, default=0, help="this process's share (0-based)")
@@ -402,19 +368,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         given = _data_flags_given(rest)
-        if given and any(a.split("=", 1)[0] == "--config" for a in config_args):
-            raise UserError(
-                f"--{given[0].replace('_', '-')} with --config: set "
-                f"--config.data.{given[0]}=... instead (the folder is the config's)")
-        config = load_config(config_args)
-        opts = DataOptions.from_config(config.data).replace(
-            **{name: getattr(args, name) for name in given}, input=tuple(args.input))
+        if config_args:
+            if given or args.phase1_seq_length:
+                flag = f"--{given[0].replace('_', '-')}" if given else "--phase1-seq-length"
+                field = f"data.{given[0]}" if given else "train.phase1_seq_length"
+                raise UserError(f"{flag} with --config: set --config.{field}=... instead "
+                                f"(the folder is the config's)")
+            config = run_config.load(config_args, "python -m flax_bert.data.prepare")
+            config_ranges.check(config)  # the run's config: every range, before preparing
+            opts = DataOptions.from_config(config.data).replace(input=tuple(args.input))
+            phase1_length = (config.train.phase1_seq_length
+                             if phase1_steps(config.train, opts.max_seq_length) else 0)
+        else:
+            opts = from_flags(args)
+            phase1_length = args.phase1_seq_length
+            if phase1_length and not 0 < phase1_length < opts.max_seq_length:
+                raise UserError(f"--phase1-seq-length {phase1_length} must be shorter than "
+                                f"--max-seq-length ({opts.max_seq_length})")
         if args.num_workers is not None:
             opts = opts.replace(num_workers=args.num_workers)
-        config_ranges.check(config)  # the run's config: every range, before preparing
-        phase1 = phase1_steps(config.train, opts.max_seq_length)
-        folders = run_folders(opts, args.output,
-                              config.train.phase1_seq_length if phase1 else 0)
+        folders = run_folders(opts, args.output, phase1_length)
         metas = []
         with preemption.Watch(folder_lib.interrupted(args.output)):  # a signal: exit at once
             for folder_opts, folder in folders:

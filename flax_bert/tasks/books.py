@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from flax_bert.data import corpus, split
+from flax_bert import files
 from flax_bert.errors import UserError
 
 TRAIN_FILE, TEST_FILE = "train.jsonl", "test.jsonl"
@@ -84,10 +85,8 @@ def build(task: Any, out_dir: str) -> dict[str, int]:
     for name, filename in (("train", TRAIN_FILE), ("test", TEST_FILE)):
         rows = [{"text": text, "label": book} for book, doc in splits[name]
                 for text in passages(doc, task.max_sentences, rng)]
-        tmp = os.path.join(out_dir, filename + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
-        os.replace(tmp, os.path.join(out_dir, filename))
+        files.write_text(os.path.join(out_dir, filename),
+                         "".join(json.dumps(row) + "\n" for row in rows))
         counts[f"{name}_passages"] = len(rows)
         counts[f"{name}_documents"] = len(splits[name])
     return counts

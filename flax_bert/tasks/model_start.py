@@ -15,9 +15,10 @@ from flax_bert.trainer import checkpoint
 from flax_bert import hf, hf_names
 from flax_bert.config import BertConfig
 from flax_bert.data import vocab as vocab_lib
+from flax_bert import files
 from flax_bert.errors import UserError
 from flax_bert.trainer import checks
-from flax_bert.trainer.run_folder import Paths, install_vocab, same_file, write_text
+from flax_bert.trainer.run_folder import Paths, install_vocab, same_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,5 +138,5 @@ def write_run_files(paths: Paths, start: Start, model_config: BertConfig,
     """The model (config.json), its vocab.txt, and finetune.json: the class names in id
     order and where the model started."""
     model_config.to_json_file(paths.config)
-    write_text(paths.finetune_run, json.dumps({"labels": labels, "start": start.description}))
+    files.write_json(paths.finetune_run, {"labels": labels, "start": start.description})
     install_vocab(start.vocab, paths)

@@ -15,6 +15,7 @@ import time
 from typing import Mapping
 
 from flax_bert.trainer import run_folder as workdir_lib
+from flax_bert import files
 from flax_bert.errors import UserError
 
 # (name, metric keys) of each plot of a pretraining run: WORKDIR/<name>.png, y label <name>.
@@ -145,7 +146,7 @@ def plot_curves(workdir: str, plots: tuple = PRETRAINING_PLOTS,
         ax.legend()
         fig.tight_layout()
         path = run.plot(name)
-        with workdir_lib.replacing(path) as tmp:
+        with files.replacing(path) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
         paths.append(path)

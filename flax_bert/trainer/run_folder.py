@@ -51,6 +51,7 @@ import time
 from typing import IO, Iterator
 
 from flax_bert.errors import UserError
+from flax_bert.files import replacing
 
 CONFIG_FILE = "config.json"  # in a run folder, an export and a Hugging Face folder alike
 VOCAB_FILE = "vocab.txt"  # likewise
@@ -109,26 +110,6 @@ def same_file(a: str, b: str) -> bool:
     """Whether two files hold the same bytes."""
     with open(a, "rb") as fa, open(b, "rb") as fb:
         return fa.read() == fb.read()
-
-
-@contextlib.contextmanager
-def replacing(path: str) -> Iterator[str]:
-    """A temporary path beside `path` to write; it replaces `path` when the block ends
-    without an error, so that no reader (a rerun after a kill included) sees a half-written
-    file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_text(path: str, text: str) -> None:
-    """Writes `text` to `path`, replacing it whole (`replacing`)."""
-    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 def install_vocab(vocab: str, paths: Paths) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from flax_bert import files
 from flax_bert.data import corpus
 from flax_bert.errors import UserError
 
@@ -326,7 +327,6 @@ def write_submission(out_dir: str, examples: GlueExamples, predictions: np.ndarr
         values = [task.tsv_labels[int(v)] for v in predictions]
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, task.tests[examples.split])
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("index\tprediction\n")
-        f.writelines(f"{i}\t{v}\n" for i, v in zip(examples.ids, values))
+    files.write_text(path, "index\tprediction\n"
+                     + "".join(f"{i}\t{v}\n" for i, v in zip(examples.ids, values)))
     return path

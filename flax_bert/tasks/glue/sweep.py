@@ -91,7 +91,7 @@ def _glue(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         results["submission_files"] = collect_submissions(
             [folders[name, rate] for name, rate in results["learning_rate"].items()],
             paths.submission)
-        files.write_json(paths.glue_results, results)
+        files.write_json(paths.glue_results, results, indent=1)
         say(glue_metrics.format_table(results["dev"]))
         say(f"dev results in {paths.glue_results}; "
             f"{len(results['submission_files'])} submission files in {paths.submission}")

@@ -121,7 +121,7 @@ def run(config: ml_collections.ConfigDict, run_dir: str, start: model_start.Star
     if distributed.is_writer():
         for examples, predictions in zip(data.tests, run_task.final["tests"]):
             glue_data.write_submission(paths.submission, examples, predictions)
-        files.write_json(paths.results, results)  # written last: the run is finished
+        files.write_json(paths.results, results, indent=1)  # last: the run is finished
     distributed.barrier(f"{task.name} finished")
     return results
 

@@ -22,13 +22,13 @@ configs/squad.py.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import re
 from typing import Any
 
 import numpy as np
 
+from flax_bert import files
 from flax_bert.data import split
 from flax_bert.tasks import books
 from flax_bert.tasks.squad import data as squad
@@ -112,10 +112,8 @@ def build(task: Any, out_dir: str) -> dict[str, int]:
         for book, doc in splits[name]:
             title = f"{book}-{position[id(doc)]}"  # the book's n-th held-out chapter, from 0
             articles.append({"title": title, "paragraphs": chapter_questions(doc, title, task)})
-        tmp = os.path.join(out_dir, filename + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"version": "1.1", "data": articles}, f, ensure_ascii=False)
-        os.replace(tmp, os.path.join(out_dir, filename))
+        files.write_json(os.path.join(out_dir, filename), {"version": "1.1", "data": articles},
+                         ensure_ascii=False)
         key = "dev" if name == "test" else name
         paragraphs = [p for a in articles for p in a["paragraphs"]]
         counts[f"{key}_questions"] = sum(len(p["qas"]) for p in paragraphs)

@@ -126,4 +126,4 @@ def write_predictions(paths: Paths, predictions: squad.Predictions, version_2: b
     if version_2:
         outputs.append((paths.null_odds, predictions.null_score_diff))
     for path, content in outputs:
-        files.write_json(path, content, ensure_ascii=False)
+        files.write_json(path, content, indent=1, ensure_ascii=False)

@@ -1,4 +1,4 @@
-"""One stop of benchmarks/chaos.py: a train.py process watched line by line (`Run`), the
+"""One stop of tools/chaos.py: a train.py process watched line by line (`Run`), the
 stage it is in (`observe`, stages as chaos.py's docstring names them), the signal, and
 what the stop broke of the expectations (`expectations`)."""
 
@@ -13,9 +13,8 @@ import time
 from typing import Any
 
 from flax_bert.trainer.run_folder import Paths
-from tests import ckpt_helpers as h
+from tools import runs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVAL_EVERY = 12, 4  # the chaos run's train steps and eval period
 EXIT_LIMIT_S = 10.0  # SIGTERM -> exit, every stage
 HANG_S = 60.0  # a stopped run still alive after this is killed and reported as hung
@@ -26,7 +25,8 @@ SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}
 
 class Run:
     """One train.py process; its stdout and stderr lines (split at \\r too: the progress
-    bar) are read as they come."""
+    bar) are read as they come. The line being written (the progress bar's, which ends
+    only at its next update) is seen too."""
 
     def __init__(self, workdir: str, args: list[str], env: dict[str, str]):
         self.workdir = workdir
@@ -35,11 +35,12 @@ class Run:
                                 if r["split"] == "eval" and r["step"] == STEPS])
         self.data0 = os.path.isdir(Paths(workdir).prepared)
         self.wall0 = time.time()
-        self.proc = subprocess.Popen(h.command(workdir, args), cwd=ROOT, env=env,
+        self.proc = subprocess.Popen(runs.command(workdir, args), cwd=runs.ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.start = time.monotonic()
         self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self.stamps: dict[str, list[float]] = {"stdout": [], "stderr": []}  # when each came
+        self.partial: dict[str, str] = {"stdout": "", "stderr": ""}  # no line end yet
         self.closed: dict[str, float] = {}
         self._readers = [threading.Thread(target=self._read, args=(name,), daemon=True)
                          for name in self.lines]
@@ -53,12 +54,14 @@ class Run:
             done = [line.decode(errors="replace") for line in done if line.strip()]
             self.stamps[name] += [time.monotonic()] * len(done)
             self.lines[name] += done
+            self.partial[name] = rest.decode(errors="replace")
         if rest.strip():
             self.lines[name].append(rest.decode(errors="replace"))
+        self.partial[name] = ""
         self.closed[name] = time.monotonic()
 
     def saw(self, text: str, name: str = "stderr") -> bool:
-        return any(text in line for line in list(self.lines[name]))
+        return any(text in line for line in [*self.lines[name], self.partial[name]])
 
     def resumed_step(self) -> int:
         for line in list(self.lines["stdout"]):
@@ -142,7 +145,7 @@ def preparing(run: Run, data: str) -> bool:
         except FileNotFoundError:  # renamed meanwhile (meta.json.tmp)
             return True
 
-    return not run.data0 or any(map(written, names)) or bool(h.descendants(run.proc.pid))
+    return not run.data0 or any(map(written, names)) or bool(runs.descendants(run.proc.pid))
 
 
 def _sleep_while_running(run: Run, seconds: float) -> bool:
@@ -170,7 +173,7 @@ def stop(workdir: str, args: list[str], env: dict[str, str], target: str, signam
         return dict(record, stage="missed", rc=run.proc.returncode, problems=[],
                     last="\n".join(run.lines["stderr"][-1:]))
     stage, logged = observe(run), rows(workdir)
-    family = h.descendants(run.proc.pid)
+    family = runs.descendants(run.proc.pid)
     sent = time.monotonic()
     run.proc.send_signal(SIGNALS[signame])
     try:
@@ -185,9 +188,9 @@ def stop(workdir: str, args: list[str], env: dict[str, str], target: str, signam
         stage = "missed"
     closed = run.wait_closed(HANG_S + 10)
     end = time.monotonic() + 5.0
-    while h.alive(family) and time.monotonic() < end:  # e.g. multiprocessing's tracker
+    while runs.alive(family) and time.monotonic() < end:  # e.g. multiprocessing's tracker
         time.sleep(0.05)
-    left = h.alive(family)
+    left = runs.alive(family)
     for pid in left:  # this harness's own leftovers
         os.kill(pid, signal.SIGKILL)
     said = [t for t, line in zip(run.stamps["stderr"], run.lines["stderr"])

@@ -1,7 +1,7 @@
 """Fuzzing prepared data: seeded corruptions of a prepared folder, each of which must be
 caught before its bytes reach a batch.
 
-    python benchmarks/fuzz_prepared.py --cases 200 --seed 0 [--cli-per-outcome 1]
+    python -m tools.fuzz_prepared --cases 200 --seed 0 [--cli-per-outcome 1]
 
 Two prepares of a small corpus with several shards: A, and B (another seed and a smaller
 vocab, so another fingerprint; ArrayRecord pads shards to whole blocks, so B's shards have
@@ -38,7 +38,6 @@ import traceback
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 KINDS = ("flip", "truncate", "append", "delete", "swap-shard", "own-swap", "foreign-meta",
          "foreign-vocab")
@@ -67,13 +66,13 @@ def options(folder_corpus: str, **overrides):
     base = dict(input=(folder_corpus,), vocab_size=4000, max_seq_length=64,
                 max_predictions_per_seq=10, eval_fraction=0.2, num_workers=1, dupe_factor=2,
                 shard_mb=0.01)
-    return DataOptions.defaults().replace(**{**base, **overrides})
+    return DataOptions().replace(**{**base, **overrides})
 
 
 def make_folders(root: str) -> tuple[str, str, Any]:
     """Prepares A and B under root; returns their paths and A's options."""
     from flax_bert.data import prepare
-    from tests.data_fixtures import marker_corpus
+    from tools.corpora import marker_corpus
 
     corpus = os.path.join(root, "corpus.txt")
     marker_corpus(corpus)

@@ -2,10 +2,10 @@
 at seeded random moments with SIGKILL or SIGTERM (drawn at random), rerun with the same
 command after each stop, and compared at the end with one uninterrupted run.
 
-    python benchmarks/chaos.py --stops 30 --seed 0 [--signal random|KILL|TERM] [--root DIR]
+    python -m tools.chaos --stops 30 --seed 0 [--signal random|KILL|TERM] [--root DIR]
         [--jax-cache workdir|DIR] [--grain-workers N]
 
-The run: 12 steps of a 1-layer model (tests/ckpt_helpers.py's TINY), data prepared in the
+The run: 12 steps of a 1-layer model (tools/runs.py's TINY), data prepared in the
 workdir by 2 worker processes, a metrics row every step, an eval of the whole held-out
 split after steps 4 and 8, checkpoints at 5 and 10 and the final one at 12. The stops come
 in episodes (a fresh workdir each, up to 7 stops, then a rerun to the end): one stop per
@@ -53,11 +53,10 @@ import tempfile
 import time
 from typing import Any, Callable
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from flax_bert.trainer.run_folder import LOCK_FILE, Paths  # noqa: E402
-from tests import ckpt_helpers as h  # noqa: E402
-from benchmarks.chaos_stop import (  # noqa: E402
+from flax_bert.trainer.run_folder import LOCK_FILE, Paths
+from tools import runs
+from tools.corpora import write_corpus
+from tools.chaos_stop import (
     EVAL_EVERY, EXIT_LIMIT_S, HANG_S, QUICK, RESUME_HINT, SIGNALS, STEPS, Run, checkpoints,
     rows, stop)
 
@@ -77,7 +76,7 @@ def run_args(corpus: str, grain_workers: int = 0) -> list[str]:
     """train.py flags of the chaos run (no prepared_dir: prepare is a stage of it), its
     batches made in `grain_workers` worker processes (0: in the main process; the same
     batches). The compiled programs are TINY's (the same shapes and steps)."""
-    return h.TINY + [
+    return runs.TINY + [
         f"--config.data.input={corpus}", "--config.data.num_workers=2",
         f"--config.data.worker_count={grain_workers}",
         f"--config.train.eval_every={EVAL_EVERY}", "--config.train.eval_batches=0",
@@ -88,7 +87,7 @@ def run_env(jax_cache: str | None) -> dict[str, str]:
     """8 CPU devices (and this process's other XLA flags); jax's compilation cache in
     `jax_cache` (None: the run's own, config.train.compilation_cache_dir in its workdir)."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env.update(XLA_FLAGS=h.xla_flags(8), JAX_PLATFORMS="cpu")
+    env.update(XLA_FLAGS=runs.xla_flags(8), JAX_PLATFORMS="cpu")
     if jax_cache:
         env.update(JAX_COMPILATION_CACHE_DIR=jax_cache,
                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -122,14 +121,14 @@ def compare(workdir: str, reference: str) -> list[str]:
     if STEPS not in done:
         return [f"no checkpoint at step {STEPS} (checkpoints {done}, tmp {tmp})"]
     for item in ("params", "opt_state", "train"):
-        a, b = (h.restore_item(w, STEPS, item) for w in (workdir, reference))
+        a, b = (runs.restore_item(w, STEPS, item) for w in (workdir, reference))
         leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
         if (jax.tree.structure(a) != jax.tree.structure(b)
                 or any(not np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))):
             problems.append(f"checkpoint {STEPS} item {item} differs from the uninterrupted run's")
     for folder in (lambda p: os.path.join(p.checkpoints, str(STEPS), "data"),
                    lambda p: p.prepared):
-        hashes = [{name: digest for name, digest in h.tree_hash(folder(Paths(w))).items()
+        hashes = [{name: digest for name, digest in runs.tree_hash(folder(Paths(w))).items()
                    if name != "commit_success.txt"}  # it names its folder
                   for w in (workdir, reference)]
         if hashes[0] != hashes[1]:
@@ -193,9 +192,9 @@ def episode(workdir: str, steps: list[tuple[str, str, float]], args: list[str],
         stops.append(stop(workdir, args, env, target, signame, delay, exit_limit))
         log(format_stop(stops[-1]))
     resumed = rerun(workdir, args, env, "rerun to the end") + check(workdir)
-    before = h.tree_hash(workdir)
+    before = runs.tree_hash(workdir)
     finished = rerun(workdir, args, env, "rerun of the finished run", says=FINISHED_HINT)
-    after = h.tree_hash(workdir)
+    after = runs.tree_hash(workdir)
     finished += [f"the rerun of the finished run changed {name}" for name in sorted(
         set(before) | set(after)) if before.get(name) != after.get(name) and name != LOCK_FILE]
     finished += [f"after a rerun of the finished run: {p}" for p in check(workdir)
@@ -281,17 +280,17 @@ def main() -> None:
                         "with the run, however it ends)")
     a = p.parse_args()
     # The comparison restores checkpoints of 8 devices (before jax's backend starts).
-    os.environ.update(XLA_FLAGS=h.xla_flags(8), JAX_PLATFORMS="cpu")
+    os.environ.update(XLA_FLAGS=runs.xla_flags(8), JAX_PLATFORMS="cpu")
     root = a.root or tempfile.mkdtemp(prefix="chaos_")
     os.makedirs(root, exist_ok=True)
     corpus = os.path.join(root, "corpus.txt")
-    h.write_corpus(corpus)
+    write_corpus(corpus)
     env = run_env(None if a.jax_cache == "workdir" else os.path.abspath(a.jax_cache))
     reference = os.path.join(root, "reference")
     shutil.rmtree(reference, ignore_errors=True)
     start = time.monotonic()
     args = run_args(corpus, a.grain_workers)
-    p = subprocess.run(h.command(reference, args), cwd=ROOT, env=env,
+    p = subprocess.run(runs.command(reference, args), cwd=runs.ROOT, env=env,
                        capture_output=True, text=True)
     if p.returncode:
         sys.exit(f"the uninterrupted run failed: {p.stderr[-2000:]}")
