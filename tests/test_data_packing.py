@@ -300,12 +300,12 @@ def test_size_files_pretrain_packed_in_bert_s_two_phases(size):
     import importlib
 
     from configs import default
-    from flax_bert.tasks import pretraining
+    from flax_bert.data.config import phase1_steps
 
     config = importlib.import_module(f"configs.{size}").get_config()
     d, t = config.data, config.train
     assert (d.packing, d.max_pairs_per_row, d.max_seq_length) == (True, 3, 512)
-    assert pretraining.phase1_steps(config) == 900_000 and t.phase1_seq_length == 128
+    assert phase1_steps(t, d.max_seq_length) == 900_000 and t.phase1_seq_length == 128
     first = DataOptions.from_config(d).for_phase1(t.phase1_seq_length, "vocab.txt")
     assert (first.max_predictions_per_seq, first.packing, first.max_pairs_per_row) == (
         20, True, 3)
