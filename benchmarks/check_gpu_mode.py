@@ -3,7 +3,7 @@ count, the HF step (bf16 autocast, fused AdamW) on the CPU and the trace parser.
 
     python -m benchmarks.check_gpu_mode      # one `ok NAME` line per check; exit 1 on a failure
 
-(tests/test_benchmarks_gpu_mode.py runs it.)
+(tests/e2e/test_benchmarks_gpu_mode.py runs it.)
 """
 
 from __future__ import annotations

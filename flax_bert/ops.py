@@ -5,14 +5,14 @@ the encoder's layer loop (scanned or unrolled), attention (its mask: padding, or
 of a packed row; `jax.nn.dot_product_attention`: XLA's fused path, cuDNN flash attention on
 a GPU), the dropout keep mask (an integer hash), LayerNorm (two-pass variance), Dense layers
 over a [tokens, in] matrix (`per_token`), and the MLM head's fused backward passes.
-tests/test_ops.py and tests/test_attention.py check each against its plain form.
+tests/unit/test_ops.py and tests/unit/test_attention.py check each against its plain form.
 
 The MLM head's tied decoder and the cross-entropy have hand-written backward passes
 (`jax.custom_vjp`) because autodiff's lay out badly on XLA:CPU (see each docstring). They
 take `fused=True`, the default (`config.train.fused_backward`). `fused=False` takes the
 plain forms: the same numbers, differentiated by autodiff in both modes, so `jax.jvp`,
 `jax.jacfwd` and `jax.hessian` work through them (a custom VJP has no forward mode).
-tests/test_ops.py checks that each pair agrees in value and gradient.
+tests/unit/test_ops.py checks that each pair agrees in value and gradient.
 """
 
 from __future__ import annotations

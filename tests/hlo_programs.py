@@ -19,7 +19,7 @@ from flax_bert.heads import BertForSequenceClassification
 from flax_bert.model import BertForPreTraining
 from flax_bert.trainer import optimizer, sharding, state as state_lib, step as steps
 from flax_bert.tasks.pretraining import PretrainingObjective
-from tests.test_train_step import CFG, SEQ, make_batch, opt_config, place
+from tests.unit.test_train_step import CFG, SEQ, make_batch, opt_config, place
 
 
 def _no_counts(self, batch):

@@ -1,4 +1,4 @@
-"""One process of a two-process run (tests/test_multihost.py starts two of these).
+"""One process of a two-process run (tests/e2e/test_multihost.py starts two of these).
 
 Usage (from the repo root): python -m tests.multihost_worker PORT PROCESS_ID NUM_PROCESSES
 Each process has 4 CPU devices; together they form one 8-device mesh. Prints the losses
@@ -24,7 +24,7 @@ def main() -> None:
     distributed.maybe_initialize(ml_collections.ConfigDict({
         "coordinator_address": f"127.0.0.1:{port}", "num_processes": num_processes,
         "process_id": process_id}))
-    from tests import test_train_step as t  # the same model, batches and optimizer
+    from tests.unit import test_train_step as t  # the same model, batches and optimizer
     assert jax.device_count() == 8 and jax.local_device_count() == 4
     _, losses = t.data_parallel_run()
     print(json.dumps(losses))

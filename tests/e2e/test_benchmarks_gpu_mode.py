@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from tests import ckpt_helpers as h
-from tests.test_benchmarks import ROOT
+from tests.e2e.test_benchmarks import ROOT
 
 SCRIPT = ["-m", "benchmarks.train_step"]
 CHECKS = ("model_flops_are_six_per_matmul_parameter_and_token_plus_attention",

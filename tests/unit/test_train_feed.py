@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 
 from flax_bert.trainer import feed as feed_lib, sharding
-from tests.test_train_step import DATA_PARALLEL, make_batch, make_step
+from tests.unit.test_train_step import DATA_PARALLEL, make_batch, make_step
 
 
 class ListIterator:

@@ -156,7 +156,7 @@ def test_train_loss_and_gradients_same_with_either_attention():
     batch) are the same with the fused attention as with the explicit one."""
     from flax_bert import BertConfig, BertForPreTraining
     from flax_bert.compute import Compute
-    from tests.test_train_step import make_batch
+    from tests.unit.test_train_step import make_batch
 
     cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                      intermediate_size=64, max_position_embeddings=32,

@@ -19,7 +19,7 @@ from flax_bert.compute import Compute
 from flax_bert.tasks.pretraining import PretrainingObjective
 from flax_bert.trainer import loop
 from tests import packing
-from tests.test_train_step import CFG as DROPOUT_CFG, run_steps
+from tests.unit.test_train_step import CFG as DROPOUT_CFG, run_steps
 
 # One layer (XLA:CPU compiles ~6 s per unrolled layer of a gradient): attention leaking
 # across pairs already changes its output. No dropout: a pair's dropout mask depends on
@@ -233,7 +233,7 @@ def test_unpacked_programs_equal_a_commit(tmp_path):
     """Opt-in (FLAX_BERT_BASE=<commit>, e.g. the branch point of packing): the StableHLO of
     the unpacked train step (its count outputs left out), eval step, encoder, probe and
     fine-tuning head lowered from that commit's code and from this tree are identical."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     base = tmp_path / "commit"
     base.mkdir()
     archive = subprocess.run(["git", "archive", os.environ["FLAX_BERT_BASE"]], cwd=here,

@@ -14,7 +14,7 @@ from flax_bert.data import corpus, prepare as prepare_lib, split
 from flax_bert.data.config import DataOptions
 from flax_bert.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.parametrize(

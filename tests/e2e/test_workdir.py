@@ -20,7 +20,7 @@ from flax_bert.trainer import run_folder as workdir_lib
 from flax_bert.errors import UserError
 from flax_bert.trainer import metric_log as metrics_lib
 from tests import ckpt_helpers as h
-from tests.test_checkpoint import _assert_same_final_state
+from tests.e2e.test_checkpoint import _assert_same_final_state
 
 HOLD = ("import sys, time; from flax_bert.trainer.run_folder import WorkdirLock; "
         "lock = WorkdirLock(sys.argv[1]); lock.acquire(); print('locked', flush=True); time.sleep(600)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MODEL_LAYER = ("config", "compute", "ops", "layers", "model", "heads", "losses", "functional",
                "errors", "files")

@@ -16,7 +16,7 @@ from flax_bert import BertConfig, BertForPreTraining, model as model_lib
 from flax_bert.trainer import feed, optimizer, sharding, state as state_lib, step as steps
 from flax_bert.tasks.pretraining import PretrainingObjective
 
-# One layer: the stacked-layer code is the same for any L (tests/test_model.py checks L=3),
+# One layer: the stacked-layer code is the same for any L (tests/unit/test_model.py checks L=3),
 # and XLA:CPU compiles each unrolled layer again.
 CFG = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                  intermediate_size=64, max_position_embeddings=32)

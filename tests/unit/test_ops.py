@@ -81,7 +81,7 @@ def test_plain_forms_have_forward_mode():
 def test_scan_layers_choice():
     """auto: unrolled on the CPU without remat, else the loop (GPUs, TPUs, remat: unrolled,
     remat saves no memory on XLA:CPU); the train config's "auto" reaches the model
-    resolved. (The loop equals the unrolled layers: tests/test_model.py.)"""
+    resolved. (The loop equals the unrolled layers: tests/unit/test_model.py.)"""
     from configs import default
     from flax_bert.compute import Compute
 
@@ -106,7 +106,7 @@ def test_remat_saves_memory_with_auto_layers():
     from configs import default
     from flax_bert import BertConfig, BertForPreTraining
     from flax_bert.compute import Compute
-    from tests.test_train_step import make_batch
+    from tests.unit.test_train_step import make_batch
 
     cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=128, max_position_embeddings=32)

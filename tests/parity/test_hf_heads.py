@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 
 from flax_bert import hf, hf_names  # noqa: E402
 from flax_bert.config import BertConfig  # noqa: E402
-from tests.test_hf import SMALL, TOL, _batch, _maxdiff, _our_params, _torch_run  # noqa: E402
+from tests.parity.test_hf import SMALL, TOL, _batch, _maxdiff, _our_params, _torch_run  # noqa: E402
 
 LABELS = ["austen", "melville", "other"]
 # head -> (transformers class, num_labels, output names)

@@ -8,7 +8,7 @@ import sys
 
 from tests.data_fixtures import marker_corpus
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_benchmark_prints_throughput_memory_and_pipeline_rate(tmp_path):

@@ -12,7 +12,7 @@ from flax_bert import BertForPreTraining, BertModel, model as model_lib
 from flax_bert.compute import Compute
 from flax_bert.trainer import optimizer, state as state_lib, step as steps
 from flax_bert.tasks.pretraining import PretrainingObjective
-from tests import test_train_step
+from tests.unit import test_train_step
 
 CFG = dataclasses.replace(test_train_step.CFG, num_hidden_layers=2)  # a layer after a layer
 make_batch, opt_config = test_train_step.make_batch, test_train_step.opt_config
@@ -33,7 +33,7 @@ def test_intermediates_match_transformers(tmp_path):
     pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from flax_bert import hf
-    from tests.test_hf import SMALL, TOL, _batch, _maxdiff, _torch_model
+    from tests.parity.test_hf import SMALL, TOL, _batch, _maxdiff, _torch_model
 
     model = _torch_model(transformers.BertForPreTraining)
     model.save_pretrained(tmp_path)

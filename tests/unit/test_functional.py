@@ -14,7 +14,7 @@ from flax_bert.compute import Compute
 from flax_bert.trainer import optimizer, step as steps
 from flax_bert.trainer.state import TrainState
 from flax_bert.tasks.pretraining import PretrainingObjective
-from tests.test_train_step import CFG, make_batch, opt_config
+from tests.unit.test_train_step import CFG, make_batch, opt_config
 
 KEY = jax.random.key(7)  # CFG has dropout 0.1: the key matters
 # One compiled loss-and-gradient, shared by the tests (dropout key an argument).

@@ -15,7 +15,7 @@ from flax_bert.trainer import checkpoint
 from flax_bert.errors import UserError
 from flax_bert.trainer import state as state_lib
 from flax_bert import model as model_lib
-from tests.test_model import SMALL
+from tests.unit.test_model import SMALL
 
 
 @pytest.fixture(scope="module")

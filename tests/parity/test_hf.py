@@ -290,7 +290,7 @@ def test_cli_subprocess_error_exit_code(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "flax_bert.hf", "import", str(tmp_path), "--workdir",
          str(tmp_path / "work")], capture_output=True, text=True, timeout=120,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "gpt2" in lines[0], proc.stderr

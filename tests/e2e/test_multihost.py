@@ -9,9 +9,9 @@ import sys
 
 import numpy as np
 
-from tests import test_train_step as t
+from tests.unit import test_train_step as t
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _free_port() -> int:

@@ -20,7 +20,7 @@ from flax_bert.data.config import DataOptions
 from flax_bert.model import BertForPreTraining
 from flax_bert.tasks.pretraining import PretrainingObjective
 from tests import ckpt_helpers as h
-from tests.test_checkpoint import _assert_same_final_state, _wait
+from tests.e2e.test_checkpoint import _assert_same_final_state, _wait
 
 SEQ = 64  # the tiny corpus's pairs: ~1.2 of them a row at 64 tokens
 

@@ -36,7 +36,7 @@ STEPS = 50
 STEPS_PER_CALL = 5  # Our side runs as the trainer does: K steps per jitted call (a scan).
 BATCH = 8
 RTOL = 1e-3
-BOOK = os.path.join(os.path.dirname(__file__), "..", "corpus", "persuasion.txt.gz")
+BOOK = os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "persuasion.txt.gz")
 IGNORE_INDEX = -100  # torch CrossEntropyLoss's ignore_index, HF's "no label".
 # The attention key bias adds q . b to every score of a query, which the softmax drops: its
 # gradient is exactly 0, so its value is what Adam makes of round-off (norm ~1e-6, against

@@ -8,7 +8,7 @@ import sys
 
 from tests import ckpt_helpers as h
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(module: str, *args: str) -> str:
