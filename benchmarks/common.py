@@ -13,8 +13,8 @@ from jax.sharding import Mesh
 
 from flax_bert import BertConfig, BertForPreTraining
 from flax_bert.compute import Compute
-from flax_bert.trainer import feed, optimizer, sharding, state as state_lib, step as steps
 from flax_bert.tasks.pretraining import PretrainingObjective
+from flax_bert.trainer import feed, optimizer, sharding, state as state_lib, step as steps
 
 
 BERT_VOCAB_SIZE = 30522  # Without prepared data, the size files' vocab is BERT's own.

@@ -32,15 +32,16 @@ import warnings
 
 import numpy as np
 
-from flax_bert.trainer import checkpoint
 from flax_bert import files, layers
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
 from flax_bert.hf_names import (ALL_GROUPS, DEFAULT_NUM_LABELS, HEADS, IGNORED_SUFFIXES,
-                                SAFETENSORS_FILE, TIED_DECODER_BIAS, TIED_DECODER_WEIGHT,
-                                Params, get_path, group_of, init_params, name_map,
-                                param_shapes, per_layer, read_weights, set_path, stacked)
-from flax_bert.trainer.run_folder import CONFIG_FILE, VOCAB_FILE, Paths, WorkdirLock
+                                Params, SAFETENSORS_FILE, TIED_DECODER_BIAS,
+                                TIED_DECODER_WEIGHT, get_path, group_of, init_params,
+                                name_map, param_shapes, per_layer, read_weights, set_path,
+                                stacked)
+from flax_bert.trainer import checkpoint
+from flax_bert.trainer.run_folder import CONFIG_FILE, Paths, VOCAB_FILE, WorkdirLock
 
 # transformers' BertForSequenceClassification losses that save_pretrained may name.
 PROBLEM_TYPES = ("regression", "single_label_classification")

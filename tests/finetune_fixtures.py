@@ -10,10 +10,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from flax_bert.trainer import checkpoint
 from flax_bert.config import BertConfig
 from flax_bert.data import vocab as vocab_lib
 from flax_bert.model import BertForPreTraining
+from flax_bert.trainer import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPICS = {"animals": "cat dog bird fish horse", "weather": "rain snow wind sun cloud",

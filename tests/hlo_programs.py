@@ -14,11 +14,11 @@ import numpy as np
 
 from flax_bert import BertModel, functional
 from flax_bert.compute import Compute
-from flax_bert.tasks.classification import Classification
 from flax_bert.heads import BertForSequenceClassification
 from flax_bert.model import BertForPreTraining
-from flax_bert.trainer import optimizer, sharding, state as state_lib, step as steps
+from flax_bert.tasks.classification import Classification
 from flax_bert.tasks.pretraining import PretrainingObjective
+from flax_bert.trainer import optimizer, sharding, state as state_lib, step as steps
 from tests.unit.test_train_step import CFG, SEQ, make_batch, opt_config, place
 
 
@@ -58,7 +58,9 @@ def programs() -> dict[str, str]:
     head = BertForSequenceClassification(CFG, num_labels=3)
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 8, "fsdp": 1, "tensor": 1}))
     state, shardings = state_lib.create_train_state(head, tx, mesh, jax.random.key(0), SEQ)
-    objective = Classification(None, None, None, CFG, [], head, {}, {}, export_dir="")
+    run = ml_collections.ConfigDict({"train": {"global_batch_size": 8, "eval_batch_size": 8,
+                                               "grad_accum_steps": 1}})
+    objective = Classification(run, None, None, CFG, [], head, {}, {}, export_dir="")
     train = steps.jit_train_step(mesh, shardings, objective=objective, tx=tx, schedule=schedule)
     labelled = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
                 "label": batch["next_sentence_label"]}

@@ -54,10 +54,10 @@ import grain
 import numpy as np
 
 from flax_bert import preemption
-from flax_bert.data import examples, folder as folder_lib, packing, records, storage, streams
-from flax_bert.data import vocab as vocab_lib
-from flax_bert.data.folder import load_meta
+from flax_bert.data import (examples, folder as folder_lib, packing, records, storage,
+                            streams, vocab as vocab_lib)
 from flax_bert.data.config import DataOptions
+from flax_bert.data.folder import load_meta
 from flax_bert.errors import UserError
 
 PERM_CACHE = 2  # epochs whose permutation is kept (a batch spans at most 2 epochs)
@@ -73,11 +73,9 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
 
 
 def _per_process(global_batch_size: int, process_count: int) -> int:
-    if global_batch_size % process_count:
-        raise UserError(
-            f"a global batch size of {global_batch_size} (config.train.global_batch_size or "
-            f"phase1_batch_size) is not divisible by {process_count} processes; pick a multiple"
-        )
+    """This process's rows of a global batch (a run checks the sizes divide first:
+    trainer/checks.check_batch)."""
+    assert global_batch_size % process_count == 0, (global_batch_size, process_count)
     return global_batch_size // process_count
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from flax_bert.data import corpus, split
 from flax_bert import files
+from flax_bert.data import corpus, split
 from flax_bert.errors import UserError
 
 TRAIN_FILE, TEST_FILE = "train.jsonl", "test.jsonl"

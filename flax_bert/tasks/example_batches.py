@@ -13,7 +13,6 @@ import jax
 import numpy as np
 
 from flax_bert.data import streams
-from flax_bert.errors import UserError
 
 
 def num_rows(arrays: dict[str, np.ndarray]) -> int:
@@ -41,10 +40,8 @@ class TrainBatches:
 def make_train_iterator(arrays: dict[str, np.ndarray], global_batch_size: int, seed: int,
                         process_index: int = 0, process_count: int = 1
                         ) -> grain.DatasetIterator:
-    """Endless shuffled batches; a grain iterator (get_state / set_state for checkpoints)."""
-    if global_batch_size % process_count:
-        raise UserError(f"config.train.global_batch_size ({global_batch_size}) must divide "
-                        f"by the {process_count} processes")
+    """Endless shuffled batches; a grain iterator (get_state / set_state for checkpoints).
+    The batch divides by the processes (trainer/checks.check_batch)."""
     batches = TrainBatches(arrays, global_batch_size, seed, process_index, process_count)
     ds = grain.MapDataset.range(sys.maxsize).map_with_index(batches)
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))

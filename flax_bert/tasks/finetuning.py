@@ -24,6 +24,7 @@ import numpy as np
 from flax_bert import losses
 from flax_bert.config import BertConfig
 from flax_bert.tasks import example_batches, model_start
+from flax_bert.trainer import checks
 from flax_bert.trainer.run_folder import Paths
 from flax_bert.trainer.step import real_tokens
 
@@ -46,6 +47,10 @@ class FineTuning:
     eval_arrays: dict[str, np.ndarray]
     plots = (("loss", ("loss",)),)
     boundaries = ()  # one phase
+
+    def __post_init__(self) -> None:
+        checks.check_batch(self.config, ("global_batch_size", "eval_batch_size"),
+                           jax.process_count())
 
     @property
     def seq_length(self) -> int:

@@ -11,13 +11,11 @@ from typing import Any
 
 import ml_collections
 
-from flax_bert.trainer import checkpoint
-from flax_bert import hf, hf_names
+from flax_bert import files, hf, hf_names
 from flax_bert.config import BertConfig
 from flax_bert.data import vocab as vocab_lib
-from flax_bert import files
 from flax_bert.errors import UserError
-from flax_bert.trainer import checks
+from flax_bert.trainer import checkpoint, checks
 from flax_bert.trainer.run_folder import Paths, install_vocab, same_file
 
 
@@ -115,10 +113,7 @@ def fine_tuned_config(start: Start, config: ml_collections.ConfigDict) -> BertCo
     dropout; config.data.max_seq_length must fit its position embeddings."""
     model_config = dataclasses.replace(start.config, hidden_dropout_prob=config.train.dropout,
                                        attention_probs_dropout_prob=config.train.dropout)
-    seq_len = config.data.max_seq_length
-    if seq_len > model_config.max_position_embeddings:
-        raise UserError(f"config.data.max_seq_length ({seq_len}) exceeds the model's "
-                        f"max_position_embeddings ({model_config.max_position_embeddings})")
+    checks.check_positions(model_config, config.data.max_seq_length)
     return model_config
 
 

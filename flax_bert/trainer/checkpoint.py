@@ -35,9 +35,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from flax_bert import distributed, layers
-from flax_bert.trainer import run_folder as workdir_lib
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
+from flax_bert.trainer import run_folder as workdir_lib
 from flax_bert.trainer.run_folder import CONFIG_FILE
 
 PARAMS_DIR = "params"

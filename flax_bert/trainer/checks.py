@@ -26,10 +26,7 @@ def check_config(config: ml_collections.ConfigDict) -> Compute:
     choices, before anything is prepared or a device is used; returns the run's Compute."""
     config_ranges.check(config)
     compute = Compute.from_config(config.train)
-    for field, allowed in (("name", optimizer.NAMES), ("decay", optimizer.DECAYS)):
-        if config.optimizer[field] not in allowed:
-            raise UserError(f"config.optimizer.{field}={config.optimizer[field]!r} is unknown; "
-                            f"use one of: {', '.join(allowed)}")
+    optimizer.check(config.optimizer)
     return compute
 
 
@@ -78,24 +75,28 @@ def model_config(model: ml_collections.ConfigDict, vocab_size: int, max_seq_leng
         given = set(fields) if explicit is None else set(explicit) & set(fields)
         if not fields["vocab_size"]:  # 0: the data's, which must be the saved model's
             given.discard("vocab_size")
-        for name in sorted(given - set(TRAINING_ONLY_FIELDS)):
-            if fields[name] != getattr(saved, name):
-                raise UserError(
-                    f"{Paths(saved_in).config} has {name}={getattr(saved, name)!r} but the "
-                    f"config asks for {fields[name]!r}; drop --config.model.{name} (the "
-                    f"folder's model is the one trained) or use a new --workdir")
+        for name, old, new in contradictions(saved, {name: fields[name] for name in given}):
+            raise UserError(
+                f"{Paths(saved_in).config} has {name}={old!r} but the config asks for "
+                f"{new!r}; drop --config.model.{name} (the folder's model is the one trained) "
+                f"or use a new --workdir")
         fields = dataclasses.asdict(saved) | {name: fields[name] for name in given
                                               if name in TRAINING_ONLY_FIELDS}
     try:
         config = BertConfig(**fields)
     except (TypeError, ValueError) as e:
         raise UserError(f"config.model: {e}") from e
-    if max_seq_length > config.max_position_embeddings:
+    check_positions(config, max_seq_length)
+    return config
+
+
+def check_positions(model_config: BertConfig, max_seq_length: int) -> None:
+    """config.data.max_seq_length fits the model's position embeddings."""
+    if max_seq_length > model_config.max_position_embeddings:
         raise UserError(
             f"config.data.max_seq_length ({max_seq_length}) exceeds the model's "
-            f"max_position_embeddings ({config.max_position_embeddings}); lower one or "
+            f"max_position_embeddings ({model_config.max_position_embeddings}); lower one or "
             f"raise the other")
-    return config
 
 
 def check_same_model(path: str, model_config: BertConfig) -> None:
@@ -104,21 +105,26 @@ def check_same_model(path: str, model_config: BertConfig) -> None:
     saved = read_model_config(path)
     if saved is None:
         return
-    for field in dataclasses.fields(BertConfig):
-        if field.name in TRAINING_ONLY_FIELDS:
-            continue
-        old, new = getattr(saved, field.name), getattr(model_config, field.name)
-        if old != new:
-            raise UserError(
-                f"{Paths(path).config} has {field.name}={old!r} but the config asks for "
-                f"{new!r}; use the workdir's model config or a new --workdir")
+    for name, old, new in contradictions(saved, dataclasses.asdict(model_config)):
+        raise UserError(f"{Paths(path).config} has {name}={old!r} but the config asks for "
+                        f"{new!r}; use the workdir's model config or a new --workdir")
+
+
+def contradictions(saved: BertConfig, fields: dict) -> list[tuple[str, object, object]]:
+    """(name, saved value, asked value) of each field of `fields` that shapes the
+    parameters (not TRAINING_ONLY_FIELDS) and differs from the saved model's, by name."""
+    return [(name, getattr(saved, name), fields[name]) for name in sorted(fields)
+            if name not in TRAINING_ONLY_FIELDS and fields[name] != getattr(saved, name)]
 
 
 def check_batch(config: ml_collections.ConfigDict, fields: tuple[str, ...],
                 process_count: int) -> None:
-    """Each config.train batch-size field divides by processes x grad_accum_steps."""
+    """The one check of the batch sizes: each config.train batch-size field in `fields`
+    divides by processes x grad_accum_steps (eval_batch_size: by the processes)."""
     t = config.train
     for field in fields:
-        if t[field] % (process_count * t.get("grad_accum_steps", 1)):
-            raise UserError(f"config.train.{field} ({t[field]}) must divide by "
-                            f"processes x grad_accum_steps")
+        per = process_count * (1 if field == "eval_batch_size" else t.grad_accum_steps)
+        if t[field] % per:
+            raise UserError(f"config.train.{field} ({t[field]}) must divide by processes x "
+                            f"grad_accum_steps ({process_count} x {t.grad_accum_steps}); "
+                            f"pick a multiple of {per}")

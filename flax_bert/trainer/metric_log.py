@@ -14,9 +14,9 @@ import os
 import time
 from typing import Mapping
 
-from flax_bert.trainer import run_folder as workdir_lib
 from flax_bert import files
 from flax_bert.errors import UserError
+from flax_bert.trainer import run_folder as workdir_lib
 
 # (name, metric keys) of each plot of a pretraining run: WORKDIR/<name>.png, y label <name>.
 PRETRAINING_PLOTS = (("loss", ("mlm_loss", "nsp_loss")),

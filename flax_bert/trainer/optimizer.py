@@ -9,11 +9,19 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from flax_bert.errors import UserError
 from flax_bert.layers import LAYERS
-
 
 NAMES = ("adamw", "lamb")  # config.optimizer.name values
 DECAYS = ("linear", "cosine", "constant")  # config.optimizer.decay values
+
+
+def check(opt: ml_collections.ConfigDict) -> None:
+    """config.optimizer's name and decay are known ones (a UserError otherwise)."""
+    for field, allowed in (("name", NAMES), ("decay", DECAYS)):
+        if opt[field] not in allowed:
+            raise UserError(f"config.optimizer.{field}={opt[field]!r} is unknown; use one "
+                            f"of: {', '.join(allowed)}")
 
 
 def make_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -25,10 +33,8 @@ def make_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
         decay = optax.linear_schedule(peak, end, decay_steps)
     elif opt.decay == "cosine":
         decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=opt.end_lr_fraction)
-    elif opt.decay == "constant":
+    else:  # constant
         decay = optax.constant_schedule(peak)
-    else:
-        raise ValueError(f"config.optimizer.decay {opt.decay!r} is unknown; use one of {DECAYS}")
     if warmup == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
@@ -71,18 +77,18 @@ def scale_by_layerwise_trust_ratio() -> optax.GradientTransformation:
 
 def make_optimizer(opt: ml_collections.ConfigDict,
                    total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(the optimizer of config.optimizer `opt`, its learning-rate schedule)."""
+    check(opt)
     schedule = make_schedule(opt, total_steps)
     if opt.name == "adamw":
         core = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                            weight_decay=opt.weight_decay, mask=decay_mask)
-    elif opt.name == "lamb":
+    else:  # lamb
         core = optax.chain(  # optax.lamb, with the trust ratio per layer
             optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
             optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
             scale_by_layerwise_trust_ratio(),
             optax.scale_by_learning_rate(schedule))
-    else:
-        raise ValueError(f"config.optimizer.name {opt.name!r} is unknown; use one of {NAMES}")
     if opt.grad_clip_norm > 0:
         core = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), core)
     return core, schedule

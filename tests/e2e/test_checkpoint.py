@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from flax_bert.trainer import checkpoint, run_folder as workdir_lib
 from flax_bert.errors import Interrupted
+from flax_bert.trainer import checkpoint, run_folder as workdir_lib
 from tests import ckpt_helpers as h
 
 K = 5  # stop_after step of the interrupted runs (between saves at 4 and 8)

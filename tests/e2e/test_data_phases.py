@@ -12,10 +12,10 @@ import shlex
 import numpy as np
 import pytest
 
-from flax_bert.data import (pretraining_data as inputs, pipeline, prepare as prepare_lib,
+from flax_bert import run_config
+from flax_bert.data import (pipeline, prepare as prepare_lib, pretraining_data as inputs,
                             vocab as vocab_lib)
 from flax_bert.data.config import DataOptions
-from flax_bert import run_config
 from flax_bert.errors import UserError
 from tests import ckpt_helpers as h
 

@@ -11,13 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-from flax_bert.trainer import checkpoint
 from flax_bert import hf
 from flax_bert.data import split, vocab as vocab_lib
-from flax_bert.tasks import (example_batches as batches, books, classification,
-                             labelled_text as labelled, model_start as start_lib)
-from flax_bert.tasks import finetuning
 from flax_bert.errors import Interrupted
+from flax_bert.tasks import (books, classification, example_batches as batches, finetuning,
+                             labelled_text as labelled, model_start as start_lib)
+from flax_bert.trainer import checkpoint
 from tests import ckpt_helpers as h, finetune_fixtures as fx
 
 COLUMNS = labelled.Columns("text", "text_pair", "label")

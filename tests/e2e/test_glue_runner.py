@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from configs import glue as glue_config
-from flax_bert.trainer import checkpoint
 from flax_bert import hf_names
 from flax_bert.errors import Interrupted
+from flax_bert.tasks import labelled_text as labelled
 from flax_bert.tasks.glue import (data as glue, metrics as glue_metrics, sweep as glue_runner,
                                   task as glue_task)
-from flax_bert.tasks import labelled_text as labelled
+from flax_bert.trainer import checkpoint
 from flax_bert.trainer.run_folder import Paths
 from tests import ckpt_helpers as h, downstream_fixtures as dx, finetune_fixtures as fx
 

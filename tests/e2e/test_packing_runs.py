@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_bert.trainer import checkpoint
 from flax_bert import losses
 from flax_bert.data import pipeline, prepare
 from flax_bert.data.config import DataOptions
 from flax_bert.model import BertForPreTraining
 from flax_bert.tasks.pretraining import PretrainingObjective
+from flax_bert.trainer import checkpoint
 from tests import ckpt_helpers as h
 from tests.e2e.test_checkpoint import _assert_same_final_state, _wait
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from configs import squad as squad_config
-from flax_bert.trainer import checkpoint
 from flax_bert import hf_names
 from flax_bert.tasks.squad import data as squad, task as squad_runner
+from flax_bert.trainer import checkpoint
 from flax_bert.trainer.run_folder import Paths
 from tests import ckpt_helpers as h, downstream_fixtures as dx, finetune_fixtures as fx
 

@@ -16,9 +16,8 @@ import threading
 
 import pytest
 
-from flax_bert.trainer import run_folder as workdir_lib
 from flax_bert.errors import UserError
-from flax_bert.trainer import metric_log as metrics_lib
+from flax_bert.trainer import metric_log as metrics_lib, run_folder as workdir_lib
 from tests import ckpt_helpers as h
 from tests.e2e.test_checkpoint import _assert_same_final_state
 

@@ -10,8 +10,8 @@ import pytest
 
 from flax_bert import BertForPreTraining, BertModel, model as model_lib
 from flax_bert.compute import Compute
-from flax_bert.trainer import optimizer, state as state_lib, step as steps
 from flax_bert.tasks.pretraining import PretrainingObjective
+from flax_bert.trainer import optimizer, state as state_lib, step as steps
 from tests.unit import test_train_step
 
 CFG = dataclasses.replace(test_train_step.CFG, num_hidden_layers=2)  # a layer after a layer

@@ -15,9 +15,9 @@ import subprocess
 import pytest
 
 from flax_bert import config_ranges
-from flax_bert.tasks import pretraining
 from flax_bert.data.config import DataOptions
 from flax_bert.errors import UserError
+from flax_bert.tasks import pretraining
 from flax_bert.trainer import sharding
 from tests import ckpt_helpers as h
 

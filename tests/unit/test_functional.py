@@ -11,9 +11,9 @@ import pytest
 
 from flax_bert import BertForPreTraining, functional
 from flax_bert.compute import Compute
+from flax_bert.tasks.pretraining import PretrainingObjective
 from flax_bert.trainer import optimizer, step as steps
 from flax_bert.trainer.state import TrainState
-from flax_bert.tasks.pretraining import PretrainingObjective
 from tests.unit.test_train_step import CFG, make_batch, opt_config
 
 KEY = jax.random.key(7)  # CFG has dropout 0.1: the key matters

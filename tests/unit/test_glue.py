@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from flax_bert.errors import UserError
-from flax_bert.tasks.glue import data as glue
 from flax_bert.tasks import labelled_text as labelled
+from flax_bert.tasks.glue import data as glue
 from tests.finetune_fixtures import write_vocab
 
 MNLI_HEAD = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"

@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 
 from flax_bert import BertForPreTraining, model
-from flax_bert.trainer import checkpoint
 from flax_bert.errors import UserError
-from flax_bert.trainer import state as state_lib
-from flax_bert import model as model_lib
+from flax_bert.trainer import checkpoint, state as state_lib
 from tests.unit.test_model import SMALL
 
 
@@ -22,7 +20,7 @@ from tests.unit.test_model import SMALL
 def params():
     cfg = dataclasses.replace(SMALL, num_hidden_layers=3)
     variables = jax.jit(BertForPreTraining(cfg).init)(jax.random.key(0),
-                                                     *model_lib.example_inputs(8))
+                                                     *model.example_inputs(8))
     return jax.tree.map(np.asarray, nn.unbox(variables["params"]))
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from configs import default
 from flax_bert import BertConfig, BertForPreTraining, model as model_lib
-from flax_bert.trainer import feed, optimizer, sharding, state as state_lib, step as steps
 from flax_bert.tasks.pretraining import PretrainingObjective
+from flax_bert.trainer import feed, optimizer, sharding, state as state_lib, step as steps
 
 # One layer: the stacked-layer code is the same for any L (tests/unit/test_model.py checks L=3),
 # and XLA:CPU compiles each unrolled layer again.
