@@ -67,7 +67,7 @@ MIDDLE = ("train", "save", "eval")
 FINAL = ("final eval", "final save", "exit")
 # Seconds a stop may wait once its stage is seen (a seeded uniform draw), about the
 # stage's length on a 2-core CPU; 0: at once (a save's commit lasts milliseconds).
-WINDOW = {"prepare": 2.0, "compile": 0.5, "train": 0.2, "save": 0.0, "eval": 0.1,
+WINDOW = {"prepare": 0.2, "compile": 0.5, "train": 0.2, "save": 0.0, "eval": 0.1,
           "final eval": 0.1, "final save": 0.0, "exit": 0.2, QUICK: 1.5}
 STAGES = ("start-up", "prepare", "compile", *MIDDLE, *FINAL, "missed")  # the tables' order
 
