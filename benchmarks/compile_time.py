@@ -1,6 +1,6 @@
 """Seconds to lower and to compile our train step, and the size of its program.
 
-The step is the trainer's: `steps.jit_train_step` of the config's model, optimizer and
+The step is the trainer's: `trainer/step.jit_train_step` of the config's model, optimizer and
 config.train.steps_per_call, on a 1-device mesh, lowered for abstract shapes (no parameter
 is allocated) and compiled once, with the persistent compilation cache off. Prints the
 StableHLO op count of the lowered program and the HLO instruction count of the compiled

@@ -7,7 +7,7 @@ train step on the same corpus, in one run.
 For each --seq L the corpus is prepared twice with one vocab (trained first, not timed):
 unpacked and packed (data.packing, data.max_pairs_per_row), each with data.max_seq_length
 L and max_predictions_per_seq 20 per 128 tokens (BERT's 20 at 128, 80 at 512). The train
-step is the trainer's (`steps.jit_train_step` of --config's model, AdamW, steps_per_call
+step is the trainer's (`trainer/step.jit_train_step` of --config's model, AdamW, steps_per_call
 steps per call, dynamic masking from the pipeline), on one device, fed real batches of
 --batch rows from each folder (put on the device before timing). Repeats alternate
 unpacked and packed calls; the median seconds per step is taken of each. The step's work

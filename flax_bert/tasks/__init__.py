@@ -1,1 +1,2 @@
-"""Tasks: pretraining, classification, GLUE, SQuAD; each gives the trainer its data, loss, evaluation and export."""
+"""Tasks: pretraining, classification, GLUE, SQuAD; each gives the trainer its data, loss,
+evaluation and export."""

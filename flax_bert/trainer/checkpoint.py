@@ -1,7 +1,7 @@
 """Checkpoints: training checkpoints in a run folder, and params-only exports.
 
-A run folder's `checkpoints/<step>/` (flax_bert.trainer.run_folder names the run folder's paths) holds
-one orbax folder per item:
+A run folder's `checkpoints/<step>/` (trainer/run_folder.py names the run folder's paths)
+holds one orbax folder per item:
     params/              the parameter pytree (float32): all `load_params` reads
     opt_state/           the optimizer state
     train/               the other TrainState fields (step, nonfinite_run) + `rng`

@@ -80,7 +80,8 @@ def start(argv: list[str], flag_values: Any = None) -> tuple[Any, str]:
     from flax_bert.trainer import compile_cache, run_folder
 
     if len(argv) > 1:
-        fail(f"unexpected arguments: {' '.join(argv[1:])}; flags look like --config.train.steps=10")
+        fail(f"unexpected arguments: {' '.join(argv[1:])}; flags look like "
+             f"--config.train.steps=10")
     flag_values = flags.FLAGS if flag_values is None else flag_values
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
     logging.get_absl_handler().addFilter(run_folder.HideDiskFullTracebacks())
