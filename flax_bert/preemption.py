@@ -2,7 +2,7 @@
 the signal and a line saying how to resume; it loses no step it trained and leaves no
 half-written file that a rerun trips on.
 
-One `Watch` spans a run (engine.run_locked; prepare's CLI). It starts *prompt* and turns
+One `Watch` spans a run (trainer.loop.run_folder; prepare's CLI). It starts *prompt* and turns
 *deferred* once the run holds something unsaved (`defer`):
 
   prompt    the signal ends the process at once, from a thread the signal wakes (the main

@@ -83,7 +83,7 @@ def test_all_nine_tasks(glue_root, all_tasks):
             assert (0.0 <= float(value) <= 5.0 if task.is_regression
                     else value in task.tsv_labels)
 
-    # Each task its own run folder: the engine's files, its dev rows, its export.
+    # Each task its own run folder: the trainer's files, its dev rows, its export.
     for name in glue.GLUE_TASKS:
         run = Paths(Paths(workdir).glue_run(name, 1e-3))
         rows = [json.loads(line) for line in open(run.metrics)]
