@@ -4,6 +4,8 @@ For the library's own command lines (prepare, the ahead-of-time compile)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from flax_bert.errors import UserError
@@ -24,6 +26,27 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return config_args, rest
 
 
+def config_file(argv: list[str]) -> str | None:
+    """The FILE of --config FILE (or --config=FILE) in `argv`, if any."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def make_siblings_importable(path: str | None) -> None:
+    """A config file in a `configs` package (configs/tiny.py does `from configs import
+    default`) loads from any working directory: the package's parent goes on sys.path."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    root = os.path.dirname(folder)
+    if os.path.basename(folder) == "configs" and root not in sys.path:
+        sys.path.append(root)
+
+
 def names_a_file(config_args: list[str]) -> bool:
     """Whether `config_args` has --config FILE."""
     return any(arg.split("=", 1)[0] == "--config" for arg in config_args)
@@ -38,6 +61,7 @@ def load(config_args: list[str], prog: str) -> Any:
     if not names_a_file(config_args):
         raise UserError(f"{prog}: {' '.join(config_args) or 'no --config'}: pass the run's "
                         f"config file, --config configs/X.py, before its --config.* overrides")
+    make_siblings_importable(config_file(config_args))
     values, argv = flags.FlagValues(), [prog, *config_args]
     try:
         config_flags.DEFINE_config_file("config", None, "Run config file.",

@@ -53,7 +53,10 @@ def parse_flags(argv: list[str], default_config: str, default_workdir: str,
     from absl import flags
     from ml_collections import config_flags
 
+    from flax_bert import run_config
+
     flag_values = flags.FLAGS if flag_values is None else flag_values
+    run_config.make_siblings_importable(run_config.config_file(argv) or default_config)
     try:
         flags.DEFINE_string("workdir", default_workdir,
                             "Directory for data cache, checkpoints, metrics.",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -98,3 +99,16 @@ def test_one_line_error(results, name):
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
     assert CASES[name][1] in lines[0], lines[0]
     assert after == before  # nothing in the workdir (or the user's file) changed
+
+
+def test_a_size_file_loads_from_another_directory(tmp_path):
+    """configs/tiny.py imports configs/default.py: train.py run from elsewhere with the
+    file's path still reads it (its out-of-range override is the one error)."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(h.ROOT, "train.py"), "--config", os.path.join(h.ROOT, "configs", "tiny.py"), f"--workdir={tmp_path / 'w'}",
+         "--config.train.steps=-1"],
+        cwd=tmp_path, env=h.env(1, None), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == ("error: config.train.steps=-1 is out of range; set it to a "
+                                   "value >= 1")
+    assert not (tmp_path / "w").exists()
