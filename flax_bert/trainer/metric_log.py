@@ -18,10 +18,6 @@ from flax_bert import files
 from flax_bert.errors import UserError
 from flax_bert.trainer import run_folder as workdir_lib
 
-# (name, metric keys) of each plot of a pretraining run: WORKDIR/<name>.png, y label <name>.
-PRETRAINING_PLOTS = (("loss", ("mlm_loss", "nsp_loss")),
-                     ("accuracy", ("mlm_accuracy", "nsp_accuracy")))
-
 
 class MetricWriter:
     """Appends one JSON object per logged step; mirrors scalars to TensorBoard when
@@ -120,10 +116,9 @@ def eval_row(path: str, step: int) -> dict | None:
     return None
 
 
-def plot_curves(workdir: str, plots: tuple = PRETRAINING_PLOTS,
-                more_rows: tuple[dict, ...] = ()) -> list[str]:
-    """Writes one PNG per (name, metric keys) of `plots` (default loss.png and
-    accuracy.png) from metrics.jsonl and `more_rows` (rows not written yet); returns their
+def plot_curves(workdir: str, plots: tuple, more_rows: tuple[dict, ...] = ()) -> list[str]:
+    """Writes one PNG per (name, metric keys) of `plots` (WORKDIR/<name>.png, y label
+    <name>; a task's `plots`) from metrics.jsonl and `more_rows` (rows not written yet); returns their
     paths. Each file is replaced whole."""
     import matplotlib
     matplotlib.use("Agg")
