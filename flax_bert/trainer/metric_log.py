@@ -118,8 +118,8 @@ def eval_row(path: str, step: int) -> dict | None:
 
 def plot_curves(workdir: str, plots: tuple, more_rows: tuple[dict, ...] = ()) -> list[str]:
     """Writes one PNG per (name, metric keys) of `plots` (WORKDIR/<name>.png, y label
-    <name>; a task's `plots`) from metrics.jsonl and `more_rows` (rows not written yet); returns their
-    paths. Each file is replaced whole."""
+    <name>; a task's `plots`) from metrics.jsonl and `more_rows` (rows not written yet);
+    returns their paths. Each file is replaced whole."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
