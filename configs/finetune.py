@@ -66,19 +66,14 @@ def get_config() -> ml_collections.ConfigDict:
     b.max_sentences = 3  # Passages are 1..max_sentences consecutive sentences.
     b.seed = 0  # Seeds the passage lengths.
 
-    # ---- Training loop. -----------------------------------------------------------------------
-    t = config.train = ml_collections.ConfigDict()
+    # ---- Training loop; how the model computes (steps a call, dtype, kernels, layer loop,
+    # compilation cache) is pretraining's, configs/default.py, which says what each does. --
+    t = config.train = ml_collections.ConfigDict({k: pre.train[k] for k in (
+        "steps_per_call", "grad_accum_steps", "dtype", "remat_policy", "dropout_impl",
+        "fused_backward", "attention_impl", "scan_layers", "compilation_cache_dir")})
     t.steps = 600  # Optimizer steps.
     t.global_batch_size = 32  # Examples per step, over all hosts and devices.
-    t.steps_per_call = 4  # Optimizer steps per jit'd call (see configs/default.py).
-    t.grad_accum_steps = 1  # Micro-batches per optimizer step (see configs/default.py).
-    t.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
     t.dropout = 0.1  # Hidden and attention dropout while fine-tuning (BERT's).
-    t.dropout_impl = "hash"  # hash | jax (see configs/default.py).
-    t.remat_policy = "none"  # none | nothing_saveable | dots_saveable (per encoder layer).
-    t.attention_impl = "auto"  # auto | xla | cudnn | explicit (see configs/default.py).
-    t.scan_layers = "auto"  # auto | scan | unroll: the encoder's layer loop (configs/default.py).
-    t.compilation_cache_dir = "jax_cache"  # Persistent compile cache (see configs/default.py).
     t.log_every = 50  # Steps between training metric rows.
     t.tensorboard = True  # Also write the metric rows as TensorBoard events (tensorboardX).
     t.eval_every = 200  # Steps between evaluations on data.eval (0 = only at the end).
@@ -86,18 +81,12 @@ def get_config() -> ml_collections.ConfigDict:
     t.max_consecutive_nonfinite = 5  # Skipped non-finite steps in a row before stopping.
     t.stop_after = 0  # Save and stop after this step (0 = run to `steps`); rerun to go on.
 
-    # ---- Optimizer: AdamW, linear warmup then linear decay to 0 (see configs/default.py). --
-    o = config.optimizer = ml_collections.ConfigDict()
-    o.name = "adamw"
+    # ---- Optimizer: pretraining's (configs/default.py: AdamW, linear warmup then linear
+    # decay to 0, clipping), at fine-tuning's rate, warmup and b2. ----------------------------
+    o = config.optimizer = ml_collections.ConfigDict(pre.optimizer.to_dict())
     o.learning_rate = 1e-3  # Peak learning rate (a tiny model takes more than BERT's 2e-5).
     o.warmup_steps = 60  # 10% of the steps.
-    o.decay = "linear"
-    o.end_lr_fraction = 0.0
-    o.b1 = 0.9
-    o.b2 = 0.999
-    o.eps = 1e-6
-    o.weight_decay = 0.01  # Not applied to LayerNorm parameters and biases.
-    o.grad_clip_norm = 1.0
+    o.b2 = 0.999  # BERT's.
 
     config.mesh = pre.mesh  # (data, fsdp, tensor) sizes; -1 takes the rest.
     config.distributed = pre.distributed  # Multi-host, as configs/default.py.
