@@ -333,7 +333,7 @@ def _trip_count(line: str, comps: dict[str, list[str]]) -> int:
         return int(m[1])
     cond = re.search(r"condition=%?([\w.\-]+)", line)
     bounds = [int(c) for text in comps.get(cond[1] if cond else "", ())
-              for c in re.findall(r"\bs32\[\][^ ]* constant\((\d+)\)", text)]
+              for c in re.findall(r"\b[su]32\[\][^ ]* constant\((\d+)\)", text)]
     return max(bounds, default=1)
 
 
@@ -601,24 +601,42 @@ def program_cost(compiled: Any, hlo: str) -> dict[str, float]:
 
 
 def _matmul_flops(line: str, op: str, out: str, lhs: str, rhs: str) -> float:
+    """2 x outputs x the multiply-adds of each: a dot's contracted size; a convolution's
+    input features times, in each spatial dimension, the window taps that land on real
+    input (not on padding or between the points of a dilated input; the TPU writes
+    batched and windowed matmuls, such as the pieces of an FSDP all-gather matmul, as
+    convolutions with small padded windows)."""
     outputs = math.prod(_dims(out))
     if op == "dot":
         m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)
         dims = _dims(lhs)
         contracted = math.prod(dims[int(i)] for i in m[1].split(",") if i) if m else 1
         return 2.0 * outputs * contracted
-    labels = re.search(r"dim_labels=[^_]*_([^-]*)->", line)
+    labels = re.search(r"dim_labels=([^_]*)_([^-]*)->([0-9a-z]*)", line)
     if not labels:
         return 0.0
-    rhs_labels, rhs_dims = labels[1], _dims(rhs)
-    taps = rhs_dims[rhs_labels.index("i")] if "i" in rhs_labels else 1
+    lhs_labels, rhs_labels, out_labels = labels[1], labels[2], labels[3]
+    lhs_dims, rhs_dims, out_dims = _dims(lhs), _dims(rhs), _dims(out)
+    taps = float(rhs_dims[rhs_labels.index("i")]) if "i" in rhs_labels else 1.0
     window = re.search(r"window=\{([^}]*)\}", line)
-    sizes = re.search(r"size=([\dx]+)", window[1]) if window else None
-    dilate = re.search(r"lhs_dilate=([\dx]+)", window[1]) if window else None
-    if sizes:
-        for i, size in enumerate(int(x) for x in sizes[1].split("x")):
-            d = int(dilate[1].split("x")[i]) if dilate else 1
-            taps *= math.ceil(size / d)
+    fields = dict(re.findall(r"(\w+)=([\dx_]+)", window[1])) if window else {}
+    spatial = sorted(c for c in lhs_labels if c.isdigit())
+    for k, name in enumerate(spatial):
+        def part(key: str, default: str) -> str:
+            values = fields.get(key, "").split("x")
+            return values[k] if k < len(values) and values[k] else default
+
+        n, o = lhs_dims[lhs_labels.index(name)], out_dims[out_labels.index(name)]
+        size, stride = int(part("size", "1")), int(part("stride", "1"))
+        low = int(part("pad", "0_0").split("_")[0])
+        dilate, rhs_dilate = int(part("lhs_dilate", "1")), int(part("rhs_dilate", "1"))
+        if o * size > 1_000_000:  # a real convolution: every tap, as before
+            taps *= math.ceil(size / dilate)
+            continue
+        real = sum(1 for i in range(o) for j in range(size)
+                   if (p := i * stride + j * rhs_dilate - low) >= 0 and p % dilate == 0
+                   and p // dilate < n)
+        taps *= real / o
     return 2.0 * outputs * taps
 
 

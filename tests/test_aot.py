@@ -233,3 +233,22 @@ def test_hbm_bytes_of_a_compiled_layer_stack():
     counted = aot.hbm_bytes(compiled.as_text())
     weights, act = layers * n * n * 2, n * n * 2
     assert weights + 2 * act <= counted <= weights + 2 * act + layers * 2 * act
+
+
+def test_matmul_flops_of_padded_window_convolutions():
+    """XLA:TPU writes some matmuls as convolutions whose window slides over padding: BERT's
+    [B, S, H] x [H, N, D] projection as a size-12 window padded 11 each side over a
+    size-1 input, one real tap an output; attention's batched matmul with the batch as a
+    dilated spatial dimension, one tap an output."""
+    projection = ("%c = bf16[32,128,12,64]{1,3,2,0} convolution(%a, %b), "
+                  "window={size=1x12 pad=0_0x11_11 rhs_reversal=0x1}, "
+                  "dim_labels=0bf1_1oi0->0b1f")
+    assert aot._matmul_flops(projection, "convolution", "bf16[32,128,12,64]",
+                             "bf16[32,128,768,1]", "bf16[12,64,768,1]") == \
+        2 * 32 * 128 * 768 * 768
+    scores = ("%c = bf16[32,12,128,128]{2,3,1,0} convolution(%a, %b), "
+              "window={size=32x12 stride=31x11 lhs_dilate=32x12}, "
+              "dim_labels=0b1f_0o1i->01bf")
+    assert aot._matmul_flops(scores, "convolution", "bf16[32,12,128,128]",
+                             "bf16[32,128,12,64]", "bf16[32,128,12,64]") == \
+        2 * 32 * 12 * 128 * 128 * 64
