@@ -19,30 +19,37 @@ a core):
 - memory: params, optimizer state, batch (from the shardings), the compiler's arguments,
   outputs and temporaries (`memory_analysis()`), and their total against the chip's HBM
   (flax_bert/tpu_chips.py), with the margin;
-- FLOPs of one optimizer step, compiled (the dots / convolutions of the compiled HLO, each
-  loop body times its trip count: XLA's cost_analysis() counts a while body once, so its
-  "flops" for a call of 4 steps of a 12-layer scan is about one layer of one step) against
-  `model_flops` (the analytic count);
+- FLOPs of one optimizer step, compiled (`program_counts`: the dots and convolutions of
+  the compiled HLO, a convolution's window taps counted where they land on real input,
+  each loop body times its trip count, FSDP's windowed all-gather matmul loops included;
+  XLA's cost_analysis() counts a while body once, so its "flops" for a call of 4 steps of
+  a 12-layer scan is about one layer of one step) against `model_flops` (the analytic
+  count);
 - a roofline bound on the step time: max(FLOPs / peak, HBM bytes / HBM bandwidth, ICI
   bytes / ICI bandwidth, DCN bytes / DCN bandwidth), the tokens/s and MFU it allows (a
   bound, not a measurement) and which term binds. HBM bytes (`hbm_bytes`): counted in the
   compiled program instruction by instruction, as XLA's cost analysis counts "bytes
   accessed" but with each loop body times its trip count: every top-level instruction
   (a fusion, a copy, a collective, an async copy or slice) of the entry computation, the
-  while bodies and the conditionals' branches reads its operands and writes its output,
-  those in HBM (a TPU's on-chip VMEM buffers, memory space S(1), are not HBM traffic), as
-  laid out in tiles; a fusion's parameter that is only sliced (dynamic-slice: one layer's
-  weights or saved activations out of the scan's [L, ...] stacks) reads its slices, and
-  an in-place dynamic-update-slice writes its update, not its buffer. tests/test_aot.py
-  checks it against a hand count. It counts what the schedule moves, not how well the
-  moves overlap: the bound assumes they overlap with the compute perfectly;
-- the compiler's own `optimal_seconds` where it is positive. What it measured (libtpu
-  0.0.42.1): positive for the tiny test configs' train steps (1-2 layers, hidden 64, vocab
-  512, steps_per_call 1-4: while loops and the non-finite skip's conditional included),
-  negative for BERT-base's (-23 at 12 layers and 4 steps a call, -28 at 2 layers and 1). So the
-  loops and the conditional alone do not make it negative; what does (the 30522-token
-  vocab's gathers, which XLA:TPU turns into one-hot matmuls and scatters; dropout on the
-  attention probabilities) is not isolated yet. A negative value is printed as unknown.
+  while bodies and the conditionals' branches (both: an upper bound) reads its operands
+  and writes its output, those in HBM (a TPU's on-chip VMEM buffers, memory space S(1),
+  are not HBM traffic), as laid out in tiles; a fusion's parameter that is only sliced
+  (dynamic-slice: one layer's weights or saved activations out of the scan's [L, ...]
+  stacks) reads its slices, and an in-place dynamic-update-slice writes its update, not
+  its buffer. tests/test_aot.py checks it against a hand count. It counts what the
+  schedule moves, not how well the moves overlap: the bound assumes they overlap with
+  the compute perfectly;
+- the compiler's own `optimal_seconds` where it is positive; a negative value is printed
+  as unknown. What it measured (libtpu 0.0.42.1, benchmarks/README.md): negative for
+  BERT-base's train step, and always a negative whole number plus a few milliseconds
+  (-22.99, -18.997, -2.9997), as if some instructions added -1 each to a real estimate.
+  Not the cause: the 30522-token vocab (512: still negative), dropout on the attention
+  probabilities or the hidden states (0: still negative), the loops and the non-finite
+  skip's conditional, float32 vs bfloat16, seq 32 vs 128, the batch. What flips it: the
+  hidden size (a 1-layer model: 64 and 256 positive; 512, 768 and 1024 negative, whatever
+  the heads), the size at which XLA:TPU starts to prefetch weights in async slices
+  (slice-start) and join buffers by ConcatBitcast custom calls; which instruction it is
+  was not isolated.
 - collectives by kind with their bytes (from the compiled HLO; each counted as often as
   the loops around it run), and on several slices those whose replica groups span slices.
 """
@@ -380,10 +387,10 @@ def _dims(type_text: str) -> list[int]:
 
 def program_counts(hlo: str, loops: bool = True) -> dict[str, float]:
     """matmul_flops of the compiled HLO text: 2 x outputs x contracted size of every dot /
-    convolution (TPU writes batched matmuls as convolutions; a window over a dilated input
-    counts its real taps), each loop body counted as often as it runs (`loops`; False:
-    once, as XLA's cost_analysis() counts a while body, whatever its trip count). On a TPU
-    this includes the one-hot matmuls XLA makes of the embedding gathers' gradients."""
+    convolution (TPU writes batched and windowed matmuls as convolutions; only the window
+    taps that land on real input count, `_matmul_flops`), each loop body counted as often
+    as it runs (`loops`; False: once, as XLA's cost_analysis() counts a while body,
+    whatever its trip count)."""
     comps, entry = _computations(hlo)
     runs = _runs(comps, entry, loops)
     types: dict[str, str] = {}
