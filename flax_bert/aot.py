@@ -335,13 +335,30 @@ def _computations(hlo: str) -> tuple[dict[str, list[str]], str]:
 
 def _trip_count(line: str, comps: dict[str, list[str]]) -> int:
     """Iterations of a while loop: its known_trip_count, else the bound its condition
-    compares the counter with (lax.scan's `i < N`)."""
+    compares the counter with (lax.scan's `i < N`) over the step the body adds to the
+    counter (XLA's windowed matmul loops count by 2)."""
     if m := re.search(r'"known_trip_count":\{"n":"(\d+)"', line):
         return int(m[1])
     cond = re.search(r"condition=%?([\w.\-]+)", line)
-    bounds = [int(c) for text in comps.get(cond[1] if cond else "", ())
+    cond_lines = comps.get(cond[1] if cond else "", ())
+    bounds = [int(c) for text in cond_lines
               for c in re.findall(r"\b[su]32\[\][^ ]* constant\((\d+)\)", text)]
-    return max(bounds, default=1)
+    step = 1
+    body = re.search(r"body=%?([\w.\-]+)", line)
+    index = next((int(m[1]) for text in cond_lines
+                  if (m := re.search(r"get-tuple-element\(.*\), index=(\d+)", text))), None)
+    body_lines = comps.get(body[1] if body else "", [])
+    named = {m[1]: text for text in body_lines if (m := _INSTRUCTION.match(text))}
+    root = next((t for t in body_lines if t.lstrip().startswith("ROOT") and " tuple(" in t),
+                "")
+    if index is not None and root:
+        outputs = _operands(root.split(" tuple(", 1)[1])
+        counter = named.get(outputs[index], "") if index < len(outputs) else ""
+        if " add(" in counter:
+            for operand in _operands(counter.split(" add(", 1)[1]):
+                if c := re.search(r" constant\((\d+)\)", named.get(operand, "")):
+                    step = max(int(c[1]), 1)
+    return -(-max(bounds, default=1) // step)
 
 
 def _runs(comps: dict[str, list[str]], entry: str, loops: bool = True) -> dict[str, int]:

@@ -252,3 +252,12 @@ def test_matmul_flops_of_padded_window_convolutions():
     assert aot._matmul_flops(scores, "convolution", "bf16[32,12,128,128]",
                              "bf16[32,128,12,64]", "bf16[32,128,12,64]") == \
         2 * 32 * 12 * 128 * 128 * 64
+
+
+def test_trip_count_of_a_loop_counting_by_two():
+    """XLA's windowed (FSDP all-gather) matmul loops count by 2: `i < 8` stepping by 2 runs
+    4 times, as STACK's known_trip_count of 4 says."""
+    by_two = (STACK.replace(', backend_config={"known_trip_count":{"n":"4"}}', "")
+              .replace("%n = s32[]{:T(128)} constant(4)", "%n = s32[]{:T(128)} constant(8)")
+              .replace("%one = s32[]{:T(128)} constant(1)", "%one = s32[]{:T(128)} constant(2)"))
+    assert by_two != STACK and aot.hbm_bytes(by_two) == aot.hbm_bytes(STACK)
