@@ -19,21 +19,37 @@ a core):
 - memory: params, optimizer state, batch (from the shardings), the compiler's arguments,
   outputs and temporaries (`memory_analysis()`), and their total against the chip's HBM
   (flax_bert/tpu_chips.py), with the margin;
-- FLOPs of one optimizer step, compiled (the dots / convolutions of the compiled HLO, each
-  loop body times its trip count: XLA's cost_analysis() counts a while body once, so its
-  "flops" for a call of 4 steps of a 12-layer scan is about one layer of one step) against
-  `model_flops` (the analytic count);
+- FLOPs of one optimizer step, compiled (`program_counts`: the dots and convolutions of
+  the compiled HLO, a convolution's window taps counted where they land on real input,
+  each loop body times its trip count, FSDP's windowed all-gather matmul loops included;
+  XLA's cost_analysis() counts a while body once, so its "flops" for a call of 4 steps of
+  a 12-layer scan is about one layer of one step) against `model_flops` (the analytic
+  count);
 - a roofline bound on the step time: max(FLOPs / peak, HBM bytes / HBM bandwidth, ICI
   bytes / ICI bandwidth, DCN bytes / DCN bandwidth), the tokens/s and MFU it allows (a
-  bound, not a measurement) and which term binds. HBM bytes: cost_analysis()'s "bytes
-  accessed" scaled by the loops' share of the matmuls (`loop_scaled_cost`: an estimate);
-- the compiler's own `optimal_seconds` where it is positive. What it measured (libtpu
-  0.0.42.1): positive for the tiny test configs' train steps (1-2 layers, hidden 64, vocab
-  512, steps_per_call 1-4: while loops and the non-finite skip's conditional included),
-  negative for BERT-base's (-23 at 12 layers and 4 steps a call, -28 at 2 layers and 1). So the
-  loops and the conditional alone do not make it negative; what does (the 30522-token
-  vocab's gathers, which XLA:TPU turns into one-hot matmuls and scatters; dropout on the
-  attention probabilities) is not isolated yet. A negative value is printed as unknown.
+  bound, not a measurement) and which term binds. HBM bytes (`hbm_bytes`): counted in the
+  compiled program instruction by instruction, as XLA's cost analysis counts "bytes
+  accessed" but with each loop body times its trip count: every top-level instruction
+  (a fusion, a copy, a collective, an async copy or slice) of the entry computation, the
+  while bodies and the conditionals' branches (both: an upper bound) reads its operands
+  and writes its output, those in HBM (a TPU's on-chip VMEM buffers, memory space S(1),
+  are not HBM traffic), as laid out in tiles; a fusion's parameter that is only sliced
+  (dynamic-slice: one layer's weights or saved activations out of the scan's [L, ...]
+  stacks) reads its slices, and an in-place dynamic-update-slice writes its update, not
+  its buffer. tests/test_aot.py checks it against a hand count. It counts what the
+  schedule moves, not how well the moves overlap: the bound assumes they overlap with
+  the compute perfectly;
+- the compiler's own `optimal_seconds` where it is positive; a negative value is printed
+  as unknown. What it measured (libtpu 0.0.42.1, benchmarks/README.md): negative for
+  BERT-base's train step, and always a negative whole number plus a few milliseconds
+  (-22.99, -18.997, -2.9997), as if some instructions added -1 each to a real estimate.
+  Not the cause: the 30522-token vocab (512: still negative), dropout on the attention
+  probabilities or the hidden states (0: still negative), the loops and the non-finite
+  skip's conditional, float32 vs bfloat16, seq 32 vs 128, the batch. What flips it: the
+  hidden size (a 1-layer model: 64 and 256 positive; 512, 768 and 1024 negative, whatever
+  the heads), the size at which XLA:TPU starts to prefetch weights in async slices
+  (slice-start) and join buffers by ConcatBitcast custom calls; which instruction it is
+  was not isolated.
 - collectives by kind with their bytes (from the compiled HLO; each counted as often as
   the loops around it run), and on several slices those whose replica groups span slices.
 """
@@ -83,6 +99,9 @@ def quiet_libtpu(topology: tpu_chips.Topology) -> None:
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology.accelerator_type)
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # Compiling needs no TPU, so no lock on one: without this, libtpu refuses to start
+    # ("multi-process lockfile") while another process on the machine has it loaded.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def tpu_devices(topology: tpu_chips.Topology, num_slices: int = 1) -> list:
@@ -315,13 +334,30 @@ def _computations(hlo: str) -> tuple[dict[str, list[str]], str]:
 
 def _trip_count(line: str, comps: dict[str, list[str]]) -> int:
     """Iterations of a while loop: its known_trip_count, else the bound its condition
-    compares the counter with (lax.scan's `i < N`)."""
+    compares the counter with (lax.scan's `i < N`) over the step the body adds to the
+    counter (XLA's windowed matmul loops count by 2)."""
     if m := re.search(r'"known_trip_count":\{"n":"(\d+)"', line):
         return int(m[1])
     cond = re.search(r"condition=%?([\w.\-]+)", line)
-    bounds = [int(c) for text in comps.get(cond[1] if cond else "", ())
-              for c in re.findall(r"\bs32\[\][^ ]* constant\((\d+)\)", text)]
-    return max(bounds, default=1)
+    cond_lines = comps.get(cond[1] if cond else "", ())
+    bounds = [int(c) for text in cond_lines
+              for c in re.findall(r"\b[su]32\[\][^ ]* constant\((\d+)\)", text)]
+    step = 1
+    body = re.search(r"body=%?([\w.\-]+)", line)
+    index = next((int(m[1]) for text in cond_lines
+                  if (m := re.search(r"get-tuple-element\(.*\), index=(\d+)", text))), None)
+    body_lines = comps.get(body[1] if body else "", [])
+    named = {m[1]: text for text in body_lines if (m := _INSTRUCTION.match(text))}
+    root = next((t for t in body_lines if t.lstrip().startswith("ROOT") and " tuple(" in t),
+                "")
+    if index is not None and root:
+        outputs = _operands(root.split(" tuple(", 1)[1])
+        counter = named.get(outputs[index], "") if index < len(outputs) else ""
+        if " add(" in counter:
+            for operand in _operands(counter.split(" add(", 1)[1]):
+                if c := re.search(r" constant\((\d+)\)", named.get(operand, "")):
+                    step = max(int(c[1]), 1)
+    return -(-max(bounds, default=1) // step)
 
 
 def _runs(comps: dict[str, list[str]], entry: str, loops: bool = True) -> dict[str, int]:
@@ -367,10 +403,10 @@ def _dims(type_text: str) -> list[int]:
 
 def program_counts(hlo: str, loops: bool = True) -> dict[str, float]:
     """matmul_flops of the compiled HLO text: 2 x outputs x contracted size of every dot /
-    convolution (TPU writes batched matmuls as convolutions; a window over a dilated input
-    counts its real taps), each loop body counted as often as it runs (`loops`; False:
-    once, as XLA's cost_analysis() counts a while body, whatever its trip count). On a TPU
-    this includes the one-hot matmuls XLA makes of the embedding gathers' gradients."""
+    convolution (TPU writes batched and windowed matmuls as convolutions; only the window
+    taps that land on real input count, `_matmul_flops`), each loop body counted as often
+    as it runs (`loops`; False: once, as XLA's cost_analysis() counts a while body,
+    whatever its trip count)."""
     comps, entry = _computations(hlo)
     runs = _runs(comps, entry, loops)
     types: dict[str, str] = {}
@@ -390,42 +426,240 @@ def program_counts(hlo: str, loops: bool = True) -> dict[str, float]:
     return {"matmul_flops": flops}
 
 
-def loop_scaled_cost(compiled: Any, hlo: str) -> dict[str, float]:
-    """One call's FLOPs and HBM bytes with every loop body counted as often as it runs.
-    XLA's cost_analysis() counts a while body once (here: one of steps_per_call steps, one
-    of the encoder's layers, one micro-batch), so its "bytes accessed" is scaled by the
-    ratio of the matmul FLOPs with and without the loops' trip counts (the loops' share of
-    the traffic taken to be their share of the matmuls: an estimate); FLOPs are the
-    matmuls' (`program_counts`), which is what a TPU's peak counts."""
+_ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\](?:\{([^}]*)\})?")
+
+
+def _arrays(type_text: str) -> list[tuple[float, int]]:
+    """(bytes as laid out, memory space) of each array of an HLO type
+    ("bf16[8,128]{1,0:T(8,128)(2,1)S(1)}", or a tuple of them): each dimension padded to
+    its layout's tile (a TPU's f32[64] takes 128 elements); memory space 0 is HBM, on a TPU
+    1 is the on-chip vector memory (VMEM, S(1)), 2 the scalar memory."""
+    out = []
+    for dtype, dims, layout in _ARRAY.findall(type_text):
+        if dtype not in _DTYPE_BYTES:
+            continue
+        shape = [int(d) for d in dims.split(",") if d]
+        order_text, _, tiling = layout.partition(":")
+        tile = re.match(r"T\(([0-9,]+)\)", tiling)
+        if tile and shape:
+            order = [int(i) for i in order_text.split(",") if i] or list(range(len(shape)))[::-1]
+            for dim, t in zip(order, [int(t) for t in tile[1].split(",")][::-1]):
+                shape[dim] = -(-shape[dim] // t) * t  # the most minor dims take the tile
+        space = re.search(r"S\((\d+)\)", tiling)
+        out.append((_DTYPE_BYTES[dtype] * math.prod(shape), int(space[1]) if space else 0))
+    return out
+
+
+def _hbm(type_text: str) -> float:
+    """Bytes of an HLO type's arrays that live in HBM (memory space 0)."""
+    return sum(b for b, space in _arrays(type_text) if space == 0)
+
+
+# Instructions that move no data of their own: structure, aliases, the second half of an
+# async pair (its start is counted), and TPU custom calls that only re-label a buffer.
+_NO_TRAFFIC = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while",
+               "conditional", "call", "after-all", "partition-id", "replica-id",
+               "opt-barrier", "add-dependency", "copy-done", "slice-done", "async-done",
+               "all-reduce-done", "all-gather-done", "collective-permute-done", "send-done",
+               "recv-done"}
+_RELABEL_CALLS = ("AllocateBuffer", "ConcatBitcast", "AssumeGatherIndicesInBound")
+_SLICING = ("dynamic-slice", "slice", "gather")
+
+
+def _fusion_io(name: str, comps: dict[str, list[str]],
+               memo: dict[str, tuple[dict[int, float], float]]) -> tuple[dict[int, float], float]:
+    """What a fused computation reads of its parameters and writes of its output, where
+    that is less than their whole size: {parameter index: bytes read} for a parameter
+    only sliced (dynamic-slice / slice / gather: the slices' bytes; the buffer a
+    dynamic-update-slice updates in place: 0; through bitcasts and nested fusions), and
+    the bytes its output's in-place dynamic-update-slices do not write (their buffer less
+    their update). Memoised in `memo`."""
+    if name in memo:
+        return memo[name]
+    params, users, root = {}, {}, None
+    ops, callees = {}, {}
+    for line in comps.get(name, ()):
+        if not (m := _INSTRUCTION.match(line)):
+            continue
+        inst, out, op, args = m[1], m[2], m[3], m[4]
+        ops[inst] = (op, out, _operands(args))
+        if op == "fusion" and (c := re.search(r"calls=%?([\w.\-]+)", line)):
+            callees[inst] = c[1]
+            if "output_to_operand_aliasing" in line:  # a relayout in place: an alias
+                ops[inst] = ("bitcast", out, ops[inst][2])
+        if op == "parameter":
+            params[inst] = int(re.match(r"(\d+)", args)[1])
+        for i, operand in enumerate(ops[inst][2]):
+            users.setdefault(operand, []).append((inst, i))
+        if line.lstrip().startswith("ROOT"):
+            root = inst
+
+    def read(value: str) -> float | None:  # bytes read through slicing users, or None
+        total = 0.0
+        for user, i in users.get(value, ()):
+            op, out, _ = ops[user]
+            if op == "fusion" and user in callees:
+                inner = _fusion_io(callees[user], comps, memo)[0]
+                if i not in inner:
+                    return None
+                total += inner[i]
+            elif op == "bitcast":
+                sub = read(user)
+                if sub is None:
+                    return None
+                total += sub
+            elif op in _SLICING and i == 0:
+                total += _hbm(out) if _hbm(out) else sum(b for b, _ in _arrays(out))
+            elif op == "dynamic-update-slice" and i == 0:
+                pass  # updated in place: not read
+            else:
+                return None
+        return total
+
+    sliced = {}
+    for param, index in params.items():
+        if (r := read(param)) is not None:
+            sliced[index] = r
+
+    def unwritten(out: str) -> float:  # bytes of output `out` an in-place update skips
+        op, out_type, operands = ops.get(out, ("", "", []))
+        if op == "bitcast":
+            return unwritten(operands[0])
+        if op == "fusion" and out in callees:
+            return _fusion_io(callees[out], comps, memo)[1]
+        if op == "dynamic-update-slice":
+            update = ops.get(operands[1], ("", "", []))[1]
+            return max(_hbm(out_type) - sum(b for b, _ in _arrays(update)), 0.0)
+        return 0.0
+
+    outs = ops[root][2] if root and ops[root][0] == "tuple" else [root] if root else []
+    memo[name] = sliced, sum(unwritten(out) for out in outs)
+    return memo[name]
+
+
+def hbm_bytes(hlo: str, detail: list | None = None) -> float:
+    """HBM bytes one call of the compiled program moves, counted instruction by instruction:
+    for each instruction of the entry computation, of the while loops' bodies and of the
+    conditionals' branches (each as often as it runs: loops' trip counts, both branches),
+    the bytes of its operands it reads and of its output it writes, where they are in HBM
+    (memory space 0; a TPU's on-chip VMEM buffers, S(1), are not HBM traffic), as laid out
+    in tiles. A fusion is one instruction: its intermediates stay on chip, so it costs its
+    operands and its output, less what it does not touch (a parameter only sliced reads its
+    slices; an in-place dynamic-update-slice writes its update and does not read its
+    buffer). Async pairs count once (their start); copies between HBM and VMEM count their
+    HBM side. What XLA's cost_analysis() "bytes accessed" counts, with every loop body
+    counted as often as it runs, not once. `detail`, if given, gets (bytes, runs,
+    computation, instruction) of each instruction counted: what dominates."""
+    comps, entry = _computations(hlo)
+    runs = _runs(comps, entry)
+    types: dict[str, str] = {}
+    for lines in comps.values():
+        for line in lines:
+            if m := _INSTRUCTION.match(line):
+                types[m[1]] = m[2]
+    control, todo = set(), [entry]  # computations whose instructions run as themselves
+    while todo:
+        name = todo.pop()
+        if name in control or name not in comps:
+            continue
+        control.add(name)
+        for line in comps[name]:
+            todo += re.findall(r"\b(?:body|condition|true_computation|false_computation)="
+                               r"%?([\w.\-]+)", line)
+            if m := re.search(r"branch_computations=\{([^}]*)\}", line):
+                todo += [c.strip().lstrip("%") for c in m[1].split(",")]
+            if " call(" in line and (m := re.search(r"to_apply=%?([\w.\-]+)", line)):
+                todo.append(m[1])
+    fusion_io: dict[str, tuple[dict[int, float], float]] = {}
+    total = 0.0
+    for comp in control:
+        times = runs.get(comp, 0)
+        for line in comps[comp] if times else ():
+            if not (m := _INSTRUCTION.match(line)):
+                continue
+            out, op, operands = m[2], m[3], _operands(m[4])
+            if op in _NO_TRAFFIC or (op == "custom-call" and any(
+                    f'"{t}"' in line for t in _RELABEL_CALLS)):
+                continue
+            reads = [_hbm(types.get(o, "")) for o in operands]
+            write = _hbm(out)
+            if op.endswith("-start"):
+                # Outputs (operands, results, context): the results; all-reduce-start's is
+                # its result alone, copy-start's (destination, source, context).
+                parts, n_in = _arrays(out), len(operands)
+                result = parts[n_in:2 * n_in] if len(parts) > n_in else parts[:1]
+                if op == "copy-start":
+                    result = parts[:1]
+                write = sum(b for b, space in result if space == 0)
+                if op == "slice-start":  # reads only its slice
+                    reads = [sum(b for b, _ in result)] if reads and reads[0] else [0.0]
+            elif op in _SLICING:
+                reads = [min(reads[0], sum(b for b, _ in _arrays(out)))] + reads[1:]
+            elif op == "dynamic-update-slice":
+                update = _hbm(types.get(operands[1], ""))
+                reads, write = [update] + reads[2:], update
+            elif op == "fusion" and (c := re.search(r"calls=%?([\w.\-]+)", line)):
+                sliced, unwritten = _fusion_io(c[1], comps, fusion_io)
+                reads = [min(r, sliced[i]) if i in sliced else r for i, r in enumerate(reads)]
+                write = max(write - unwritten, 0.0)
+            total += times * (sum(reads) + write)
+            if detail is not None:
+                detail.append((times * (sum(reads) + write), times, comp, line.strip()))
+    return total
+
+
+def program_cost(compiled: Any, hlo: str) -> dict[str, float]:
+    """One call's matmul FLOPs (`program_counts`: what a TPU's peak counts) and HBM bytes
+    (`hbm_bytes`), every loop body counted as often as it runs, beside XLA's own
+    cost_analysis() figures, which count a while body once (here: one of steps_per_call
+    steps, one of the encoder's layers, one micro-batch); `loop_scale` is the ratio of the
+    matmul FLOPs with and without the loops' trip counts."""
     costs = cost(compiled)
     once, full = program_counts(hlo, loops=False), program_counts(hlo)
     scale = full["matmul_flops"] / once["matmul_flops"] if once["matmul_flops"] else 1.0
-    return {"flops": full["matmul_flops"],
-            "bytes": float(costs.get("bytes accessed", 0.0)) * scale,
+    return {"flops": full["matmul_flops"], "bytes": hbm_bytes(hlo),
             "xla_flops": float(costs.get("flops", 0.0)),
             "xla_bytes": float(costs.get("bytes accessed", 0.0)), "loop_scale": scale,
             "optimal_seconds": costs.get("optimal_seconds")}
 
 
 def _matmul_flops(line: str, op: str, out: str, lhs: str, rhs: str) -> float:
+    """2 x outputs x the multiply-adds of each: a dot's contracted size; a convolution's
+    input features times, in each spatial dimension, the window taps that land on real
+    input (not on padding or between the points of a dilated input; the TPU writes
+    batched and windowed matmuls, such as the pieces of an FSDP all-gather matmul, as
+    convolutions with small padded windows)."""
     outputs = math.prod(_dims(out))
     if op == "dot":
         m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)
         dims = _dims(lhs)
         contracted = math.prod(dims[int(i)] for i in m[1].split(",") if i) if m else 1
         return 2.0 * outputs * contracted
-    labels = re.search(r"dim_labels=[^_]*_([^-]*)->", line)
+    labels = re.search(r"dim_labels=([^_]*)_([^-]*)->([0-9a-z]*)", line)
     if not labels:
         return 0.0
-    rhs_labels, rhs_dims = labels[1], _dims(rhs)
-    taps = rhs_dims[rhs_labels.index("i")] if "i" in rhs_labels else 1
+    lhs_labels, rhs_labels, out_labels = labels[1], labels[2], labels[3]
+    lhs_dims, rhs_dims, out_dims = _dims(lhs), _dims(rhs), _dims(out)
+    taps = float(rhs_dims[rhs_labels.index("i")]) if "i" in rhs_labels else 1.0
     window = re.search(r"window=\{([^}]*)\}", line)
-    sizes = re.search(r"size=([\dx]+)", window[1]) if window else None
-    dilate = re.search(r"lhs_dilate=([\dx]+)", window[1]) if window else None
-    if sizes:
-        for i, size in enumerate(int(x) for x in sizes[1].split("x")):
-            d = int(dilate[1].split("x")[i]) if dilate else 1
-            taps *= math.ceil(size / d)
+    fields = dict(re.findall(r"(\w+)=([\dx_]+)", window[1])) if window else {}
+    spatial = sorted(c for c in lhs_labels if c.isdigit())
+    for k, name in enumerate(spatial):
+        def part(key: str, default: str) -> str:
+            values = fields.get(key, "").split("x")
+            return values[k] if k < len(values) and values[k] else default
+
+        n, o = lhs_dims[lhs_labels.index(name)], out_dims[out_labels.index(name)]
+        size, stride = int(part("size", "1")), int(part("stride", "1"))
+        low = int(part("pad", "0_0").split("_")[0])
+        dilate, rhs_dilate = int(part("lhs_dilate", "1")), int(part("rhs_dilate", "1"))
+        if o * size > 1_000_000:  # a real convolution: every tap, as before
+            taps *= math.ceil(size / dilate)
+            continue
+        real = sum(1 for i in range(o) for j in range(size)
+                   if (p := i * stride + j * rhs_dilate - low) >= 0 and p % dilate == 0
+                   and p // dilate < n)
+        taps *= real / o
     return 2.0 * outputs * taps
 
 
@@ -537,7 +771,7 @@ def analyse(config: Any, topology: tpu_chips.Topology, num_slices: int = 1, phas
     hbm = chip.per_device(chip.hbm_bytes)
 
     hlo = compiled.as_text()
-    costs = loop_scaled_cost(compiled, hlo)
+    costs = program_cost(compiled, hlo)
     flops_call, bytes_call = costs["flops"], costs["bytes"]  # per device, per call
     compiled_flops_step = flops_call * n_dev / k
     pairs = shapes.rows * (shapes.pairs_per_row if shapes.packed else 1)

@@ -74,6 +74,10 @@ def check_report(r, devices):
     assert f["loop_scale"] > 1  # the steps_per_call loop
     roof = r["roofline"]
     assert roof["bound_step_s"] > 0 and 0 < roof["mfu"] < 1
+    # A call reads the state (params, Adam's moments) from HBM and writes it back at least
+    # once, whatever it keeps on chip in between.
+    state_rw = 2 * (m["params"] + m["opt_state"])
+    assert roof["hbm_bytes_per_step"] * r["steps_per_call"] >= state_rw
     assert r["collectives"]["all-reduce"]["count"] > 0  # the gradients over data
 
 
@@ -136,3 +140,125 @@ def test_mistakes_are_one_line(args, says, capsys):
     assert aot.main(["aot", *TINY, *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and says in err[0]
+
+
+# A scan of 4 layers, by hand: each iteration slices its layer's weights (a 128 KiB f32
+# [256, 128] slice of the [4, 256, 128] stack) into VMEM (S(1): no HBM write), adds them to
+# x (reads x, writes y: the weights are read from VMEM), saves y into a [4, 256, 128]
+# buffer in place (reads y, writes its slice; the buffer is not read), and counts (s32
+# scalars). The entry copies an f32[64], which a TPU lays out in 128 elements.
+STACK = """HloModule m, is_scheduled=true
+
+%slice_layer (param_0: f32[4,256,128], param_1: s32[]) -> f32[256,128] {
+  %param_0 = f32[4,256,128]{2,1,0:T(8,128)} parameter(0)
+  %param_1 = s32[]{:T(128)} parameter(1)
+  %zero = s32[]{:T(128)} constant(0)
+  %ds = f32[1,256,128]{2,1,0:T(8,128)} dynamic-slice(%param_0, %param_1, %zero, %zero), dynamic_slice_sizes={1,256,128}
+  ROOT %b = f32[256,128]{1,0:T(8,128)S(1)} bitcast(%ds)
+}
+
+%add_layer (param_0: f32[256,128], param_1: f32[256,128]) -> f32[256,128] {
+  %param_0 = f32[256,128]{1,0:T(8,128)} parameter(0)
+  %param_1 = f32[256,128]{1,0:T(8,128)S(1)} parameter(1)
+  ROOT %sum = f32[256,128]{1,0:T(8,128)} add(%param_0, %param_1)
+}
+
+%save_layer (param_0: f32[4,256,128], param_1: f32[256,128], param_2: s32[]) -> f32[4,256,128] {
+  %param_0 = f32[4,256,128]{2,1,0:T(8,128)} parameter(0)
+  %param_1 = f32[256,128]{1,0:T(8,128)} parameter(1)
+  %param_2 = s32[]{:T(128)} parameter(2)
+  %b = f32[1,256,128]{2,1,0:T(8,128)} bitcast(%param_1)
+  %zero = s32[]{:T(128)} constant(0)
+  ROOT %dus = f32[4,256,128]{2,1,0:T(8,128)} dynamic-update-slice(%param_0, %b, %param_2, %zero, %zero)
+}
+
+%body (p: (s32[], f32[256,128], f32[4,256,128], f32[4,256,128])) -> (s32[], f32[256,128], f32[4,256,128], f32[4,256,128]) {
+  %p = (s32[]{:T(128)}, f32[256,128]{1,0:T(8,128)}, f32[4,256,128]{2,1,0:T(8,128)}, f32[4,256,128]{2,1,0:T(8,128)}) parameter(0)
+  %i = s32[]{:T(128)} get-tuple-element(%p), index=0
+  %x = f32[256,128]{1,0:T(8,128)} get-tuple-element(%p), index=1
+  %ws = f32[4,256,128]{2,1,0:T(8,128)} get-tuple-element(%p), index=2
+  %buf = f32[4,256,128]{2,1,0:T(8,128)} get-tuple-element(%p), index=3
+  %w = f32[256,128]{1,0:T(8,128)S(1)} fusion(%ws, %i), kind=kLoop, calls=%slice_layer
+  %y = f32[256,128]{1,0:T(8,128)} fusion(%x, %w), kind=kLoop, calls=%add_layer
+  %buf.1 = f32[4,256,128]{2,1,0:T(8,128)} fusion(%buf, %y, %i), kind=kLoop, calls=%save_layer
+  %one = s32[]{:T(128)} constant(1)
+  %i.1 = s32[]{:T(128)} add(%i, %one)
+  ROOT %t = (s32[]{:T(128)}, f32[256,128]{1,0:T(8,128)}, f32[4,256,128]{2,1,0:T(8,128)}, f32[4,256,128]{2,1,0:T(8,128)}) tuple(%i.1, %y, %ws, %buf.1)
+}
+
+%cond (p: (s32[], f32[256,128], f32[4,256,128], f32[4,256,128])) -> pred[] {
+  %p = (s32[]{:T(128)}, f32[256,128]{1,0:T(8,128)}, f32[4,256,128]{2,1,0:T(8,128)}, f32[4,256,128]{2,1,0:T(8,128)}) parameter(0)
+  %i = s32[]{:T(128)} get-tuple-element(%p), index=0
+  %n = s32[]{:T(128)} constant(4)
+  ROOT %lt = pred[]{:T(128)} compare(%i, %n), direction=LT
+}
+
+ENTRY %main (a: (s32[], f32[256,128], f32[4,256,128], f32[4,256,128]), v: f32[64]) -> f32[64] {
+  %a = (s32[]{:T(128)}, f32[256,128]{1,0:T(8,128)}, f32[4,256,128]{2,1,0:T(8,128)}, f32[4,256,128]{2,1,0:T(8,128)}) parameter(0)
+  %v = f32[64]{0:T(128)} parameter(1)
+  %loop = (s32[]{:T(128)}, f32[256,128]{1,0:T(8,128)}, f32[4,256,128]{2,1,0:T(8,128)}, f32[4,256,128]{2,1,0:T(8,128)}) while(%a), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"4"}}
+  ROOT %out = f32[64]{0:T(128)} copy(%v)
+}
+"""
+
+
+def test_hbm_bytes_hand_count():
+    layer = 256 * 128 * 4
+    per_iteration = (layer + 4  # the weights' slice (and the index)
+                     + 2 * layer  # x read, y written
+                     + 2 * layer + 4  # y read, its slice of the buffer written (and the index)
+                     + 3 * 4)  # the counter's add
+    condition = 4 + 4 + 1  # compare: two s32 read, a pred written
+    copy = 2 * 128 * 4
+    assert aot.hbm_bytes(STACK) == 4 * (per_iteration + condition) + copy
+
+
+def test_hbm_bytes_of_a_compiled_layer_stack():
+    """8 layers of x <- tanh(x @ w[l]) under lax.scan, compiled for a v5e chip: the HBM count
+    is at least the weights (each read once) and x read and written once, and at most that
+    plus x read and written by every layer (whether XLA keeps it on chip or not; libtpu
+    0.0.42.1 keeps it in VMEM: the lower bound and 100 bytes of loop counters)."""
+    import jax
+    import jax.numpy as jnp
+
+    devices = aot.tpu_devices(tpu_chips.parse("v5e:2x2"))
+    one = jax.sharding.SingleDeviceSharding(devices[0])
+    layers, n = 8, 1024
+
+    def stack(ws, x):
+        return jax.lax.scan(lambda x, w: (jnp.tanh(x @ w), None), x, ws)[0]
+
+    ws = jax.ShapeDtypeStruct((layers, n, n), jnp.bfloat16, sharding=one)
+    x = jax.ShapeDtypeStruct((n, n), jnp.bfloat16, sharding=one)
+    compiled = jax.jit(stack).lower(ws, x).compile()
+    counted = aot.hbm_bytes(compiled.as_text())
+    weights, act = layers * n * n * 2, n * n * 2
+    assert weights + 2 * act <= counted <= weights + 2 * act + layers * 2 * act
+
+
+def test_matmul_flops_of_padded_window_convolutions():
+    """XLA:TPU writes some matmuls as convolutions whose window slides over padding: BERT's
+    [B, S, H] x [H, N, D] projection as a size-12 window padded 11 each side over a
+    size-1 input, one real tap an output; attention's batched matmul with the batch as a
+    dilated spatial dimension, one tap an output."""
+    projection = ("%c = bf16[32,128,12,64]{1,3,2,0} convolution(%a, %b), "
+                  "window={size=1x12 pad=0_0x11_11 rhs_reversal=0x1}, "
+                  "dim_labels=0bf1_1oi0->0b1f")
+    assert aot._matmul_flops(projection, "convolution", "bf16[32,128,12,64]",
+                             "bf16[32,128,768,1]", "bf16[12,64,768,1]") == \
+        2 * 32 * 128 * 768 * 768
+    scores = ("%c = bf16[32,12,128,128]{2,3,1,0} convolution(%a, %b), "
+              "window={size=32x12 stride=31x11 lhs_dilate=32x12}, "
+              "dim_labels=0b1f_0o1i->01bf")
+    assert aot._matmul_flops(scores, "convolution", "bf16[32,12,128,128]",
+                             "bf16[32,128,12,64]", "bf16[32,128,12,64]") == \
+        2 * 32 * 12 * 128 * 128 * 64
+
+
+def test_trip_count_of_a_loop_counting_by_two():
+    """XLA's windowed (FSDP all-gather) matmul loops count by 2: `i < 8` stepping by 2 runs
+    4 times, as STACK's known_trip_count of 4 says."""
+    by_two = (STACK.replace(', backend_config={"known_trip_count":{"n":"4"}}', "")
+              .replace("%n = s32[]{:T(128)} constant(4)", "%n = s32[]{:T(128)} constant(8)")
+              .replace("%one = s32[]{:T(128)} constant(1)", "%one = s32[]{:T(128)} constant(2)"))
+    assert by_two != STACK and aot.hbm_bytes(by_two) == aot.hbm_bytes(STACK)
