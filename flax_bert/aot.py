@@ -84,31 +84,11 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16
 BERT_VOCAB_SIZE = 30522  # the vocab of a config that takes its data's (model.vocab_size 0)
 
 
-# ---- libtpu start-up ----------------------------------------------------------------------
-def quiet_libtpu(topology: tpu_chips.Topology) -> None:
-    """Tells libtpu what it would otherwise look up on a Cloud TPU VM's metadata server:
-    without TPU_ACCELERATOR_TYPE and TPU_WORKER_HOSTNAMES it prints "WARNING: could not
-    determine TPU accelerator type" and an INVALID_ARGUMENT error about the worker
-    hostnames at its start, harmless for compiling (the topology is given) but alarming.
-    Only where no TPU is attached (jax's own Cloud TPU set-up then skips the metadata
-    server too), and only values not set already. Before libtpu loads."""
-    from jax._src import hardware_utils
-
-    if hardware_utils.num_available_tpu_chips_and_device_id()[0]:
-        return
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-    os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology.accelerator_type)
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-    # Compiling needs no TPU, so no lock on one: without this, libtpu refuses to start
-    # ("multi-process lockfile") while another process on the machine has it loaded.
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-
-
 def tpu_devices(topology: tpu_chips.Topology, num_slices: int = 1) -> list:
     """Compile-only devices of `num_slices` slices of `topology` (no TPU needed)."""
     from jax.experimental import topologies
 
-    quiet_libtpu(topology)
+    tpu_chips.quiet_libtpu(topology.accelerator_type)
     kwargs = {"num_slices": num_slices} if num_slices > 1 else {}
     return list(topologies.get_topology_desc(topology_name=topology.topology_name,
                                              platform="tpu", **kwargs).devices)

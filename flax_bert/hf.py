@@ -32,7 +32,7 @@ import warnings
 
 import numpy as np
 
-from flax_bert import files, layers
+from flax_bert import files, layers, tpu_chips
 from flax_bert.config import BertConfig
 from flax_bert.errors import UserError
 from flax_bert.hf_names import (ALL_GROUPS, DEFAULT_NUM_LABELS, HEADS, IGNORED_SUFFIXES,
@@ -306,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p_export.add_argument("--vocab", default=None,
                           help="vocab.txt to copy (default: the workdir's)")
     args = parser.parse_args(argv)
+    tpu_chips.quiet_libtpu()  # libtpu installed, no TPU attached: no start-up noise
     try:
         if args.command == "import":
             read_config(args.hf_dir)  # a bad source fails before the workdir is made

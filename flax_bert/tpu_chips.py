@@ -132,3 +132,24 @@ def _chip(gen: str, name: str, known: str) -> Chip:
         raise ValueError(f"--topology {name}: unknown TPU {gen!r}; one of {known} "
                          f"(or v5litepod)")
     return CHIPS[ALIASES[gen]]
+
+
+def quiet_libtpu(accelerator_type: str = "v5litepod-1") -> None:
+    """Where libtpu is installed but no TPU is attached (a CPU or GPU host, or one that
+    compiles for a TPU ahead of time), keeps libtpu's start-up quiet: it would look up
+    TPU_ACCELERATOR_TYPE and TPU_WORKER_HOSTNAMES on a Cloud TPU VM's metadata server and,
+    without them, print "WARNING: could not determine TPU accelerator type" and an
+    INVALID_ARGUMENT error about the worker hostnames (harmless, but alarming). Sets only
+    values not set already; does nothing where a TPU is attached. Before jax's first use."""
+    import os
+
+    from jax._src import hardware_utils
+
+    if hardware_utils.num_available_tpu_chips_and_device_id()[0]:
+        return
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", accelerator_type)
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # No TPU, so no lock on one: without this, libtpu refuses to start ("multi-process
+    # lockfile") while another process on the machine has it loaded.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")

@@ -80,12 +80,14 @@ def start(argv: list[str], flag_values: Any = None) -> tuple[Any, str]:
     arguments, quiet logs, jax's compilation cache (before the first compile)."""
     from absl import flags, logging
 
+    from flax_bert import tpu_chips
     from flax_bert.trainer import compile_cache, run_folder
 
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}; flags look like "
              f"--config.train.steps=10")
     flag_values = flags.FLAGS if flag_values is None else flag_values
+    tpu_chips.quiet_libtpu()  # libtpu installed (the test extra has it), no TPU attached
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
     logging.get_absl_handler().addFilter(run_folder.HideDiskFullTracebacks())
     config, workdir = flag_values.config, flag_values.workdir

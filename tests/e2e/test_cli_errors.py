@@ -112,3 +112,18 @@ def test_a_size_file_loads_from_another_directory(tmp_path):
     assert proc.stderr.strip() == ("error: config.train.steps=-1 is out of range; set it to a "
                                    "value >= 1")
     assert not (tmp_path / "w").exists()
+
+
+def test_no_libtpu_noise_without_a_tpu(tmp_path):
+    """With libtpu installed (the test extra has it) and no TPU attached, a run that starts
+    jax's backends (here to count the devices for config.mesh) prints only its own line."""
+    env = {k: v for k, v in h.env(1, None).items()
+           if k != "JAX_PLATFORMS" and not k.startswith("TPU_")}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(h.ROOT, "train.py"), f"--workdir={tmp_path / 'w'}",
+         "--config.mesh.data=3"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        "error: config.mesh {'data': 3, 'fsdp': 1, 'tensor': 1} needs 3 devices, but there "
+        "are 1; make the sizes' product 1 (or set one to -1)"]
