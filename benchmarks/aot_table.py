@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from flax_bert import aot, tpu_chips
+from flax_bert import aot, run_config, tpu_chips
 
 
 def size_args(size: str, seq: int) -> list[str]:
@@ -37,9 +37,9 @@ def largest_fit(size: str, seq: int, topology: tpu_chips.Topology, start: int,
 
     def trial(rows: int) -> dict:
         if rows not in tried:
-            config = aot.load_config("aot", size_args(size, seq) + [
+            config = run_config.load(size_args(size, seq) + [
                 f"--config.train.global_batch_size={rows * chips}",
-                f"--config.train.remat_policy={remat}"])
+                f"--config.train.remat_policy={remat}"], "aot_table")
             tried[rows] = aot.analyse(config, topology, with_eval=False, devices=devices)
             r = tried[rows]
             say(f"  {size} seq {seq} {topology.accelerator_type} {rows} rows a chip, remat "
