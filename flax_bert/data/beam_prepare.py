@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from flax_bert.data import folder as folder_lib, config as options, prepare as prepare_lib
+from flax_bert.data import config as data_config, folder as folder_lib, prepare as prepare_lib
 from flax_bert.data import shards as shards_lib
 from flax_bert.data import storage
 from flax_bert.data.config import DataOptions
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = prepare_lib.parser("python -m flax_bert.data.beam_prepare", __doc__.splitlines()[0])
     args, beam_args = parser.parse_known_args(argv)
     try:
-        meta = run(options.from_flags(args), args.output, beam_args, force=args.force)
+        meta = run(data_config.from_flags(args), args.output, beam_args, force=args.force)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

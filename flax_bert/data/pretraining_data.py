@@ -19,7 +19,7 @@ import os
 import grain
 
 from flax_bert import distributed, preemption
-from flax_bert.data import folder as folder_lib, config as options_lib, pipeline, prepare
+from flax_bert.data import config as data_config, folder as folder_lib, pipeline, prepare
 from flax_bert.data import storage
 from flax_bert.data.config import DataOptions
 from flax_bert.errors import UserError
@@ -88,7 +88,7 @@ def check_prepared(options: DataOptions, folder: str, phase1_seq_length: int = 0
     differ = [(name, ours, theirs) for name, ours, theirs in _run_fields(options, meta)
               if ours != theirs]
     if differ:
-        remake = options_lib.prepare_command(options.replace(input=prepared.input), "NEW_DIR",
+        remake = data_config.prepare_command(options.replace(input=prepared.input), "NEW_DIR",
                                              phase1_seq_length)
         raise UserError(
             f"{os.path.join(folder, folder_lib.META)}: the prepared data differs from the "
@@ -99,7 +99,7 @@ def check_prepared(options: DataOptions, folder: str, phase1_seq_length: int = 0
     if not phase1_seq_length:
         return
     short_dir = folder_lib.phase1_folder(folder)
-    make = options_lib.prepare_command(prepared, folder, phase1_seq_length)
+    make = data_config.prepare_command(prepared, folder, phase1_seq_length)
     short_meta = folder_lib.read_meta(storage.path(short_dir))
     if short_meta is None:
         raise UserError(
