@@ -312,10 +312,32 @@ def _computations(hlo: str) -> tuple[dict[str, list[str]], str]:
     return comps, entry
 
 
+def _initial_value(line: str, index: int, comps: dict[str, list[str]]) -> int:
+    """The constant a while loop's `line` starts tuple element `index` at (through copies),
+    else 0."""
+    init = re.search(r" while\(%?([\w.\-]+)\)", line)
+    name = init[1] if init else ""
+    for _ in range(2):  # the tuple, then its element
+        text = next((t for lines in comps.values() for t in lines
+                     if (m := _INSTRUCTION.match(t)) and m[1] == name), "")
+        m = _INSTRUCTION.match(text)
+        if not m or m[3] != "tuple":
+            break
+        elements = _operands(m[4])
+        name = elements[index] if index < len(elements) else ""
+    while (m := _INSTRUCTION.match(text)) and m[3] == "copy":
+        source = _operands(m[4])[0]
+        text = next((t for lines in comps.values() for t in lines
+                     if (n := _INSTRUCTION.match(t)) and n[1] == source), "")
+    c = re.search(r" constant\((-?\d+)\)", text)
+    return int(c[1]) if c else 0
+
+
 def _trip_count(line: str, comps: dict[str, list[str]]) -> int:
     """Iterations of a while loop: its known_trip_count, else the bound its condition
-    compares the counter with (lax.scan's `i < N`) over the step the body adds to the
-    counter (XLA's windowed matmul loops count by 2)."""
+    compares the counter with (lax.scan's `i < N`) less the counter's start (XLA peels a
+    loop's first iteration out and starts the rest at 1) over the step the body adds to
+    the counter (XLA's windowed matmul loops count by 2)."""
     if m := re.search(r'"known_trip_count":\{"n":"(\d+)"', line):
         return int(m[1])
     cond = re.search(r"condition=%?([\w.\-]+)", line)
@@ -337,7 +359,8 @@ def _trip_count(line: str, comps: dict[str, list[str]]) -> int:
             for operand in _operands(counter.split(" add(", 1)[1]):
                 if c := re.search(r" constant\((\d+)\)", named.get(operand, "")):
                     step = max(int(c[1]), 1)
-    return -(-max(bounds, default=1) // step)
+    start = _initial_value(line, index, comps) if index is not None else 0
+    return max(-(-(max(bounds, default=1) - start) // step), 0)
 
 
 def _runs(comps: dict[str, list[str]], entry: str, loops: bool = True) -> dict[str, int]:

@@ -262,3 +262,40 @@ def test_trip_count_of_a_loop_counting_by_two():
               .replace("%n = s32[]{:T(128)} constant(4)", "%n = s32[]{:T(128)} constant(8)")
               .replace("%one = s32[]{:T(128)} constant(1)", "%one = s32[]{:T(128)} constant(2)"))
     assert by_two != STACK and aot.hbm_bytes(by_two) == aot.hbm_bytes(STACK)
+
+
+# A loop whose first iteration XLA peeled out: the counter starts at 1 (a copied constant in
+# the loop's initial tuple), so `i < 12` runs the body 11 times.
+PEELED = """HloModule m
+
+%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %p = (s32[], f32[8]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %x = f32[8] get-tuple-element(%p), index=1
+  %one = s32[] constant(1)
+  %i.1 = s32[] add(%i, %one)
+  ROOT %t = (s32[], f32[8]) tuple(%i.1, %x)
+}
+
+%cond (p: (s32[], f32[8])) -> pred[] {
+  %p = (s32[], f32[8]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(12)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+ENTRY %main (x: f32[8]) -> (s32[], f32[8]) {
+  %x = f32[8] parameter(0)
+  %start = s32[] constant(1)
+  %counter = s32[] copy(%start)
+  %init = (s32[], f32[8]) tuple(%counter, %x)
+  ROOT %loop = (s32[], f32[8]) while(%init), condition=%cond, body=%body
+}
+"""
+
+
+@pytest.mark.parametrize("start, runs", [(1, 11), (0, 12)])
+def test_trip_count_of_a_peeled_loop(start, runs):
+    hlo = PEELED.replace("constant(1)\n  %counter", f"constant({start})\n  %counter")
+    comps, entry = aot._computations(hlo)
+    assert aot._runs(comps, entry)["body"] == runs
