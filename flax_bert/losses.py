@@ -19,19 +19,36 @@ from flax_bert.model import packed_inputs
 Array = jax.Array
 
 
-def weighted_cross_entropy(logits: Array, labels: Array, weights: Array,
-                           fused: bool = True) -> tuple[Array, Array]:
-    """Sum of per-item cross-entropy times weight, and sum of weight*correct.
+def normalised_sum(values: Array, total: Array | int) -> Array:
+    """sum(values) / total, values [B, ...]. `total` is a scalar, or one per row [B] (each
+    row's share of the normaliser: see trainer.step.loss_totals_per_row), when each row's
+    values are divided by their row's total before the sum."""
+    if jnp.ndim(total) == 0:
+        return jnp.sum(values) / total
+    return jnp.sum(values / jnp.reshape(total, jnp.shape(total) + (1,) * (values.ndim - 1)))
+
+
+def cross_entropy_items(logits: Array, labels: Array, weights: Array,
+                        fused: bool = True) -> tuple[Array, Array]:
+    """Per-item cross-entropy times weight [...], and the sum of weight*correct [].
 
     logits [..., C] (computed in float32), labels [...] int, weights [...] float; `fused`
     picks the hand-written VJP (see flax_bert/ops.py).
     """
     nll, hit = ops.cross_entropy_and_hit(logits.astype(jnp.float32), labels, fused)  # [...]
-    return jnp.sum(nll * weights), jnp.sum(hit * weights)
+    return nll * weights, jnp.sum(hit * weights)
+
+
+def weighted_cross_entropy(logits: Array, labels: Array, weights: Array,
+                           fused: bool = True) -> tuple[Array, Array]:
+    """Sum of per-item cross-entropy times weight, and sum of weight*correct."""
+    loss, correct = cross_entropy_items(logits, labels, weights, fused)
+    return jnp.sum(loss), correct
 
 
 def pretraining_metrics(mlm_logits: Array, nsp_logits: Array, batch: Mapping[str, Array],
-                        fused: bool = True) -> dict[str, Array]:
+                        fused: bool = True, totals: tuple[Array, Array] | None = None
+                        ) -> dict[str, Array]:
     """Loss and accuracy sums for MLM (over real predictions) and NSP (over sentence pairs).
 
     mlm_logits [B, P, V], nsp_logits [B, 2]; batch has masked_ids [B, P],
@@ -39,7 +56,9 @@ def pretraining_metrics(mlm_logits: Array, nsp_logits: Array, batch: Mapping[str
     (0 for padding examples in an eval batch). Packed rows of K pairs: mlm_logits
     [B, M, V], masked_* [B, M], nsp_logits [B, K, 2], next_sentence_label [B, K] and
     pair_weights [B, K] (1 for a pair, 0 for an empty slot or an eval padding row), the
-    NSP weights.
+    NSP weights. With `totals` (the MLM and the NSP normaliser, each a scalar or one per row,
+    see `normalised_sum`), "loss" is the objective: MLM loss / MLM total + NSP loss / NSP
+    total.
     """
     mlm_weights = batch["masked_weights"].astype(jnp.float32)  # [B, P]
     nsp_weights = batch.get("pair_weights")  # [B, K]: packed rows
@@ -48,18 +67,25 @@ def pretraining_metrics(mlm_logits: Array, nsp_logits: Array, batch: Mapping[str
     if nsp_weights is None:
         nsp_weights = jnp.ones(nsp_logits.shape[:1], jnp.float32)  # [B]
     nsp_weights = nsp_weights.astype(jnp.float32)
-    mlm_loss_sum, mlm_correct = weighted_cross_entropy(
-        mlm_logits, batch["masked_ids"], mlm_weights, fused)
-    nsp_loss_sum, nsp_correct = weighted_cross_entropy(
-        nsp_logits, batch["next_sentence_label"], nsp_weights, fused)
-    return {
-        "mlm_loss_sum": mlm_loss_sum, "mlm_correct": mlm_correct, "mlm_count": jnp.sum(mlm_weights),
-        "nsp_loss_sum": nsp_loss_sum, "nsp_correct": nsp_correct, "nsp_count": jnp.sum(nsp_weights),
+    mlm_loss, mlm_correct = cross_entropy_items(
+        mlm_logits, batch["masked_ids"], mlm_weights, fused)  # [B, P], []
+    nsp_loss, nsp_correct = cross_entropy_items(
+        nsp_logits, batch["next_sentence_label"], nsp_weights, fused)  # [B] or [B, K], []
+    sums = {
+        "mlm_loss_sum": jnp.sum(mlm_loss), "mlm_correct": mlm_correct,
+        "mlm_count": jnp.sum(mlm_weights),
+        "nsp_loss_sum": jnp.sum(nsp_loss), "nsp_correct": nsp_correct,
+        "nsp_count": jnp.sum(nsp_weights),
     }
+    if totals is not None:
+        sums["loss"] = (normalised_sum(mlm_loss, totals[0])
+                        + normalised_sum(nsp_loss, totals[1]))
+    return sums
 
 
 def pretraining_sums(model: nn.Module, params: Any, batch: Mapping[str, Array],
-                     deterministic: bool, dropout_rng: Array | None) -> dict[str, Array]:
+                     deterministic: bool, dropout_rng: Array | None,
+                     totals: tuple[Array, Array] | None = None) -> dict[str, Array]:
     """`pretraining_metrics` of `model` (a BertForPreTraining) on one batch, packed or not;
     the cross-entropy's backward follows the model's `compute.fused_backward`."""
     mlm_logits, nsp_logits = model.apply(
@@ -68,7 +94,8 @@ def pretraining_sums(model: nn.Module, params: Any, batch: Mapping[str, Array],
         masked_positions=batch["masked_positions"], **packed_inputs(batch),
         rngs=None if deterministic else {"dropout": dropout_rng}
     )  # [B, P, V], [B, 2]; packed rows: [B, M, V], [B, K, 2]
-    return pretraining_metrics(mlm_logits, nsp_logits, batch, model.compute.fused_backward)
+    return pretraining_metrics(mlm_logits, nsp_logits, batch, model.compute.fused_backward,
+                               totals)
 
 
 def total_loss(sums: Mapping[str, Array]) -> Array:

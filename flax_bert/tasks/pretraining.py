@@ -77,10 +77,9 @@ class PretrainingObjective:
     def loss(self, params: Any, batch: Batch, dropout_rng: Array,
              totals: tuple[Array, Array]) -> tuple[Array, dict[str, Array]]:
         """Mean MLM loss over the whole batch's predictions + mean NSP loss over its pairs."""
-        mlm_total, nsp_total = totals
         sums = losses.pretraining_sums(self.model, params, batch, deterministic=False,
-                                       dropout_rng=dropout_rng)
-        return sums["mlm_loss_sum"] / mlm_total + sums["nsp_loss_sum"] / nsp_total, sums
+                                       dropout_rng=dropout_rng, totals=totals)
+        return sums.pop("loss"), sums
 
     def batch_counts(self, batch: Batch) -> dict[str, Array]:
         return {"real_tokens": real_tokens(batch), "pairs": num_pairs(batch)}

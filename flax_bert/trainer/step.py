@@ -34,7 +34,9 @@ class Objective(Protocol):
 
     def loss(self, params: Any, batch: Batch, dropout_rng: Array, totals: Any
              ) -> tuple[Array, dict[str, Array]]:
-        """(loss of `batch` divided by `totals`, sums for the train row)."""
+        """(loss of `batch` divided by `totals`, sums for the train row). A total is a
+        scalar, or one per row [B] (`loss_totals_per_row`): each row's loss divided by its
+        own (`losses.normalised_sum`)."""
 
     def batch_counts(self, batch: Batch) -> dict[str, Array]:
         """Counts of the whole batch for the train row (real tokens, pairs...)."""
@@ -53,6 +55,26 @@ def dropout_key(rng: Array, step: Array) -> Array:
     return jax.random.fold_in(rng, step)
 
 
+def loss_totals_per_row(objective: Objective, batch: Batch, slices: int) -> Any:
+    """`objective.loss_totals` of each of `slices` equal blocks of the batch's rows, times
+    `slices`, repeated for each row of the block: leaves [B].
+
+    On several TPU slices each slice holds one block (the data axis is slice-major), so a
+    loss normalised this way is the mean over slices of each slice's mean, and its totals
+    are sums inside a slice: the one collective between slices is the gradient reduction
+    (as BERT's TPU code averages each core's mean). Totals that are Python numbers (from
+    the shapes: a fine-tuning batch's rows) are the same per block and are returned as
+    they are.
+    """
+    totals = objective.loss_totals(batch)
+    if slices == 1 or all(isinstance(t, (int, float)) for t in jax.tree.leaves(totals)):
+        return totals
+    rows = jax.tree.leaves(batch)[0].shape[0]
+    blocks = jax.tree.map(lambda x: x.reshape(slices, rows // slices, *x.shape[1:]), batch)
+    per_block = jax.vmap(objective.loss_totals)(blocks)  # leaves [slices]
+    return jax.tree.map(lambda t: jnp.repeat(t * slices, rows // slices), per_block)
+
+
 def _split_micro_batches(batch: Batch, num: int) -> Batch:
     """[B, ...] -> [num, B / num, ...]; micro-batch i takes rows i, i + num, ... so each
     device's contiguous rows are spread evenly over the micro-batches."""
@@ -61,25 +83,31 @@ def _split_micro_batches(batch: Batch, num: int) -> Batch:
 
 def train_step(state: TrainState, batch: Batch, rng: Array, *, objective: Objective,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
-               grad_accum_steps: int = 1) -> tuple[TrainState, dict[str, Array]]:
+               grad_accum_steps: int = 1, slices: int = 1
+               ) -> tuple[TrainState, dict[str, Array]]:
     """One optimizer step of `objective` on `batch` (the global batch).
 
     The dropout key is `dropout_key(rng, state.step)`. With `grad_accum_steps` > 1 the batch is
     split into micro-batches whose gradients are summed in a `lax.scan`; the loss is
     normalised by the whole batch's `loss_totals`, so the result equals one step on the
-    full batch. A step whose loss or gradient norm is not finite leaves params and
-    optimizer state unchanged and is counted in `nonfinite_run`. Metrics: the loss's sums,
-    `apply_gradients`'s, the batch's counts and the learning rate.
+    full batch. On several TPU `slices` each slice's rows are normalised by their own
+    totals (`loss_totals_per_row`). A step whose loss or gradient norm is not finite leaves
+    params and optimizer state unchanged and is counted in `nonfinite_run`. Metrics: the
+    loss's sums, `apply_gradients`'s, the batch's counts and the learning rate.
     """
     dropout_rng = dropout_key(rng, state.step)
-    totals = objective.loss_totals(batch)
+    totals = loss_totals_per_row(objective, batch, slices)
+    per_row = slices > 1 and jnp.ndim(jax.tree.leaves(totals)[0]) == 1
 
-    def loss_fn(params: Any, micro: Batch, key: Array) -> tuple[Array, dict[str, Array]]:
-        return objective.loss(params, micro, key, totals)
+    def loss_fn(params: Any, micro: tuple[Batch, Any], key: Array
+                ) -> tuple[Array, dict[str, Array]]:
+        micro_batch, micro_totals = micro
+        return objective.loss(params, micro_batch, key, micro_totals if per_row else totals)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    batch_and_totals = (batch, totals if per_row else None)
     if grad_accum_steps == 1:
-        (loss, sums), grads = grad_fn(state.params, batch, dropout_rng)
+        (loss, sums), grads = grad_fn(state.params, batch_and_totals, dropout_rng)
     else:
         def accumulate(carry, xs):
             index, micro = xs
@@ -88,10 +116,11 @@ def train_step(state: TrainState, batch: Batch, rng: Array, *, objective: Object
             return jax.tree.map(jnp.add, carry, (loss_i, sums_i, grads_i)), None
 
         zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-            grad_fn, state.params, batch, dropout_rng))
+            grad_fn, state.params, batch_and_totals, dropout_rng))
         (loss, sums, grads), _ = jax.lax.scan(
             accumulate, (zeros[0][0], zeros[0][1], zeros[1]),
-            (jnp.arange(grad_accum_steps), _split_micro_batches(batch, grad_accum_steps)))
+            (jnp.arange(grad_accum_steps),
+             _split_micro_batches(batch_and_totals, grad_accum_steps)))
 
     new_state, metrics = apply_gradients(state, loss, grads, tx)
     return new_state, dict(sums, **metrics, **objective.batch_counts(batch),
@@ -150,7 +179,8 @@ def jit_train_step(mesh: Mesh, state_shardings: Any, *, objective: Objective,
     -> (state, metrics [K]); state donated; the examples split over data x fsdp. Each K
     compiles once. Training, the benchmarks and ahead-of-time compiles all build it here."""
     step = functools.partial(train_steps, objective=objective, tx=tx, schedule=schedule,
-                             grad_accum_steps=grad_accum_steps)
+                             grad_accum_steps=grad_accum_steps,
+                             slices=sharding.num_slices(list(mesh.devices.flat)))
     return jax.jit(_with_mesh(step, mesh),
                    in_shardings=(state_shardings, sharding.batch_sharding(mesh, stacked=True),
                                  sharding.replicated(mesh)),

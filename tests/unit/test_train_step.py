@@ -246,3 +246,41 @@ def test_lamb_trust_ratio_is_per_layer():
     np.testing.assert_allclose(got["embedding"], want, rtol=1e-6)
     whole, _ = plain.update(updates["layers"]["kernel"], None, params["layers"]["kernel"])
     assert not np.allclose(got["layers"]["kernel"], whole)  # not one ratio for the stack
+
+
+def test_several_slices_normalise_each_slice_by_its_own_totals():
+    """On S slices the loss is the mean of each slice's mean (its rows are a contiguous block
+    of the batch): equal, with its gradient, to the mean of the blocks' own losses; with
+    gradient accumulation too. The blocks' prediction counts differ, so the global mean
+    would not match."""
+    batch = make_batch(np.random.default_rng(3), 12)
+    cfg = BertConfig(**{**CFG.__dict__, "hidden_dropout_prob": 0.0,
+                        "attention_probs_dropout_prob": 0.0})
+    mesh, state, _, _ = make_step({"data": 1, "fsdp": 1, "tensor": 1}, cfg=cfg, n_devices=1)
+    objective = PretrainingObjective(BertForPreTraining(cfg))
+    key = jax.random.PRNGKey(1)
+    blocks = [jax.tree.map(lambda x, i=i: x[4 * i:4 * i + 4], batch) for i in range(3)]
+    counts = [float(np.sum(b["masked_weights"])) for b in blocks]
+    assert len(set(counts)) > 1, counts
+
+    def mean_of_blocks(params):
+        return sum(objective.loss(params, b, key, objective.loss_totals(b))[0]
+                   for b in blocks) / 3
+
+    def per_slice(params, slices=3):
+        totals = steps.loss_totals_per_row(objective, batch, slices)
+        return objective.loss(params, batch, key, totals)[0]
+
+    ref, ref_grads = jax.jit(jax.value_and_grad(mean_of_blocks))(state.params)
+    got, grads = jax.jit(jax.value_and_grad(per_slice))(state.params)
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+    global_mean = jax.jit(functools.partial(per_slice, slices=1))(state.params)
+    assert abs(float(global_mean) - float(ref)) > 1e-4
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+    tx, schedule = optimizer.make_optimizer(opt_config(), 100)
+    _, metrics = jax.jit(functools.partial(
+        steps.train_step, objective=objective, tx=tx, schedule=schedule, grad_accum_steps=2,
+        slices=3))(state, batch, key)
+    np.testing.assert_allclose(metrics["loss"], ref, rtol=1e-6)
