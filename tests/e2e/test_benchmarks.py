@@ -1,10 +1,14 @@
 """The benchmarks run (on a tiny config, in seconds) and print their result lines. Speed
 itself is measured by the benchmarks, never here."""
 
+import importlib.util
+import json
 import os
 import re
 import subprocess
 import sys
+
+import pytest
 
 from tests import ckpt_helpers as h
 
@@ -35,3 +39,16 @@ def test_memory_benchmark_prints_both_policies():
                "--policies", "none,nothing_saveable")
     assert re.search(r"remat\s+none: peak", out), out
     assert re.search(r"remat\s+nothing_saveable: peak .*\(diff", out), out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                    reason="libtpu is not installed: nothing compiles for a TPU")
+def test_aot_table_ranks_meshes_and_prints_a_row(tmp_path):
+    out = _run("aot_table", "--sizes", "tiny", "--seqs", "128", "--topologies", "v5e:2x2",
+               "--max-rows", "2", "--json", str(tmp_path / "t.json"))
+    assert re.search(r"^\| tiny \| 128 \| v5litepod-4 \| .+ \| 2 \| \w+ \| \d+\.\d\d of 16 GiB "
+                     r"\| 1\.0\d \| \d+% \| (compute|hbm|ici) \|", out, re.M), out
+    (row,) = json.loads((tmp_path / "t.json").read_text())
+    ranked = [c["tokens_per_s"] for c in row["candidates"]]
+    assert len(ranked) == 4 and ranked == sorted(ranked, reverse=True)
+    assert row["roofline"]["tokens_per_s"] == ranked[0] and row["memory"]["fits"]
