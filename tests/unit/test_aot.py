@@ -299,3 +299,33 @@ def test_trip_count_of_a_peeled_loop(start, runs):
     hlo = PEELED.replace("constant(1)\n  %counter", f"constant({start})\n  %counter")
     comps, entry = aot._computations(hlo)
     assert aot._runs(comps, entry)["body"] == runs
+
+
+def test_optimal_seconds_adds_back_the_concat_bitcasts():
+    """From hidden 512 XLA:TPU prefetches weights in slices and re-joins them with
+    ConcatBitcast custom calls, which its cost model scores at -1 s each (once per loop
+    body, none in the non-finite skip's branch): added back, the estimate is positive."""
+    r = aot.analyse(config_of("--config.model.hidden_size=512",
+                              "--config.model.num_attention_heads=8"),
+                    tpu_chips.parse("v5e:2x2"), with_eval=False)
+    roof = r["roofline"]
+    assert roof["concat_bitcasts"] >= 1 and roof["xla_optimal_seconds_per_call"] < 0
+    assert 0 < roof["optimal_seconds_per_call"] < 1e-3
+    assert roof["optimal_seconds_per_call"] == pytest.approx(
+        roof["xla_optimal_seconds_per_call"] + roof["concat_bitcasts"])
+
+
+def test_costed_concat_bitcasts_skip_conditional_branches():
+    """Counted: the entry's and each loop body's (once, whatever its trip count); not a
+    conditional branch's."""
+    call = 'custom-call(%x), custom_call_target="ConcatBitcast"'
+    hlo = PEELED.replace(
+        "  %one = s32[] constant(1)\n",
+        f"  %one = s32[] constant(1)\n  %j = f32[8] {call}\n").replace(
+        "  %start = s32[]", f"  %k = f32[8] {call}\n  %i = s32[] constant(0)\n"
+        "  %b = f32[8] conditional(%i, %x), branch_computations={%branch}\n"
+        "  %start = s32[]") + (
+        f"\n%branch (a: f32[8]) -> f32[8] {{\n  %a = f32[8] parameter(0)\n"
+        f"  ROOT %c = f32[8] {call}\n}}\n")
+    assert hlo.count("ConcatBitcast") == 3 and "branch" in aot._computations(hlo)[0]
+    assert aot.costed_concat_bitcasts(hlo) == 2
