@@ -36,7 +36,7 @@ a core):
   are not HBM traffic), as laid out in tiles; a fusion's parameter that is only sliced
   (dynamic-slice: one layer's weights or saved activations out of the scan's [L, ...]
   stacks) reads its slices, and an in-place dynamic-update-slice writes its update, not
-  its buffer. tests/test_aot.py checks it against a hand count. It counts what the
+  its buffer. tests/unit/test_aot.py checks it against a hand count. It counts what the
   schedule moves, not how well the moves overlap: the bound assumes they overlap with
   the compute perfectly;
 - the compiler's own `optimal_seconds`, corrected: XLA:TPU's cost model scores each
