@@ -623,23 +623,30 @@ def costed_concat_bitcasts(hlo: str) -> int:
     return count(entry)
 
 
+def optimal_seconds(raw: float | None, hlo: str) -> tuple[float | None, int]:
+    """XLA's optimal_seconds `raw` of the program `hlo` with the -1 s of each costed
+    ConcatBitcast added back, and that count (`costed_concat_bitcasts`); None when XLA
+    gives no estimate."""
+    concat = costed_concat_bitcasts(hlo)
+    return (None if raw is None else raw + concat), concat
+
+
 def program_cost(compiled: Any, hlo: str) -> dict[str, float]:
     """One call's matmul FLOPs (`program_counts`: what a TPU's peak counts) and HBM bytes
     (`hbm_bytes`), every loop body counted as often as it runs, beside XLA's own
     cost_analysis() figures, which count a while body once (here: one of steps_per_call
     steps, one of the encoder's layers, one micro-batch); `loop_scale` is the ratio of the
-    matmul FLOPs with and without the loops' trip counts. `optimal_seconds` is XLA's, plus
-    the -1 s it scores each costed ConcatBitcast (`costed_concat_bitcasts`)."""
+    matmul FLOPs with and without the loops' trip counts; `optimal_seconds` is corrected
+    (`optimal_seconds`)."""
     costs = cost(compiled)
     once, full = program_counts(hlo, loops=False), program_counts(hlo)
     scale = full["matmul_flops"] / once["matmul_flops"] if once["matmul_flops"] else 1.0
-    raw = costs.get("optimal_seconds")
-    concat = costed_concat_bitcasts(hlo)
+    corrected, concat = optimal_seconds(costs.get("optimal_seconds"), hlo)
     return {"flops": full["matmul_flops"], "bytes": hbm_bytes(hlo),
             "xla_flops": float(costs.get("flops", 0.0)),
             "xla_bytes": float(costs.get("bytes accessed", 0.0)), "loop_scale": scale,
-            "xla_optimal_seconds": raw, "concat_bitcasts": concat,
-            "optimal_seconds": None if raw is None else raw + concat}
+            "xla_optimal_seconds": costs.get("optimal_seconds"), "concat_bitcasts": concat,
+            "optimal_seconds": corrected}
 
 
 def _matmul_flops(line: str, op: str, out: str, lhs: str, rhs: str) -> float:
@@ -856,8 +863,9 @@ def analyse(config: Any, topology: tpu_chips.Topology, num_slices: int = 1, phas
         report["eval"] = {"compile_seconds": time.perf_counter() - start,
                           "temporaries": em.temp_size_in_bytes, "total": etotal,
                           "fits": etotal <= hbm,
-                          "optimal_seconds": program_cost(
-                              compiled_eval, compiled_eval.as_text())["optimal_seconds"]}
+                          "optimal_seconds": optimal_seconds(
+                              cost(compiled_eval).get("optimal_seconds"),
+                              compiled_eval.as_text())[0]}
     return report
 
 
