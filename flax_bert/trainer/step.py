@@ -97,7 +97,7 @@ def train_step(state: TrainState, batch: Batch, rng: Array, *, objective: Object
     """
     dropout_rng = dropout_key(rng, state.step)
     totals = loss_totals_per_row(objective, batch, slices)
-    per_row = slices > 1 and jnp.ndim(jax.tree.leaves(totals)[0]) == 1
+    per_row = jnp.ndim(jax.tree.leaves(totals)[0]) == 1  # [B]: split with the batch
 
     def loss_fn(params: Any, micro: tuple[Batch, Any], key: Array
                 ) -> tuple[Array, dict[str, Array]]:
